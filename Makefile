@@ -1,0 +1,47 @@
+# The two commands: `make demo` and `make test`. Each sets up everything it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck bench clean setup
+
+setup: $(STAMP) system-deps
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Rebuilt whenever the packaging or a Cython source changes.
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard fastpath/*.pyx)
+	$(PIP) install -q "setuptools>=68" wheel "Cython>=3.0"
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PY) -c "import edge_agent.fastpath._codec" || { echo "the Cython fast path did not build" >&2; exit 1; }
+	touch $(STAMP)
+
+.PHONY: system-deps
+system-deps:
+	@scripts/system-deps.sh
+
+demo: setup
+	$(PY) -m edge_agent.demo configs/demo.toml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy edge_agent drivers codecs fleet
+
+# pytest exits 5 when it collected no test: that must fail, never pass silently.
+test: setup lint
+	EDGE_AGENT_REQUIRE_FASTPATH=1 $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PIP) install -q -e ".[bench]"
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info fastpath/*.c fastpath/*.so

@@ -1,0 +1,1 @@
+"""Field protocols: Modbus transport, read planning, register decoding, profiles, simulators."""

@@ -1,0 +1,1 @@
+"""Cython fast paths, byte-identical to the pure-Python references."""

@@ -1,0 +1,75 @@
+"""A private mosquitto broker for tests: its own config, a free loopback port, no persistence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """One mosquitto process; ``stop``/``start`` keep the same port so clients can reconnect."""
+
+    def __init__(self, extra_conf: str = "", port: int | None = None) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(exe):
+            raise RuntimeError("mosquitto is not installed: run 'apt-get install -y mosquitto'")
+        self.exe = exe
+        self.dir = Path(tempfile.mkdtemp(prefix="edge-mosq-"))
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """mqtt:// URL of the broker."""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (or restart) the broker and wait until it accepts connections."""
+        conf = self.dir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                 "persistence false", "log_dest stderr", "log_type error", "log_type warning",
+                 "max_queued_messages 100000"]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        conf.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
+        log = (self.dir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        """Stop the broker (clients see the connection drop)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        """Stop and remove the broker's files."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
