@@ -34,7 +34,7 @@ class MqttConfig:
     host: str                   # hostname, or the socket path for unix://
     port: int                   # 0 for unix://
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # kept out of logs and tracebacks
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None

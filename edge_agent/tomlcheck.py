@@ -105,7 +105,7 @@ class Checker:
         if not ok:
             self.problem(full, value, expected or _kind_text(kinds))
             return None if default is _MISSING else default  # type: ignore[return-value]
-        return value  # type: ignore[no-any-return]
+        return value
 
     def choice(
         self,

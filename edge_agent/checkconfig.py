@@ -1,0 +1,105 @@
+"""`edge-agent check-config`: validate a site config and summarise what it will do."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from edge_agent.config import load_config
+from edge_agent.drivers.model import Point
+from edge_agent.drivers.planner import plan_reads, requests_per_cycle
+from edge_agent.drivers.transport import bus_timeout_s, char_time_s, inter_frame_gap_s
+from edge_agent.errors import ConfigError
+from edge_agent.siteconfig import Bus, DeviceConfig, SerialBus, SiteConfig, TcpBus
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _line_load(bus: SerialBus, devices: tuple[DeviceConfig, ...], max_gap: int) -> float:
+    """Fraction of the line's time the polls occupy on the wire (device turnaround excluded)."""
+    char_s, gap_s = char_time_s(bus), inter_frame_gap_s(bus)
+    load = 0.0
+    for d in devices:
+        by_interval: dict[float, list[Point]] = {}
+        for pt in d.points:
+            by_interval.setdefault(pt.interval_s or d.poll_interval_s, []).append(pt)
+        for interval_s, points in by_interval.items():
+            for r in plan_reads(points, max_gap=max_gap):
+                # An 8-byte request and a 5 + data byte reply, each followed by the 3.5
+                # character silence (Modbus over serial line V1.02, 2.5.1.1; spec 6.1-6.4).
+                reply = 5 + ((r.count + 7) // 8 if r.table.is_bit else 2 * r.count)
+                load += ((8 + reply) * char_s + 2 * gap_s) / interval_s
+    return load
+
+
+def _bus_line(bus: Bus, devices: tuple[DeviceConfig, ...], max_gap: int) -> str:
+    timeout = _secs(bus_timeout_s(bus)) + (" (derived)" if bus.timeout_s is None else "")
+    if isinstance(bus, TcpBus):
+        return (f"tcp {bus.host}:{bus.port} framing {bus.framing.value}, timeout {timeout}, "
+                f"retries {bus.retries}")
+    gap = f"{inter_frame_gap_s(bus) * 1000:.3g} ms"
+    load = _line_load(bus, devices, max_gap)
+    return (f"serial {bus.port} {bus.baudrate} {bus.bytesize}{bus.parity.value}{bus.stopbits}"
+            f", frame gap {gap}{' (derived)' if bus.inter_frame_gap_s is None else ''}, "
+            f"timeout {timeout}, retries {bus.retries}; line load {load:.1%} of wire time"
+            + (" (over capacity: poll less often)" if load > 1 else ""))
+
+
+def summarize(cfg: SiteConfig) -> str:
+    """A readable summary of a loaded site: gateway, broker, buses with their devices, totals."""
+    m = cfg.mqtt
+    auth = []
+    if m.username:
+        auth.append(f"user {m.username}" + (" with password" if m.password else ""))
+    if m.ca_file:
+        auth.append(f"CA {m.ca_file.name}")
+    if m.cert_file:
+        auth.append(f"client cert {m.cert_file.name}")
+    lines = [
+        f"config {cfg.source}",
+        f"gateway {cfg.gateway_id}" + (f" at {cfg.site}" if cfg.site else "")
+        + f"; state in {cfg.state_dir}; health every {_secs(cfg.health_interval_s)}",
+        f"broker {m.url}" + (" (TLS)" if m.tls else "") + (f"; {', '.join(auth)}" if auth else "")
+        + f"; client id {m.client_id}; topics {m.topic_prefix}/{cfg.gateway_id}/...;"
+        f" keepalive {m.keepalive_s} s",
+        f"batches every {_secs(cfg.batch.window_s)} or {cfg.batch.max_readings} readings; "
+        f"unchanged values resent after {_secs(cfg.batch.max_silence_s)}; "
+        f"planner max_gap {cfg.max_gap} registers",
+    ]
+    total_points = total_requests = 0
+    for name, bus in cfg.buses.items():
+        devices = cfg.devices_on(name)
+        lines += ["", f"bus {name}: {_bus_line(bus, devices, cfg.max_gap)}"]
+        rows = [("device", "unit", "profile", "points", "poll", "requests/cycle")]
+        for d in devices:
+            requests = requests_per_cycle(d.points, max_gap=cfg.max_gap)
+            total_points += len(d.points)
+            total_requests += requests
+            rows.append((d.name, str(d.unit_id), d.profile.name, str(len(d.points)),
+                         _secs(d.poll_interval_s), str(requests)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows] if devices else ["  (no devices)"]
+    lines += ["", f"total: {len(cfg.buses)} buses, {len(cfg.devices)} devices, "
+              f"{total_points} points, {total_requests} Modbus requests per full poll cycle"]
+    return "\n".join(lines)
+
+
+def check_config_main(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`edge-agent check-config FILE`: print every problem and return 2, or the summary and 0."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        cfg = load_config(Path(path))
+    except ConfigError as exc:
+        for i, problem in enumerate(exc.problems, 1):
+            print(f"{i}. {problem}", file=err)
+        n = len(exc.problems)
+        print(f"{n} problem{'s' if n != 1 else ''} found in {path}; nothing was changed",
+              file=err)
+        return 2
+    print(summarize(cfg), file=out)
+    return 0

@@ -1,0 +1,698 @@
+"""Site config loading: every rejection names file, key path, bad value and expectation."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edge_agent.checkconfig import check_config_main
+from edge_agent.config import load_config
+from edge_agent.drivers.model import DataType, Table
+from edge_agent.drivers.profile import shipped_profiles
+from edge_agent.errors import ConfigError
+from edge_agent.siteconfig import BatchConfig, MqttConfig, Parity, SerialBus, TcpBus, TcpFraming
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "configs"
+METER = DATA / "profiles" / "meter.toml"
+LAMP = DATA / "profiles" / "lamp.toml"
+BROKEN = DATA / "profiles" / "broken.toml"
+
+BASE = f"""
+[gateway]
+id = "gw-01"
+
+[mqtt]
+url = "mqtt://broker.example"
+
+[buses.rs485]
+type = "serial"
+port = "/dev/ttyUSB0"
+
+[devices.meter1]
+bus = "rs485"
+unit_id = 1
+profile = "{METER}"
+poll_interval_s = 10
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
+    """Write a config into tmp_path and return its path."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> tuple[Path, list[str]]:
+    """Load a config that must be rejected; return its path and the problems."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return path, info.value.problems
+
+
+def one(tmp_path: Path, text: str, *fragments: str) -> str:
+    """Assert exactly one problem, naming the file and containing every fragment."""
+    path, found = problems(tmp_path, text)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{path}: "), found[0]
+    for fragment in fragments:
+        assert fragment in found[0], (fragment, found[0])
+    return found[0]
+
+
+# --- accepted configs ---------------------------------------------------------------------
+
+def test_full_site_round_trips_into_dataclasses() -> None:
+    cfg = load_config(DATA / "full-site.toml")
+    assert (cfg.gateway_id, cfg.site) == ("cab-0042", "Main St / 5th Ave cabinet")
+    assert cfg.state_dir == DATA / "state"  # relative to the config file
+    assert cfg.health_interval_s == 30.0
+    assert cfg.mqtt == MqttConfig(
+        url="mqtt://broker.example.net", scheme="mqtt", host="broker.example.net", port=1883,
+        username="cab-0042", password="s3cret", client_id="edge-cab-0042",
+        topic_prefix="city/north", keepalive_s=20)
+    assert "s3cret" not in repr(cfg.mqtt)
+    assert cfg.batch == BatchConfig(window_s=2.5, max_readings=1000, max_silence_s=600.0)
+    assert cfg.max_gap == 8
+    assert cfg.buses == {
+        "rs485a": SerialBus(
+            name="rs485a",
+            port="/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0",
+            baudrate=9600, parity=Parity.EVEN, stopbits=1, timeout_s=0.25, retries=0),
+        "rs485b": SerialBus(name="rs485b", port="rfc2217://10.20.0.7:4001", baudrate=19200,
+                            parity=Parity.NONE, stopbits=2, inter_frame_gap_s=0.005),
+        "plc": TcpBus(name="plc", host="10.20.0.5"),
+        "converter": TcpBus(name="converter", host="10.20.0.6", port=4001,
+                            framing=TcpFraming.RTU, timeout_s=0.8, retries=2),
+    }
+    assert [(d.name, d.bus, d.unit_id, d.profile.name, d.poll_interval_s) for d in cfg.devices] == [
+        ("meter1", "rs485a", 1, "test_meter", 15.0),
+        ("meter2", "rs485a", 2, "test_meter", 15.0),
+        ("lamp7", "converter", 7, "test_lamp", 0.5),
+        ("cabinet_plc", "plc", 1, "test_lamp", 1.0),
+    ]
+    assert [d.name for d in cfg.devices_on("rs485a")] == ["meter1", "meter2"]
+
+
+def test_overrides_are_applied_and_disabled_points_dropped() -> None:
+    cfg = load_config(DATA / "full-site.toml")
+    meter1, meter2, lamp7, _ = cfg.devices
+    assert [p.name for p in meter1.points] == [
+        "voltage_l1", "power_total", "energy_import", "frequency"]
+    power = meter1.points[1]
+    assert (power.scale, power.unit, power.deadband, power.address) == (0.001, "kW", 20.0, 0x34)
+    freq = meter1.points[3]
+    assert (freq.table, freq.address, freq.type, freq.count) == (
+        Table.INPUT_REGISTER, 0x46, DataType.FLOAT32, 2)
+    # The other device with the same profile keeps the profile's values.
+    assert [p.name for p in meter2.points] == [
+        "voltage_l1", "current_l1", "power_total", "energy_import"]
+    assert (meter2.points[2].scale, meter2.points[2].unit, meter2.points[2].deadband) == (
+        1.0, "W", 5.0)
+    level = lamp7.points[0]
+    assert (level.interval_s, level.offset, level.unit) == (5.0, -1.0, "%")
+
+
+def test_defaults_of_a_minimal_config(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.mqtt == MqttConfig(url="mqtt://broker.example", scheme="mqtt",
+                                  host="broker.example", port=1883, client_id="gw-01")
+    assert (cfg.mqtt.topic_prefix, cfg.mqtt.keepalive_s) == ("edge", 30)
+    assert cfg.site == ""
+    assert cfg.state_dir == Path("/var/lib/edge-agent")
+    assert cfg.health_interval_s == 60.0
+    assert cfg.batch == BatchConfig()
+    assert cfg.max_gap == 16
+    assert cfg.buses["rs485"] == SerialBus(name="rs485", port="/dev/ttyUSB0", baudrate=9600,
+                                           parity=Parity.EVEN, stopbits=1, retries=1)
+
+
+def test_broker_url_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    cfg = load_config(path, broker_url="mqtt://127.0.0.1:18831")
+    assert (cfg.mqtt.url, cfg.mqtt.host, cfg.mqtt.port) == ("mqtt://127.0.0.1:18831",
+                                                            "127.0.0.1", 18831)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, broker_url="tcp://127.0.0.1")
+    assert info.value.problems == [
+        f"{path}: mqtt.url (from --broker) = 'tcp://127.0.0.1': expected mqtt://host[:port], "
+        "mqtts://host[:port] or unix:///path/to/socket"]
+
+
+@pytest.mark.parametrize(("url", "scheme", "host", "port"), [
+    ("mqtt://h.example", "mqtt", "h.example", 1883),
+    ("mqtt://h.example:1884", "mqtt", "h.example", 1884),
+    ("mqtts://h.example", "mqtts", "h.example", 8883),
+    ("mqtt://[::1]:1883", "mqtt", "::1", 1883),
+    ("unix:///run/mosquitto/mqtt.sock", "unix", "/run/mosquitto/mqtt.sock", 0),
+])
+def test_broker_url_forms(tmp_path: Path, url: str, scheme: str, host: str, port: int) -> None:
+    cfg = load_config(write(tmp_path, BASE.replace("mqtt://broker.example", url)))
+    assert (cfg.mqtt.scheme, cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == (
+        scheme, host, port, scheme == "mqtts")
+
+
+@pytest.mark.parametrize("url", [
+    "http://h", "mqtt://", "mqtt://h:0", "mqtt://h:70000", "mqtt://u:p@h", "mqtt://h/x",
+    "mqtt://h?x=1", "unix://relative.sock", "unix:///", "h:1883",
+])
+def test_bad_broker_urls(tmp_path: Path, url: str) -> None:
+    one(tmp_path, BASE.replace("mqtt://broker.example", url),
+        f"mqtt.url = {url!r}: expected mqtt://host[:port]")
+
+
+# --- structure: unknown keys and wrong types ----------------------------------------------
+
+@pytest.mark.parametrize(("addition", "key_path"), [
+    ("[logging]\nlevel = 'debug'\n", "logging"),
+    ("[devices.meter1.points.voltage_l1]\nscal = 2\n", "devices.meter1.points.voltage_l1.scal"),
+    ("[devices.meter1.extra_points.f]\ntable = 'input_register'\naddress = 1\ntype = 'uint16'\n"
+     "colour = 'red'\n", "devices.meter1.extra_points.f.colour"),
+    ("[buses.tcp1]\ntype = 'tcp'\nhost = 'h'\nbaudrate = 9600\n", "buses.tcp1.baudrate"),
+])
+def test_unknown_keys_anywhere(tmp_path: Path, addition: str, key_path: str) -> None:
+    one(tmp_path, BASE + addition, f": {key_path}: unknown key; expected one of: ")
+
+
+@pytest.mark.parametrize(("old", "new", "key_path"), [
+    ('id = "gw-01"', 'id = "gw-01"\nname = "x"', "gateway.name"),
+    ('url = "mqtt://broker.example"', 'url = "mqtt://broker.example"\nhost = "x"', "mqtt.host"),
+    ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaud = 9600', "buses.rs485.baud"),
+    ("unit_id = 1", "unit_id = 1\nslave = 1", "devices.meter1.slave"),
+])
+def test_unknown_keys_in_known_tables(tmp_path: Path, old: str, new: str, key_path: str) -> None:
+    one(tmp_path, BASE.replace(old, new), f": {key_path}: unknown key; expected one of: ")
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), [
+    ("unit_id = 1", 'unit_id = "1"', "devices.meter1.unit_id = '1': expected a unit id"),
+    ("poll_interval_s = 10", 'poll_interval_s = "10s"',
+     "devices.meter1.poll_interval_s = '10s': expected a number of seconds >= 0.05"),
+    ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaudrate = 9600.0',
+     "buses.rs485.baudrate = 9600.0: expected one of 1200, 2400"),
+    ('id = "gw-01"', "id = 1", "gateway.id = 1: expected 1-64 letters, digits"),
+    ('[devices.meter1]', '[devices.meter1]\npoints = 3',
+     "devices.meter1.points = 3: expected a table"),
+])
+def test_wrong_types(tmp_path: Path, old: str, new: str, fragment: str) -> None:
+    one(tmp_path, BASE.replace(old, new), fragment)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path, found = problems(tmp_path, BASE + "\n[devices.x\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}: not valid TOML: ")
+
+
+# --- values -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unit", [0, 248, 255, -1, 300])
+def test_unit_id_outside_1_to_247(tmp_path: Path, unit: int) -> None:
+    one(tmp_path, BASE.replace("unit_id = 1", f"unit_id = {unit}"),
+        f"devices.meter1.unit_id = {unit}: expected a unit id from 1 to 247 (0 is broadcast, "
+        "248-255 reserved")
+
+
+@pytest.mark.parametrize("unit", [1, 247])
+def test_unit_id_bounds_accepted(tmp_path: Path, unit: int) -> None:
+    cfg = load_config(write(tmp_path, BASE.replace("unit_id = 1", f"unit_id = {unit}")))
+    assert cfg.devices[0].unit_id == unit
+
+
+def test_device_on_missing_bus(tmp_path: Path) -> None:
+    one(tmp_path, BASE.replace('bus = "rs485"', 'bus = "rs458"'),
+        "devices.meter1.bus = 'rs458': expected the name of a bus under [buses] (rs485)")
+
+
+def test_device_on_invalid_bus_reports_only_the_bus(tmp_path: Path) -> None:
+    one(tmp_path, BASE.replace("/dev/ttyUSB0", "ttyUSB0"),
+        "buses.rs485.port = 'ttyUSB0': expected a device path")
+
+
+METER2 = f"""
+[devices.meter2]
+bus = "rs485"
+unit_id = 1
+profile = "{METER}"
+poll_interval_s = 10
+"""
+
+
+def test_duplicate_unit_id_on_one_bus(tmp_path: Path) -> None:
+    one(tmp_path, BASE + METER2, "devices.meter2.unit_id = 1: expected a unit id not already "
+        "used on bus 'rs485' (devices.meter1 has it)")
+
+
+def test_same_unit_id_on_two_buses_is_fine(tmp_path: Path) -> None:
+    text = BASE + "[buses.rs485b]\ntype='serial'\nport='/dev/ttyUSB1'\n" + METER2.replace(
+        'bus = "rs485"', 'bus = "rs485b"')
+    assert [d.unit_id for d in load_config(write(tmp_path, text)).devices] == [1, 1]
+
+
+@pytest.mark.parametrize(("second", "endpoint"), [
+    ("type='tcp'\nhost='10.0.0.5'\n", "tcp 10.0.0.5:502"),
+    ("type='tcp'\nhost='10.0.0.5'\nport=502\nframing='rtu'\n", "tcp 10.0.0.5:502"),
+    ("type='serial'\nport='socket://10.0.0.5:502'\n", "tcp 10.0.0.5:502"),
+])
+def test_same_tcp_endpoint_as_two_buses(tmp_path: Path, second: str, endpoint: str) -> None:
+    text = BASE + "[buses.a]\ntype='tcp'\nhost='10.0.0.5'\nport=502\n[buses.b]\n" + second
+    one(tmp_path, text, f"buses.b: {endpoint} is already buses.a; expected each physical line")
+
+
+def test_same_serial_port_as_two_buses(tmp_path: Path) -> None:
+    one(tmp_path, BASE + "[buses.again]\ntype='serial'\nport='/dev/ttyUSB0'\nbaudrate=19200\n",
+        "buses.again: serial /dev/ttyUSB0 is already buses.rs485")
+
+
+@pytest.mark.parametrize(("point", "fragment"), [
+    ("table='holding_register'\naddress=65536\ntype='uint16'",
+     "devices.meter1.extra_points.x.address = 65536: expected an integer address from 0 to 65535"),
+    ("table='holding_register'\naddress=65535\ntype='float32'",
+     "devices.meter1.extra_points.x.address = 65535: expected an address whose 2 item(s) end"),
+    ("table='input_register'\naddress=0\ntype='float32'\ncount=1",
+     "devices.meter1.extra_points.x.count = 1: expected 2 (registers of type float32)"),
+    ("table='holding_register'\naddress=0\ntype='string'\nlength=126",
+     "devices.meter1.extra_points.x.length = 126: expected a string length of 1 to 125"),
+    ("table='input_register'\naddress=0\ntype='uint16'\ninterval_s=0.01",
+     "devices.meter1.extra_points.x.interval_s = 0.01: expected a number of seconds >= 0.05"),
+    ("table='coil'\naddress=0\ntype='uint16'",
+     "devices.meter1.extra_points.x.type = 'uint16': expected 'bool' (coil holds single bits)"),
+])
+def test_bad_extra_points(tmp_path: Path, point: str, fragment: str) -> None:
+    one(tmp_path, BASE + f"[devices.meter1.extra_points.x]\n{point}\n", fragment)
+
+
+def test_extra_point_may_not_shadow_a_profile_point(tmp_path: Path) -> None:
+    one(tmp_path, BASE + "[devices.meter1.extra_points.voltage_l1]\ntable='input_register'\n"
+        "address=200\ntype='float32'\n",
+        "devices.meter1.extra_points.voltage_l1: the profile already has a point 'voltage_l1'")
+
+
+def test_override_of_a_point_the_profile_lacks(tmp_path: Path) -> None:
+    one(tmp_path, BASE + "[devices.meter1.points.voltage_l9]\nscale = 2\n",
+        "devices.meter1.points.voltage_l9: profile 'test_meter' has no point 'voltage_l9'; "
+        "expected one of: voltage_l1, current_l1, power_total, energy_import")
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("scale = 0", "devices.meter1.points.voltage_l1.scale = 0.0: expected a non-zero number"),
+    ("deadband = -1", "devices.meter1.points.voltage_l1.deadband = -1.0: expected a number >= 0"),
+    ("interval_s = 0.01", "voltage_l1.interval_s = 0.01: expected a number of seconds >= 0.05"),
+    ("enabled = 'no'", "devices.meter1.points.voltage_l1.enabled = 'no': expected a boolean"),
+    ("unit = 5", "devices.meter1.points.voltage_l1.unit = 5: expected a string"),
+])
+def test_bad_override_values(tmp_path: Path, override: str, fragment: str) -> None:
+    one(tmp_path, BASE + f"[devices.meter1.points.voltage_l1]\n{override}\n", fragment)
+
+
+def test_scale_on_a_bool_point_is_rejected(tmp_path: Path) -> None:
+    text = BASE.replace(str(METER), str(LAMP)) + "[devices.meter1.points.lamp_fault]\nscale=2\n"
+    one(tmp_path, text, "devices.meter1.points.lamp_fault.scale = 2.0: expected no scale on a "
+        "bool point")
+
+
+def test_disabling_every_point_is_rejected(tmp_path: Path) -> None:
+    text = BASE + "".join(f"[devices.meter1.points.{p}]\nenabled = false\n" for p in (
+        "voltage_l1", "current_l1", "power_total", "energy_import"))
+    one(tmp_path, text, "devices.meter1: every point is disabled; expected at least one point")
+
+
+@pytest.mark.parametrize("interval", [0.049, 0.0, -1])
+def test_poll_interval_below_50_ms(tmp_path: Path, interval: float) -> None:
+    one(tmp_path, BASE.replace("poll_interval_s = 10", f"poll_interval_s = {interval}"),
+        f"devices.meter1.poll_interval_s = {float(interval)!r}: expected a number of seconds "
+        ">= 0.05")
+
+
+def test_poll_interval_of_50_ms_accepted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE.replace("poll_interval_s = 10",
+                                                   "poll_interval_s = 0.05")))
+    assert cfg.devices[0].poll_interval_s == 0.05
+
+
+@pytest.mark.parametrize(("parity", "stopbits"), [("E", 2), ("O", 2), ("N", 2), ("N", 1)])
+def test_legal_serial_characters(tmp_path: Path, parity: str, stopbits: int) -> None:
+    # 8E2 and 8O2 make 12-bit characters: unusual, but legal on the line.
+    text = BASE.replace('port = "/dev/ttyUSB0"',
+                        f'port = "/dev/ttyUSB0"\nparity = "{parity}"\nstopbits = {stopbits}')
+    bus = load_config(write(tmp_path, text)).buses["rs485"]
+    assert isinstance(bus, SerialBus)
+    assert (bus.parity.value, bus.stopbits) == (parity, stopbits)
+
+
+@pytest.mark.parametrize(("setting", "fragment"), [
+    ("baudrate = 9601", "buses.rs485.baudrate = 9601: expected one of 1200, 2400, 4800, 9600"),
+    ("baudrate = 230400", "buses.rs485.baudrate = 230400: expected one of 1200"),
+    ("parity = 'X'", "buses.rs485.parity = 'X': expected one of 'N', 'E', 'O'"),
+    ("stopbits = 1.5", "buses.rs485.stopbits = 1.5: expected 1 or 2"),
+    ("retries = 4", "buses.rs485.retries = 4: expected an integer from 0 to 3"),
+    ("timeout_ms = 0", "buses.rs485.timeout_ms = 0.0: expected a number of milliseconds from 1"),
+    ("inter_frame_gap_ms = -1", "buses.rs485.inter_frame_gap_ms = -1.0: expected a number of "
+     "milliseconds from 0 to 1000"),
+])
+def test_bad_serial_settings(tmp_path: Path, setting: str, fragment: str) -> None:
+    one(tmp_path, BASE.replace('port = "/dev/ttyUSB0"', f'port = "/dev/ttyUSB0"\n{setting}'),
+        fragment)
+
+
+@pytest.mark.parametrize("port", ["socket://10.1.1.1:4001", "rfc2217://conv.local:2217",
+                                  "/dev/serial/by-id/usb-FTDI-if00-port0", "COM3",
+                                  "spy:///dev/ttyUSB0", "hwgrep://0403:6001"])
+def test_serial_port_forms(tmp_path: Path, port: str) -> None:
+    bus = load_config(write(tmp_path, BASE.replace("/dev/ttyUSB0", port))).buses["rs485"]
+    assert isinstance(bus, SerialBus) and bus.port == port
+
+
+@pytest.mark.parametrize("port", ["ttyUSB0", "socket://host", "tcp://h:1", ""])
+def test_bad_serial_ports(tmp_path: Path, port: str) -> None:
+    one(tmp_path, BASE.replace("/dev/ttyUSB0", port),
+        f"buses.rs485.port = {port!r}: expected a device path")
+
+
+@pytest.mark.parametrize(("setting", "fragment"), [
+    ("host='tcp://10.0.0.1'", "buses.t.host = 'tcp://10.0.0.1': expected a host name or IP"),
+    ("host='h'\nport=0", "buses.t.port = 0: expected a TCP port from 1 to 65535"),
+    ("host='h'\nframing='ascii'", "buses.t.framing = 'ascii': expected one of 'socket', 'rtu'"),
+    ("host='h'\ntimeout_ms='1s'", "buses.t.timeout_ms = '1s': expected a number of milliseconds"),
+])
+def test_bad_tcp_settings(tmp_path: Path, setting: str, fragment: str) -> None:
+    one(tmp_path, BASE + f"[buses.t]\ntype='tcp'\n{setting}\n", fragment)
+
+
+def test_bad_bus_type(tmp_path: Path) -> None:
+    one(tmp_path, BASE.replace('type = "serial"', 'type = "rs485"'),
+        "buses.rs485.type = 'rs485': expected 'serial' or 'tcp'")
+
+
+@pytest.mark.parametrize(("gid", "fragment"), [("gw/01", "'gw/01'"), ("gw 01", "'gw 01'"),
+                                               ("", "''"), ("x" * 65, "'xxxx")])
+def test_gateway_id_must_be_a_safe_topic_segment(tmp_path: Path, gid: str, fragment: str) -> None:
+    one(tmp_path, BASE.replace('id = "gw-01"', f'id = "{gid}"'),
+        f"gateway.id = {fragment}", "expected 1-64 letters, digits, '-' or '_'")
+
+
+@pytest.mark.parametrize("prefix", ["a/+/b", "edge/#", "/edge", "edge/", "$SYS"])
+def test_bad_topic_prefix(tmp_path: Path, prefix: str) -> None:
+    one(tmp_path, BASE.replace('url = "mqtt://broker.example"',
+                               f'url = "mqtt://broker.example"\ntopic_prefix = "{prefix}"'),
+        f"mqtt.topic_prefix = {prefix!r}: expected topic levels")
+
+
+def test_empty_devices_table(tmp_path: Path) -> None:
+    text = BASE.split("[devices.meter1]")[0] + "[devices]\n"
+    one(tmp_path, text, "devices: no devices; expected at least one [devices.NAME] table")
+
+
+def test_missing_devices_table(tmp_path: Path) -> None:
+    one(tmp_path, BASE.split("[devices.meter1]")[0], "devices: no devices")
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    path, found = problems(tmp_path, "[devices.m]\nbus='x'\nprofile='nope'\n")
+    assert found == [
+        f"{path}: gateway.id: missing; expected 1-64 letters, digits, '-' or '_' (a safe MQTT "
+        "topic segment)",
+        f"{path}: mqtt.url: missing; expected mqtt://host[:port], mqtts://host[:port] or "
+        "unix:///path/to/socket",
+        f"{path}: devices.m.bus = 'x': expected the name of a bus under [buses] (none is "
+        "defined)",
+        f"{path}: devices.m.unit_id: missing; expected a unit id from 1 to 247 (0 is broadcast, "
+        "248-255 reserved: serial line V1.02, 2.2)",
+        f"{path}: devices.m.poll_interval_s: missing; expected a number of seconds >= 0.05",
+        f"{path}: devices.m.profile = 'nope': expected a shipped profile ("
+        + (", ".join(shipped_profiles()) or "none")
+        + f") or a profile file; there is no file at {tmp_path / 'nope'}",
+    ]
+
+
+# --- profiles -----------------------------------------------------------------------------
+
+def test_profile_by_path_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "m.toml").write_text(METER.read_text())
+    cfg = load_config(write(tmp_path, BASE.replace(str(METER), "profiles/m.toml")))
+    assert cfg.devices[0].profile.name == "test_meter"
+
+
+def test_profile_errors_name_the_profile_file_and_key(tmp_path: Path) -> None:
+    path, found = problems(tmp_path, BASE.replace(str(METER), str(BROKEN)))
+    assert found == [
+        f"{path}: devices.meter1.profile: profile {str(BROKEN)!r} is invalid: {BROKEN}: "
+        "points.far.address = 70000: expected an integer address from 0 to 65535",
+        f"{path}: devices.meter1.profile: profile {str(BROKEN)!r} is invalid: {BROKEN}: "
+        "points.miscounted.count = 3: expected 2 (registers of type float32)",
+    ]
+
+
+def test_a_broken_profile_shared_by_devices_is_reported_once(tmp_path: Path) -> None:
+    text = (BASE + METER2.replace("unit_id = 1", "unit_id = 2")).replace(str(METER), str(BROKEN))
+    _, found = problems(tmp_path, text)
+    assert len(found) == 2 and all("devices.meter1.profile" in p for p in found)
+
+
+# --- MQTT credentials and TLS -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed CA-style certificate with its key, and a second unrelated key."""
+    d = tmp_path_factory.mktemp("tls")
+    for stem in ("client", "other"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(d / f"{stem}.key"), "-out", str(d / f"{stem}.crt"),
+             "-subj", f"/CN={stem}", "-days", "2"],
+            check=True, capture_output=True, timeout=60)
+    (d / "garbage.pem").write_text("not a certificate\n")
+    return d
+
+
+def tls_config(url: str, **files: str) -> str:
+    """BASE with the broker URL replaced and TLS file keys added."""
+    keys = "".join(f'{k} = "{v}"\n' for k, v in files.items())
+    return BASE.replace('url = "mqtt://broker.example"\n', f'url = "{url}"\n{keys}')
+
+
+def test_tls_config_loads(tmp_path: Path, tls_files: Path) -> None:
+    cfg = load_config(write(tmp_path, tls_config(
+        "mqtts://broker.example", ca_file=str(tls_files / "client.crt"),
+        cert_file=str(tls_files / "client.crt"), key_file=str(tls_files / "client.key"))))
+    assert cfg.mqtt.tls and cfg.mqtt.port == 8883
+    assert (cfg.mqtt.ca_file, cfg.mqtt.key_file) == (tls_files / "client.crt",
+                                                     tls_files / "client.key")
+
+
+def test_tls_files_relative_to_the_config(tmp_path: Path, tls_files: Path) -> None:
+    (tmp_path / "ca.pem").write_bytes((tls_files / "client.crt").read_bytes())
+    cfg = load_config(write(tmp_path, tls_config("mqtts://b", ca_file="ca.pem")))
+    assert cfg.mqtt.ca_file == tmp_path / "ca.pem"
+
+
+def test_tls_files_with_plain_mqtt(tmp_path: Path, tls_files: Path) -> None:
+    one(tmp_path, tls_config("mqtt://broker.example", ca_file=str(tls_files / "client.crt")),
+        "mqtt.url = 'mqtt://broker.example': expected an mqtts:// URL, since ca_file ask")
+
+
+def test_cert_without_key(tmp_path: Path, tls_files: Path) -> None:
+    one(tmp_path, tls_config("mqtts://b", cert_file=str(tls_files / "client.crt")),
+        "mqtt.key_file: missing; expected one with mqtt.cert_file")
+
+
+def test_key_that_does_not_match_the_cert(tmp_path: Path, tls_files: Path) -> None:
+    one(tmp_path, tls_config("mqtts://b", cert_file=str(tls_files / "client.crt"),
+                             key_file=str(tls_files / "other.key")),
+        "mqtt.key_file: ", "expected a PEM certificate and its unencrypted private key")
+
+
+def test_missing_ca_file(tmp_path: Path) -> None:
+    one(tmp_path, tls_config("mqtts://b", ca_file="certs/ca.pem"),
+        "mqtt.ca_file = 'certs/ca.pem': expected a readable file (No such file or directory: "
+        f"{tmp_path / 'certs' / 'ca.pem'})")
+
+
+def test_ca_file_that_is_not_pem(tmp_path: Path, tls_files: Path) -> None:
+    one(tmp_path, tls_config("mqtts://b", ca_file=str(tls_files / "garbage.pem")),
+        f"mqtt.ca_file = {str(tls_files / 'garbage.pem')!r}: expected a PEM file of CA "
+        "certificates")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_ca_file(tmp_path: Path, tls_files: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes((tls_files / "client.crt").read_bytes())
+    ca.chmod(0)
+    one(tmp_path, tls_config("mqtts://b", ca_file="ca.pem"),
+        "mqtt.ca_file = 'ca.pem': expected a readable file (Permission denied")
+
+
+def test_ca_file_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    one(tmp_path, tls_config("mqtts://b", ca_file="certs"),
+        "mqtt.ca_file = 'certs': expected a readable file (Is a directory: ")
+
+
+def test_password_file_is_read_without_its_newline(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("hunter2\n")
+    cfg = load_config(write(tmp_path, tls_config("mqtt://b", username="gw",
+                                                 password_file="pw")))
+    assert (cfg.mqtt.username, cfg.mqtt.password) == ("gw", "hunter2")
+
+
+def test_password_problems_never_show_the_secret(tmp_path: Path) -> None:
+    text = BASE.replace('url = "mqtt://broker.example"',
+                        'url = "mqtt://b"\nusername = "gw"\npassword = 271828')
+    message = one(tmp_path, text, "mqtt.password = <hidden>: expected a non-empty string")
+    assert "271828" not in message
+
+
+@pytest.mark.parametrize(("keys", "fragment"), [
+    ({"password": "x"}, "mqtt.password: given without mqtt.username"),
+    ({"username": "u", "password": "x", "password_file": "pw"},
+     "mqtt.password_file: given with mqtt.password; expected one of the two"),
+    ({"username": "u", "password_file": "empty"}, "expected a file holding the password"),
+])
+def test_password_combinations(tmp_path: Path, keys: dict[str, str], fragment: str) -> None:
+    (tmp_path / "pw").write_text("x")
+    (tmp_path / "empty").write_text("\n")
+    one(tmp_path, tls_config("mqtt://b", **keys), fragment)
+
+
+# --- all problems at once; purity ---------------------------------------------------------
+
+def test_five_mistakes_are_all_reported(tmp_path: Path) -> None:
+    text = (BASE.replace('id = "gw-01"', 'id = "gw 01"')
+            .replace("unit_id = 1", "unit_id = 0")
+            .replace('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaudrate = 9601')
+            .replace("mqtt://broker.example", "mqtt://broker.example:99999")
+            + "[devices.meter1.points.no_such_point]\nscale = 2\n")
+    path, found = problems(tmp_path, text)
+    assert len(found) == 5, found
+    for key in ("gateway.id", "mqtt.url", "buses.rs485.baudrate", "devices.meter1.unit_id",
+                "devices.meter1.points.no_such_point"):
+        assert sum(p.startswith(f"{path}: {key}") for p in found) == 1, (key, found)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_loading_writes_nothing(tmp_path: Path, valid: bool) -> None:
+    text = BASE.replace("[gateway]", "[gateway]\nstate_dir = 'state'")
+    path = write(tmp_path, text if valid else text.replace("unit_id = 1", "unit_id = 0"))
+    before = snapshot(tmp_path)
+    if valid:
+        assert load_config(path).state_dir == tmp_path / "state"
+    else:
+        with pytest.raises(ConfigError):
+            load_config(path)
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "state").exists()
+
+
+# --- check-config -------------------------------------------------------------------------
+
+def test_check_config_prints_numbered_problems_and_returns_2(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("unit_id = 1", "unit_id = 0").replace(
+        "poll_interval_s = 10", "poll_interval_s = 0"))
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config_main(str(path), out=out, err=err) == 2
+    assert out.getvalue() == ""
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"1. {path}: devices.meter1.unit_id = 0: expected")
+    assert lines[1].startswith(f"2. {path}: devices.meter1.poll_interval_s = 0.0: expected")
+    assert lines[2] == f"2 problems found in {path}; nothing was changed"
+
+
+def test_check_config_on_a_missing_file(tmp_path: Path) -> None:
+    err = io.StringIO()
+    assert check_config_main(str(tmp_path / "nope.toml"), out=io.StringIO(), err=err) == 2
+    assert err.getvalue().splitlines() == [
+        f"1. {tmp_path / 'nope.toml'}: file not found",
+        f"1 problem found in {tmp_path / 'nope.toml'}; nothing was changed"]
+
+
+def test_check_config_prints_the_summary_and_returns_0() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config_main(str(DATA / "full-site.toml"), out=out, err=err) == 0
+    assert err.getvalue() == ""
+    text = out.getvalue()
+    for fragment in (
+        "gateway cab-0042 at Main St / 5th Ave cabinet",
+        "broker mqtt://broker.example.net; user cab-0042 with password; client id edge-cab-0042",
+        "bus rs485a: serial /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0 "
+        "9600 8E1, frame gap 4.01 ms (derived), timeout 0.25 s, retries 0; line load ",
+        "bus rs485b: serial rfc2217://10.20.0.7:4001 19200 8N2, frame gap 5 ms, timeout ",
+        "bus plc: tcp 10.20.0.5:502 framing socket, timeout 1 s (derived), retries 1",
+        "bus converter: tcp 10.20.0.6:4001 framing rtu, timeout 0.8 s, retries 2",
+        "  (no devices)",
+        "total: 4 buses, 4 devices, 16 points, ",
+    ):
+        assert fragment in text, (fragment, text)
+    assert "s3cret" not in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("  meter")]
+    # Input registers, max_gap 8. meter1: voltage 0-1 | power 0x34-0x35 | frequency and
+    # energy 0x46-0x49 (contiguous) = 3 reads; meter2: voltage 0-1 and current 6-7 (hole of 4)
+    # | power | energy (holes of 16 and 18 stay apart) = 3 reads.
+    assert rows == [["meter1", "1", "test_meter", "4", "15", "s", "3"],
+                    ["meter2", "2", "test_meter", "4", "15", "s", "3"]]
+
+
+ONE_POINT = """
+[points.power]
+table = "input_register"
+address = 0
+type = "float32"
+"""
+
+
+@pytest.mark.parametrize(("devices", "expected"), [
+    (1, "line load 55.0% of wire time\n"),
+    (2, "line load 110.0% of wire time (over capacity: poll less often)\n"),
+])
+def test_summary_estimates_serial_line_load(tmp_path: Path, devices: int, expected: str) -> None:
+    # 9600 8E1: 11 bits a character, 1.1458 ms. One float32 read: 8-byte request and 9-byte
+    # reply = 17 characters (19.48 ms) + 2 x 3.5 characters of silence (8.02 ms) = 27.5 ms,
+    # every 50 ms: 55 % of the line per device.
+    (tmp_path / "one.toml").write_text(ONE_POINT)
+    text = BASE.replace(str(METER), "one.toml").replace("poll_interval_s = 10",
+                                                         "poll_interval_s = 0.05")
+    text += "".join(METER2.replace("meter2", f"m{i}").replace("unit_id = 1", f"unit_id = {i}")
+                    .replace(str(METER), "one.toml").replace("= 10", "= 0.05")
+                    for i in range(2, devices + 1))
+    out = io.StringIO()
+    assert check_config_main(str(write(tmp_path, text)), out=out, err=io.StringIO()) == 0
+    assert expected in out.getvalue(), out.getvalue()
+
+
+EXAMPLE = REPO / "configs" / "example-site.toml"
+
+
+def test_the_shipped_example_site_is_valid() -> None:
+    cfg = load_config(EXAMPLE)
+    assert {d.profile.name for d in cfg.devices} == {
+        "energy_meter", "water_meter", "streetlight", "env_monitor", "pipe_sensor"}
+    assert {type(b).__name__ for b in cfg.buses.values()} == {"SerialBus", "TcpBus"}
+    out = io.StringIO()
+    assert check_config_main(str(EXAMPLE), out=out, err=io.StringIO()) == 0
+    assert "total: 4 buses, 7 devices" in out.getvalue()
+
+
+def test_check_config_writes_to_the_current_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_config_main(str(EXAMPLE)) == 0
+    assert "gateway cab-0117" in capsys.readouterr().out
+
+
+def test_every_toml_example_in_the_docs_parses() -> None:
+    text = (REPO / "docs" / "config.md").read_text()
+    blocks = text.split("```toml\n")[1:]
+    assert len(blocks) >= 4
+    for block in blocks:
+        tomllib.loads(block.split("```")[0])
