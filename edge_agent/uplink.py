@@ -1,0 +1,427 @@
+"""The MQTT uplink: one connection at a time, an outbox of data batches, state, health, backoff.
+
+A thin I/O shell around aiomqtt 2.5 (paho-mqtt 2.2). aiomqtt does not reconnect, so ``run`` loops:
+a FRESH client per connection (a reused one replays stale in-flight publishes and keeps its first
+will), retained online state on connect, then the outbox drained oldest-first at QoS 1, one batch
+in flight; a batch leaves the outbox only after its PUBACK. Delivery is at least once: a batch
+whose PUBACK was lost is sent again after reconnecting, and the consumer drops duplicates by
+(gateway, epoch, seq).
+
+MQTT 5 is used so the PUBACK reason code can be checked (aiomqtt ignores it): a code >= 0x80
+(e.g. 0x87 not authorised, MQTT 5.0 section 3.4.2.1) is an UplinkError, the batch stays first in
+the outbox and the connection is retried with backoff, so a refused batch is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent import topics
+from edge_agent.clock import Clock
+from edge_agent.errors import ConfigError, UplinkError
+from edge_agent.siteconfig import MqttConfig
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+@dataclass
+class UplinkCounters:
+    """What the uplink has done since start (reported in health)."""
+
+    connects: int = 0
+    disconnects: int = 0
+    published_batches: int = 0
+    published_bytes: int = 0
+    dropped_batches: int = 0
+    rejected_publishes: int = 0
+    health_skipped: int = 0
+    handler_errors: int = 0
+    last_error: str | None = None
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: delay n is uniform in [0, min(cap, base*2^n)].
+
+    Pure: the caller sleeps. Full jitter spreads a fleet's reconnects after a broker restart.
+    """
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0,
+                 rng: random.Random | None = None) -> None:
+        if not 0 < base_s <= cap_s:
+            raise ValueError(f"backoff needs 0 < base_s <= cap_s, got {base_s}, {cap_s}")
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def ceiling(self) -> float:
+        """The largest delay the next attempt may draw."""
+        # min() before the power would be wrong only past 2**1000; cap the exponent instead
+        return min(self.cap_s, self.base_s * 2 ** min(self.attempt, 60))
+
+    def next_delay(self) -> float:
+        """Draw the next delay and move to the next attempt."""
+        delay = self._rng.uniform(0.0, self.ceiling())
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        """Start again from the base delay (after a connection succeeded)."""
+        self.attempt = 0
+
+
+class Outbox:
+    """A bounded FIFO of data batches; the first one may be in flight (pure, no I/O).
+
+    When full, ``put`` drops the oldest batch that is not in flight and says so.
+    """
+
+    def __init__(self, max_batches: int) -> None:
+        if max_batches < 2:
+            raise ValueError(f"outbox needs room for at least 2 batches, got {max_batches}")
+        self.max_batches = max_batches
+        self._items: collections.deque[bytes] = collections.deque()
+        self._in_flight = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def in_flight(self) -> bool:
+        """True while the first batch is being published."""
+        return self._in_flight
+
+    def put(self, payload: bytes) -> bool:
+        """Append a batch; True if an older one had to be dropped to make room."""
+        dropped = False
+        if len(self._items) >= self.max_batches:
+            del self._items[1 if self._in_flight else 0]
+            dropped = True
+        self._items.append(payload)
+        return dropped
+
+    def take(self) -> bytes | None:
+        """The oldest batch, now marked in flight; None if empty."""
+        if not self._items:
+            return None
+        self._in_flight = True
+        return self._items[0]
+
+    def ack(self) -> None:
+        """The in-flight batch was acknowledged: remove it."""
+        if not self._in_flight:
+            raise RuntimeError("outbox ack without a batch in flight")
+        self._items.popleft()
+        self._in_flight = False
+
+    def release(self) -> None:
+        """The in-flight batch was not acknowledged: it stays first, to be sent again."""
+        self._in_flight = False
+
+
+_LAST_MID: contextvars.ContextVar[int | None] = contextvars.ContextVar("_LAST_MID", default=None)
+
+
+class _AckCheckingClient(aiomqtt.Client):
+    """An aiomqtt.Client that keeps the PUBACK reason codes aiomqtt drops.
+
+    aiomqtt 2.5's ``publish`` does not return the message id, so the paho ``publish`` it calls
+    is wrapped to leave the id in a context variable of the calling task.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.puback_reasons: dict[int, ReasonCode] = {}
+        paho_publish = self._client.publish
+
+        def publish_noting_mid(*a: Any, **kw: Any) -> Any:
+            info = paho_publish(*a, **kw)
+            _LAST_MID.set(info.mid)
+            return info
+
+        self._client.publish = publish_noting_mid  # type: ignore[method-assign]
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Any) -> None:
+        self.puback_reasons[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, qos: int,
+                            retain: bool = False) -> None:
+        """Publish and raise UplinkError if the broker's PUBACK carries a failure code."""
+        _LAST_MID.set(None)
+        await self.publish(topic, payload, qos=qos, retain=retain)
+        mid = _LAST_MID.get()
+        reason = self.puback_reasons.pop(mid, None) if mid is not None else None
+        if reason is not None and reason.is_failure:
+            raise UplinkError(f"broker refused the publish to {topic}: "
+                              f"PUBACK reason 0x{reason.value:02x} {reason}")
+
+
+def parse_broker_url(url: str, *, username: str | None = None, password: str | None = None,
+                     ca_file: Path | None = None, cert_file: Path | None = None,
+                     key_file: Path | None = None, topic_prefix: str = "edge") -> MqttConfig:
+    """An MqttConfig from mqtt://host[:port], mqtts://host[:port] or unix:///path/to/socket."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme == "unix":
+        path = unquote(parts.path)
+        if not path:
+            raise ConfigError(f"broker URL {url!r}: unix:// needs a socket path "
+                              "(unix:///run/mosquitto.sock)")
+        return MqttConfig(url, "unix", path, 0, username, password, ca_file, cert_file,
+                          key_file, topic_prefix=topic_prefix)
+    if scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"broker URL {url!r}: scheme {scheme!r} is not mqtt, mqtts or unix")
+    try:
+        port = parts.port or (8883 if scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"broker URL {url!r}: the port is not a number in 1..65535") from None
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r}: no host name")
+    return MqttConfig(url, scheme, parts.hostname, port,
+                      username if username is not None else parts.username,
+                      password if password is not None else parts.password,
+                      ca_file, cert_file, key_file, topic_prefix=topic_prefix)
+
+
+def client_options(cfg: MqttConfig) -> dict[str, Any]:
+    """aiomqtt.Client keyword arguments for this config (without will and identifier)."""
+    opts: dict[str, Any] = {
+        "hostname": cfg.host,
+        # paho 2.2 checks port > 0 even for unix sockets, where it is not used
+        "port": cfg.port if cfg.port > 0 else 1883,
+        "username": cfg.username,
+        "password": cfg.password,
+        "keepalive": cfg.keepalive_s,
+        "protocol": aiomqtt.ProtocolVersion.V5,
+    }
+    if cfg.scheme == "unix":
+        opts["transport"] = "unix"
+    if cfg.tls:
+        opts["tls_params"] = aiomqtt.TLSParameters(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None)
+    return opts
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+async def _until_first_fails(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run the coroutines together; when the first one ends, cancel the rest and raise its error."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+        raise UplinkError("an uplink connection task ended without an error")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Uplink:
+    """The gateway's MQTT connection: state, data outbox, health, JSON publishes, subscriptions."""
+
+    def __init__(self, mqtt: MqttConfig, gateway: str, epoch: int, version: str, clock: Clock,
+                 *, max_batches: int = 1000, backoff: Backoff | None = None,
+                 timeout_s: float = 10.0, goodbye_timeout_s: float = 2.0) -> None:
+        self.mqtt = mqtt
+        self.gateway = topics.check_level("gateway id", gateway)
+        self.prefix = topics.check_prefix(mqtt.topic_prefix)
+        self.epoch = epoch
+        self.version = version
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.timeout_s = timeout_s
+        self.goodbye_timeout_s = goodbye_timeout_s
+        self.counters = UplinkCounters()
+        self.connected = asyncio.Event()
+        self._outbox = Outbox(max_batches)
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._client: _AckCheckingClient | None = None
+        self._failing = False
+        self._handlers: dict[str, MessageHandler] = {}
+        self._state_topic = topics.state_topic(self.prefix, gateway)
+        self._data_topic = topics.data_topic(self.prefix, gateway)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def pending(self) -> int:
+        """Batches waiting in the outbox (the in-flight one included)."""
+        return len(self._outbox)
+
+    async def submit(self, payload: bytes) -> None:
+        """Queue a data batch for publishing; when full the oldest waiting batch is dropped."""
+        if self._outbox.put(payload):
+            self.counters.dropped_batches += 1
+            if self.counters.dropped_batches == 1 or self.counters.dropped_batches % 1000 == 0:
+                log.warning("uplink outbox full (%d batches): dropped the oldest, %d dropped "
+                            "so far", self._outbox.max_batches, self.counters.dropped_batches)
+        self._empty.clear()
+        self._wake.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted batch is acknowledged; False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def stats_dict(self) -> dict[str, object]:
+        """Counters, connection state and outbox depth, for the health document."""
+        return {**dataclasses.asdict(self.counters), "connected": self.connected.is_set(),
+                "pending": self.pending}
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Call ``handler`` for messages matching the filter (subscribed on every connect)."""
+        self._handlers[topic_filter] = handler
+
+    async def publish_json(self, suffix: str, doc: dict[str, Any], *, retain: bool = False,
+                           qos: int = 1) -> None:
+        """Publish ``doc`` as JSON on {prefix}/{gateway}/{suffix}; UplinkError if offline."""
+        for level in suffix.split("/"):
+            topics.check_level(f"topic suffix {suffix!r}: level", level)
+        topic = f"{self.prefix}/{self.gateway}/{suffix}"
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise UplinkError(f"cannot publish to {topic}: not connected to {self.mqtt.url}")
+        try:
+            await client.publish_acked(topic, _json(doc), qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise UplinkError(f"publish to {topic} failed: {exc}") from exc
+
+    async def publish_health(self, doc: dict[str, Any]) -> None:
+        """Publish a health document at QoS 0; skipped (and counted) when offline."""
+        if not self.connected.is_set():
+            self.counters.health_skipped += 1
+            return
+        try:
+            await self.publish_json(topics.HEALTH, doc, qos=0)
+        except UplinkError as exc:
+            self.counters.health_skipped += 1
+            log.debug("health not published: %s", exc)
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect with backoff, forever; cancel to stop (publishes offline)."""
+        while True:
+            try:
+                await self._connection()
+            except (aiomqtt.MqttError, UplinkError, OSError) as exc:
+                self._note_failure(exc)
+            await self.clock.sleep(self.backoff.next_delay())
+
+    # ------------------------------------------------------------------ internals
+
+    def _state_doc(self, status: str, reason: str | None = None) -> bytes:
+        doc: dict[str, Any] = {"status": status, "version": self.version, "epoch": self.epoch,
+                               "ts": int(self.clock.now() * 1000)}
+        if reason:
+            doc["reason"] = reason
+        return _json(doc)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.counters.last_error = f"{type(exc).__name__}: {exc}"
+        if self._failing:
+            log.debug("uplink to %s still failing: %s", self.mqtt.url, exc)
+        else:  # once per outage, not once per retry
+            self._failing = True
+            log.warning("uplink to %s failed: %s (retrying with backoff, logged once)",
+                        self.mqtt.url, self.counters.last_error)
+
+    async def _connection(self) -> None:
+        will = aiomqtt.Will(self._state_topic, self._state_doc("offline", "connection lost"),
+                            qos=1, retain=True)
+        client = _AckCheckingClient(
+            **client_options(self.mqtt), will=will, timeout=self.timeout_s,
+            identifier=self.mqtt.client_id or f"edge-agent-{self.gateway}")
+        async with client:
+            self._client = client
+            self.counters.connects += 1
+            self.connected.set()
+            try:
+                await client.publish_acked(self._state_topic, self._state_doc("online"),
+                                           qos=1, retain=True)
+                for topic_filter in self._handlers:
+                    await client.subscribe(topic_filter, qos=1)
+                self.backoff.reset()
+                if self._failing:
+                    self._failing = False
+                    log.info("uplink to %s connected again", self.mqtt.url)
+                await _until_first_fails(self._watch(client), self._drain(client))
+            except asyncio.CancelledError:
+                await self._goodbye(client)
+                raise
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.counters.disconnects += 1
+
+    async def _goodbye(self, client: _AckCheckingClient) -> None:
+        # A clean DISCONNECT suppresses the will (MQTT 5.0 3.14.2.1), so say offline ourselves.
+        try:
+            await asyncio.wait_for(
+                client.publish_acked(self._state_topic, self._state_doc("offline", "shutdown"),
+                                     qos=1, retain=True), self.goodbye_timeout_s)
+        except (aiomqtt.MqttError, UplinkError, TimeoutError) as exc:
+            log.info("offline state not published on shutdown: %s", exc)
+
+    async def _watch(self, client: _AckCheckingClient) -> None:
+        # The message iterator raises MqttError when the connection drops: this is the
+        # watchdog that tears the connection down, and it delivers subscribed messages.
+        async for message in client.messages:
+            for topic_filter, handler in self._handlers.items():
+                if message.topic.matches(topic_filter):
+                    try:
+                        await handler(message)
+                    except Exception:  # a handler's bug must not drop the connection
+                        self.counters.handler_errors += 1
+                        log.exception("handler for %s failed on %s", topic_filter,
+                                      message.topic)
+        raise UplinkError("message stream ended")
+
+    async def _drain(self, client: _AckCheckingClient) -> None:
+        while True:
+            await self._wake.wait()
+            batch = self._outbox.take()
+            if batch is None:
+                self._wake.clear()
+                continue
+            try:
+                await client.publish_acked(self._data_topic, batch, qos=1)
+            except UplinkError:
+                self._outbox.release()
+                self.counters.rejected_publishes += 1
+                raise
+            except BaseException:
+                self._outbox.release()
+                raise
+            self._outbox.ack()
+            self.counters.published_batches += 1
+            self.counters.published_bytes += len(batch)
+            if not len(self._outbox):
+                self._empty.set()
