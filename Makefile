@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy edge_agent drivers codecs fleet
 
 # pytest exits 5 when it collected no test: that must fail, never pass silently.
-test: setup lint
+test: setup lint typecheck
 	EDGE_AGENT_REQUIRE_FASTPATH=1 $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 

@@ -1,4 +1,4 @@
-"""A private mosquitto broker for tests: its own config, a free loopback port, no persistence."""
+"""A private mosquitto for the demo and tests: own config, free loopback port, no persistence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a private broker per session, and a guard against leaked processes and threads."""
+"""Shared fixtures: a private broker per session, a guard against leaked processes and threads."""
 
 from __future__ import annotations
 

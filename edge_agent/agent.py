@@ -1,0 +1,166 @@
+"""The running agent: wires buses, schedulers, batcher and uplink into supervised tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+from collections.abc import Awaitable, Callable
+
+from edge_agent import __version__
+from edge_agent.batcher import Batcher, ReportFilter
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.drivers.model import Reading
+from edge_agent.drivers.transport import BusTransport
+from edge_agent.payload import encode_batch_v1
+from edge_agent.scheduler import Backoff, BusScheduler
+from edge_agent.siteconfig import SiteConfig
+from edge_agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+async def supervise(name: str, factory: Callable[[], Awaitable[None]], clock: Clock,
+                    restarts: dict[str, int]) -> None:
+    """Run ``factory()`` forever: a crash is logged once, counted and restarted with back-off."""
+    backoff = Backoff(base_s=1.0, cap_s=30.0)
+    failures = 0
+    rng = random.Random(name)
+    while True:
+        try:
+            await factory()
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a supervisor is where a broad except belongs
+            failures += 1
+            restarts[name] = restarts.get(name, 0) + 1
+            if failures == 1:
+                log.exception("task %s crashed; restarting with back-off", name)
+            await clock.sleep(backoff.delay(failures, rng))
+
+
+class Agent:
+    """One gateway: polls its buses and reports over MQTT until stopped."""
+
+    def __init__(self, cfg: SiteConfig, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.epoch = int(self.clock.now() * 1000)
+        self.started_monotonic = self.clock.monotonic()
+        self.seq = 0
+        self.restarts: dict[str, int] = {}
+        self.readings_polled = 0
+        self.batches_built = 0
+        self.uplink = Uplink(cfg.mqtt, cfg.gateway_id, epoch=self.epoch, version=__version__,
+                             clock=self.clock)
+        self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
+        self.batcher = Batcher(cfg.batch, self.filter)
+        self._full = asyncio.Event()
+        self.transports = {name: BusTransport(bus) for name, bus in cfg.buses.items()
+                           if cfg.devices_on(name)}
+        self.schedulers = {
+            name: BusScheduler(t, cfg.devices_on(name), self._on_readings, self.clock,
+                               max_gap=cfg.max_gap, seed=hash(name) & 0xFFFF)
+            for name, t in self.transports.items()
+        }
+
+    def _on_readings(self, readings: list[Reading]) -> None:
+        self.readings_polled += len(readings)
+        if self.batcher.add(readings):
+            self._full.set()
+
+    async def flush(self) -> None:
+        """Encode whatever is pending into one batch and hand it to the uplink."""
+        readings = self.batcher.take()
+        self._full.clear()
+        if not readings:
+            return
+        payload = encode_batch_v1(self.cfg.gateway_id, self.epoch, self.seq, readings)
+        self.seq += 1
+        self.batches_built += 1
+        await self.uplink.submit(payload)
+
+    async def _batch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.cfg.batch.window_s)
+            await self.flush()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.cfg.health_interval_s)
+            await self.uplink.publish_health(self.health())
+
+    def health(self) -> dict[str, object]:
+        """The periodic health document (see docs/topics.md)."""
+        devices: dict[str, object] = {}
+        buses: dict[str, object] = {}
+        for name, sched in self.schedulers.items():
+            st = sched.transport.stats
+            buses[name] = {
+                "where": sched.transport.describe(), "connected": sched.transport.connected,
+                "requests": st.requests, "replies": st.replies, "timeouts": st.timeouts,
+                "exceptions": st.exceptions, "retries": st.retries,
+                "busy_s": round(st.busy_s, 3), "last_error": st.last_error,
+            }
+            for dname, dstate in sched.devices.items():
+                devices[dname] = dstate.health()
+        fs = self.filter.stats
+        return {
+            "gateway": self.cfg.gateway_id, "site": self.cfg.site, "version": __version__,
+            "epoch": self.epoch, "ts": int(self.clock.now() * 1000),
+            "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 1),
+            "memory": {"rss_bytes": rss_bytes(),
+                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+            "readings": {"polled": self.readings_polled, "sent": fs.sent,
+                         "suppressed": fs.suppressed, "pending": len(self.batcher)},
+            "batches": {"built": self.batches_built, "seq": self.seq},
+            "uplink": self.uplink.stats_dict(),
+            "task_restarts": dict(self.restarts),
+            "buses": buses, "devices": devices,
+        }
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run every task until ``stop`` is set (or cancelled); then flush and say goodbye."""
+        stop = stop or asyncio.Event()
+        log.info("agent %s starting: %d buses, %d devices, broker %s", self.cfg.gateway_id,
+                 len(self.schedulers), len(self.cfg.devices), self.cfg.mqtt.url)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                uplink = tg.create_task(
+                    supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
+                workers = [
+                    tg.create_task(supervise("batcher", self._batch_loop, self.clock,
+                                             self.restarts), name="batcher"),
+                    tg.create_task(supervise("health", self._health_loop, self.clock,
+                                             self.restarts), name="health"),
+                ]
+                for name, sched in self.schedulers.items():
+                    workers.append(tg.create_task(
+                        supervise(f"bus:{name}", sched.run, self.clock, self.restarts),
+                        name=f"bus:{name}"))
+                await stop.wait()
+                log.info("stopping: flushing %d pending readings", len(self.batcher))
+                for task in workers:
+                    task.cancel()
+                await self.flush()
+                await self.uplink.drain(timeout_s=5.0)
+                uplink.cancel()
+        finally:
+            for t in self.transports.values():
+                await t.close()

@@ -1,0 +1,148 @@
+"""The ``edge-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError
+
+USAGE = """edge-agent COMMAND [options]
+
+commands:
+  run SITE.toml [--broker URL]     poll the site's devices and report over MQTT
+  check-config SITE.toml           validate a site config; print a summary or every error
+  simulate SITE.toml               simulate every device a site config names
+  tail [--broker URL]              print readings, state and health as they arrive
+  decode FILE|-                    decode a data batch (a file or standard input)
+"""
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr in a format that reads well in journald and a terminal."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop`` for a graceful end."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def cmd_run(argv: list[str]) -> int:
+    """``edge-agent run``: the agent itself."""
+    ap = argparse.ArgumentParser(prog="edge-agent run", description="Poll and report a site.")
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--broker", help="broker URL overriding the config's [mqtt].url")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_config
+
+    try:
+        cfg = load_config(args.config, broker_url=args.broker)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    async def main(stop: asyncio.Event) -> None:
+        # pymodbus clients bind to the running loop, so the agent is built inside it.
+        await Agent(cfg).run(stop)
+
+    run_until_signal(main)
+    return 0
+
+
+def cmd_check_config(argv: list[str]) -> int:
+    """``edge-agent check-config``."""
+    ap = argparse.ArgumentParser(prog="edge-agent check-config")
+    ap.add_argument("config")
+    args = ap.parse_args(argv)
+    from edge_agent.checkconfig import check_config_main
+
+    return check_config_main(args.config)
+
+
+def cmd_simulate(argv: list[str]) -> int:
+    """``edge-agent simulate``."""
+    setup_logging(False)
+    from edge_agent.drivers.sim import simulate_main
+
+    return simulate_main(argv)
+
+
+def cmd_tail(argv: list[str]) -> int:
+    """``edge-agent tail``."""
+    from edge_agent.tail import tail_main
+
+    return tail_main(argv)
+
+
+def cmd_decode(argv: list[str]) -> int:
+    """``edge-agent decode``: print a data batch read from a file or stdin."""
+    ap = argparse.ArgumentParser(prog="edge-agent decode")
+    ap.add_argument("file", help="a file holding one data batch, or - for standard input")
+    args = ap.parse_args(argv)
+    from edge_agent.errors import CodecError
+    from edge_agent.payload import decode_batch
+
+    blob = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        batch = decode_batch(blob)
+    except CodecError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    print(f"gateway {batch.gateway} epoch {batch.epoch} seq {batch.seq}: "
+          f"{len(batch.readings)} readings")
+    for r in batch.readings:
+        value = r.value if r.quality == "good" else f"<{r.quality}" + (
+            f" {r.exception_code}>" if r.exception_code is not None else ">")
+        print(f"{r.ts_ms}\t{r.device}\t{r.point}\t{value}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "simulate": cmd_simulate,
+    "tail": cmd_tail,
+    "decode": cmd_decode,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"edge-agent: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return command(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

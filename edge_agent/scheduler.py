@@ -1,0 +1,228 @@
+"""Polling one bus: grid-aligned slots, one request at a time, dead devices backed off.
+
+A point with a 5 s interval is read on the 5 s marks of the wall clock, so its timestamps
+are regular (they are the slot's mark, not the moment the reply arrived; the latency is
+reported in health). A device that stops answering is backed off exponentially with
+jitter up to a cap, and while backed off only a single one-attempt probe is sent when its
+back-off ends, so it costs the healthy devices on the bus at most one timeout per probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from edge_agent.clock import Clock
+from edge_agent.drivers.decode import decode_request, failed_readings
+from edge_agent.drivers.model import Point, Quality, Reading, ReadRequest
+from edge_agent.drivers.planner import BadRanges, plan_reads
+from edge_agent.drivers.transport import BusTransport
+from edge_agent.siteconfig import DeviceConfig
+
+log = logging.getLogger(__name__)
+
+ILLEGAL_DATA_ADDRESS = 2  # Modbus application protocol V1.1b3, section 7
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential back-off with full jitter in [delay/2, delay], capped (pure)."""
+
+    base_s: float = 2.0
+    cap_s: float = 60.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (>= 1)."""
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, failures - 1))
+        return ceiling * (0.5 + 0.5 * rng.random())
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What the scheduler knows about one device, and its health counters."""
+
+    cfg: DeviceConfig
+    bad: BadRanges = field(default_factory=BadRanges)
+    status: str = "unknown"          # unknown | online | offline
+    consecutive_failures: int = 0
+    retry_at_monotonic: float = 0.0
+    polls: int = 0
+    good_polls: int = 0
+    failed_polls: int = 0
+    skipped_slots: int = 0           # slots not polled because the device was backed off
+    missed_slots: int = 0            # slots dropped because the bus was a whole interval late
+    probes: int = 0
+    last_good_ms: int | None = None
+    last_error: str = ""
+    latency_ms_last: float = 0.0
+    latency_ms_max: float = 0.0
+    latency_ms_sum: float = 0.0
+
+    def health(self) -> dict[str, object]:
+        """The device's part of the health document."""
+        return {
+            "status": self.status, "unit_id": self.cfg.unit_id, "bus": self.cfg.bus,
+            "polls": self.polls, "good_polls": self.good_polls,
+            "failed_polls": self.failed_polls, "skipped_slots": self.skipped_slots,
+            "missed_slots": self.missed_slots, "probes": self.probes,
+            "consecutive_failures": self.consecutive_failures,
+            "last_good_ms": self.last_good_ms, "last_error": self.last_error,
+            "latency_ms": {
+                "last": round(self.latency_ms_last, 1), "max": round(self.latency_ms_max, 1),
+                "mean": (round(self.latency_ms_sum / self.good_polls, 1)
+                         if self.good_polls else None),
+            },
+        }
+
+
+def interval_groups(device: DeviceConfig) -> dict[int, tuple[Point, ...]]:
+    """Points of a device grouped by their polling interval in milliseconds."""
+    groups: dict[int, list[Point]] = {}
+    for p in device.points:
+        ms = round((p.interval_s or device.poll_interval_s) * 1000)
+        groups.setdefault(ms, []).append(p)
+    return {ms: tuple(pts) for ms, pts in sorted(groups.items())}
+
+
+def next_mark_ms(now_ms: int, interval_ms: int) -> int:
+    """The first grid mark strictly after ``now_ms``."""
+    return (now_ms // interval_ms + 1) * interval_ms
+
+
+class BusScheduler:
+    """Polls every device of one bus through its transport and hands readings to ``sink``."""
+
+    def __init__(
+        self,
+        transport: BusTransport,
+        devices: Sequence[DeviceConfig],
+        sink: Callable[[list[Reading]], None],
+        clock: Clock,
+        *,
+        max_gap: int = 16,
+        backoff: Backoff | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.transport = transport
+        self.sink = sink
+        self.clock = clock
+        self.max_gap = max_gap
+        self.backoff = backoff or Backoff()
+        self.rng = random.Random(seed)
+        self.devices = {d.name: DeviceState(d) for d in devices}
+        self._groups = {d.name: interval_groups(d) for d in devices}
+        now_ms = int(clock.now() * 1000)
+        # (device, interval_ms) -> next slot's mark in wall-clock ms. Every point is read in
+        # the device's first slot, so slow points (a 15-minute counter) show up at start.
+        self._due: dict[tuple[str, int], int] = {
+            (name, ms): next_mark_ms(now_ms, min(groups))
+            for name, groups in self._groups.items() for ms in groups
+        }
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled)."""
+        while True:
+            mark = min(self._due.values()) if self._due else None
+            if mark is None:
+                await self.clock.sleep(3600)
+                continue
+            wait_s = mark / 1000 - self.clock.now()
+            if wait_s > 0:
+                await self.clock.sleep(wait_s)
+            await self.run_slot(mark)
+
+    async def run_slot(self, mark: int) -> None:
+        """Poll every device group due at ``mark``, then schedule their next slots."""
+        due = [key for key, at in self._due.items() if at == mark]
+        by_device: dict[str, list[Point]] = {}
+        for name, ms in due:
+            by_device.setdefault(name, []).extend(self._groups[name][ms])
+        for name, points in by_device.items():
+            await self.poll_device(self.devices[name], points, mark)
+        now_ms = int(self.clock.now() * 1000)
+        for key in due:
+            ms = key[1]
+            nxt = next_mark_ms(mark, ms)
+            if nxt + ms <= now_ms:
+                # A whole interval late: drop the missed slots instead of bursting.
+                latest = next_mark_ms(now_ms - ms, ms)
+                self.devices[key[0]].missed_slots += (latest - nxt) // ms
+                nxt = latest
+            self._due[key] = nxt
+
+    async def poll_device(self, state: DeviceState, points: Sequence[Point], ts_ms: int) -> None:
+        """Read the due points of one device (or probe it if it is backed off)."""
+        probing = state.consecutive_failures > 0
+        if probing and self.clock.monotonic() < state.retry_at_monotonic:
+            state.skipped_slots += 1
+            return
+        device = state.cfg.name
+        readings: list[Reading] = []
+        known_bad = [p for p in points if state.bad.is_point_bad(p)]
+        if known_bad:
+            readings += failed_readings(known_bad, Quality.DEVICE_EXCEPTION, device=device,
+                                        ts_ms=ts_ms, exception_code=ILLEGAL_DATA_ADDRESS)
+        wanted = [p for p in points if not state.bad.is_point_bad(p)]
+        queue: deque[ReadRequest] = deque(plan_reads(wanted, max_gap=self.max_gap, bad=state.bad))
+        state.polls += 1
+        if probing:
+            state.probes += 1
+        latency = 0.0
+        comm_error = ""
+        while queue:
+            req = queue.popleft()
+            reply = await self.transport.read(state.cfg.unit_id, req.table, req.address,
+                                              req.count, attempts=1 if probing else None)
+            latency += reply.latency_s
+            if reply.data is not None:
+                readings += decode_request(req, reply.data, device=device, ts_ms=ts_ms)
+                state.bad.record_ok(req)
+                probing = False  # it answered: read the rest normally
+            elif reply.exception_code == ILLEGAL_DATA_ADDRESS and len(req.points) > 0:
+                parts = state.bad.split_after_illegal(req)
+                if parts:
+                    queue.extendleft(reversed(parts))
+                else:
+                    readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION,
+                                                device=device, ts_ms=ts_ms,
+                                                exception_code=ILLEGAL_DATA_ADDRESS)
+            elif reply.exception_code is not None:
+                readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION, device=device,
+                                            ts_ms=ts_ms, exception_code=reply.exception_code)
+            else:
+                # No answer: the rest would time out too, so give up on this device now.
+                comm_error = reply.error or "no reply"
+                rest = [p for r in (req, *queue) for p in r.points]
+                readings += failed_readings(rest, Quality.COMM_ERROR, device=device, ts_ms=ts_ms)
+                break
+        self._record(state, comm_error, latency, ts_ms)
+        if readings:
+            self.sink(readings)
+
+    def _record(self, state: DeviceState, comm_error: str, latency_s: float, ts_ms: int) -> None:
+        if comm_error:
+            state.failed_polls += 1
+            state.consecutive_failures += 1
+            state.last_error = comm_error
+            delay = self.backoff.delay(state.consecutive_failures, self.rng)
+            state.retry_at_monotonic = self.clock.monotonic() + delay
+            if state.status != "offline":
+                log.warning("device %s (unit %d on %s) stopped answering: %s; backing off",
+                            state.cfg.name, state.cfg.unit_id, self.transport.describe(),
+                            comm_error)
+            state.status = "offline"
+            return
+        if state.status == "offline":
+            log.info("device %s answers again after %d failed polls", state.cfg.name,
+                     state.consecutive_failures)
+        state.status = "online"
+        state.consecutive_failures = 0
+        state.good_polls += 1
+        state.last_good_ms = ts_ms
+        ms = latency_s * 1000
+        state.latency_ms_last = ms
+        state.latency_ms_max = max(state.latency_ms_max, ms)
+        state.latency_ms_sum += ms
