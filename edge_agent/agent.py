@@ -15,7 +15,7 @@ from edge_agent.batcher import Batcher, ReportFilter
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.drivers.model import Reading
 from edge_agent.drivers.transport import BusTransport
-from edge_agent.payload import encode_batch_v1
+from edge_agent.payload_v2 import encode_batch_v2
 from edge_agent.scheduler import Backoff, BusScheduler
 from edge_agent.siteconfig import SiteConfig
 from edge_agent.uplink import Uplink
@@ -90,7 +90,7 @@ class Agent:
         self._full.clear()
         if not readings:
             return
-        payload = encode_batch_v1(self.cfg.gateway_id, self.epoch, self.seq, readings)
+        payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, self.seq, readings)
         self.seq += 1
         self.batches_built += 1
         await self.uplink.submit(payload)

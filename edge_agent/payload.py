@@ -1,7 +1,8 @@
 """Data batch framing: one version byte, then a body in that version's format (pure, no I/O).
 
-Version 1 (this module) is msgpack; version 2 (the compact codec in edge_agent.codecs) plugs in
-through ``register_decoder``. The body of version 1 is a msgpack map::
+Version 1 (this module) is msgpack; version 2 (``payload_v2``: the compact codec of
+edge_agent.codecs, what the agent publishes) plugs in through ``register_decoder``.
+The body of version 1 is a msgpack map::
 
     {"g": gateway, "e": boot epoch, "s": seq,
      "r": [[device, [[point, ts, values, flags], ...]], ...]}
@@ -18,7 +19,8 @@ one entry per device, one series per (device, point), in order of first appearan
 Everything round-trips exactly (floats as float64, ints as ints, bools as bools); only the order
 of readings across series is normalised to grouped order (see ``grouped``).
 
-This module imports only msgpack, so a cloud consumer can decode without the agent's MQTT stack.
+msgpack is imported only when a version 1 batch is met, so a cloud consumer decodes version 2
+with the standard library alone.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import msgpack
 
 from edge_agent.drivers.model import Quality, Reading
 from edge_agent.errors import CodecError
@@ -171,6 +171,8 @@ def encode_batch_v1(gateway: str, epoch: int, seq: int, readings: Sequence[Readi
         body_r.append([device, entries])
     body = {"g": gateway, "e": epoch, "s": seq, "r": body_r}
     try:
+        import msgpack
+
         packed = msgpack.packb(body, use_bin_type=True)
     except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as exc:
         raise CodecError(f"data batch v1 could not be packed: {exc}") from exc
@@ -245,6 +247,8 @@ def _decode_series(where: str, device: str, obj: object, base: int) -> list[Read
 
 
 def _decode_v1(body: bytes) -> DataBatch:
+    import msgpack
+
     try:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
@@ -272,3 +276,6 @@ def _decode_v1(body: bytes) -> DataBatch:
 
 
 register_decoder(VERSION_MSGPACK, _decode_v1)
+
+# Version 2 registers itself on import; it needs this module's names, so it comes last.
+from edge_agent import payload_v2  # noqa: E402, F401
