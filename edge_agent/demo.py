@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Ctrl-C reaches every process of the terminal's group: each child stops itself
     # gracefully and this process waits for them; SIGTERM is treated like Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         broker.start()

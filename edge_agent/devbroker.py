@@ -46,7 +46,10 @@ class Mosquitto:
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
         log = (self.dir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log, stderr=log)
+        # Its own session: a Ctrl-C at the terminal must not stop the broker before the
+        # agent has said goodbye through it; its owner stops it last.
+        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log, stderr=log,
+                                     start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
