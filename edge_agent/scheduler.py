@@ -9,6 +9,7 @@ back-off ends, so it costs the healthy devices on the bus at most one timeout pe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import deque
@@ -16,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.clock import Clock
-from edge_agent.drivers.decode import decode_request, failed_readings
-from edge_agent.drivers.model import Point, Quality, Reading, ReadRequest
+from edge_agent.drivers.decode import decode_request, encode_point, failed_readings
+from edge_agent.drivers.model import Access, Point, Quality, Reading, ReadRequest, Value
 from edge_agent.drivers.planner import BadRanges, plan_reads
 from edge_agent.drivers.transport import BusTransport
 from edge_agent.siteconfig import DeviceConfig
@@ -78,6 +79,23 @@ class DeviceState:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of a write command: ok, or why not (a Modbus exception code or an error)."""
+
+    ok: bool
+    error: str = ""
+    exception_code: int | None = None
+
+
+@dataclass(slots=True)
+class _WriteJob:
+    device: str
+    point: str
+    value: Value
+    done: asyncio.Future[WriteResult]
+
+
 def interval_groups(device: DeviceConfig) -> dict[int, tuple[Point, ...]]:
     """Points of a device grouped by their polling interval in milliseconds."""
     groups: dict[int, list[Point]] = {}
@@ -113,6 +131,8 @@ class BusScheduler:
         self.backoff = backoff or Backoff()
         self.rng = random.Random(seed)
         self.devices = {d.name: DeviceState(d) for d in devices}
+        self._writes: asyncio.Queue[_WriteJob] = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._groups = {d.name: interval_groups(d) for d in devices}
         now_ms = int(clock.now() * 1000)
         # (device, interval_ms) -> next slot's mark in wall-clock ms. Every point is read in
@@ -123,16 +143,64 @@ class BusScheduler:
         }
 
     async def run(self) -> None:
-        """Poll forever (until cancelled)."""
+        """Poll forever (until cancelled), running queued writes between polls."""
         while True:
+            await self._run_writes()
             mark = min(self._due.values()) if self._due else None
-            if mark is None:
-                await self.clock.sleep(3600)
-                continue
-            wait_s = mark / 1000 - self.clock.now()
-            if wait_s > 0:
-                await self.clock.sleep(wait_s)
-            await self.run_slot(mark)
+            wait_s = 3600.0 if mark is None else mark / 1000 - self.clock.now()
+            if wait_s > 0 and not await self._sleep_or_wake(wait_s):
+                continue  # woken by a write: run it, then wait for the slot again
+            if mark is not None:
+                await self.run_slot(mark)
+
+    async def _sleep_or_wake(self, seconds: float) -> bool:
+        """Sleep on the clock; False if a write command woke us first."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        self._wake.clear()
+        return sleeper.done() and not sleeper.cancelled()
+
+    async def write(self, device: str, point: str, value: Value) -> WriteResult:
+        """Write ``value`` to a read-write point; runs on this bus between two polls."""
+        state = self.devices.get(device)
+        if state is None:
+            return WriteResult(False, f"no device {device!r} on this bus")
+        target = next((p for p in state.cfg.points if p.name == point), None)
+        if target is None:
+            return WriteResult(False, f"device {device!r} has no point {point!r}")
+        if target.access is not Access.READ_WRITE:
+            return WriteResult(False, f"{device}.{point} is read-only in its profile")
+        done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        await self._writes.put(_WriteJob(device, point, value, done))
+        self._wake.set()
+        return await done
+
+    async def _run_writes(self) -> None:
+        while not self._writes.empty():
+            job = self._writes.get_nowait()
+            if not job.done.done():
+                job.done.set_result(await self._write_now(job))
+
+    async def _write_now(self, job: _WriteJob) -> WriteResult:
+        state = self.devices[job.device]
+        point = next(p for p in state.cfg.points if p.name == job.point)
+        try:
+            data = encode_point(point, job.value)
+        except ValueError as exc:
+            return WriteResult(False, str(exc))
+        reply = await self.transport.write(state.cfg.unit_id, point.table, point.address, data)
+        if reply.exception_code is not None:
+            return WriteResult(False, f"device answered exception {reply.exception_code}",
+                               reply.exception_code)
+        if reply.error is not None:
+            return WriteResult(False, reply.error)
+        log.info("wrote %s.%s = %r", job.device, job.point, job.value)
+        return WriteResult(True)
 
     async def run_slot(self, mark: int) -> None:
         """Poll every device group due at ``mark``, then schedule their next slots."""

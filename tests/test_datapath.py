@@ -86,8 +86,7 @@ def test_a_dead_device_does_not_slow_the_healthy_ones_on_its_bus(
     names = [f"dev{i}" for i in range(1, 9)]
     site = write_site(tmp_path, [(n, "rs485", i + 1, p)
                                  for i, (n, p) in enumerate(zip(names, profiles, strict=True))],
-                      poll_s=0.25, baud=115200,
-                      extra="")
+                      poll_s=0.25, baud=115200, health_s=1.0)
     window_s = 12.0
 
     def counts(sock: Path) -> dict[str, int]:
@@ -122,3 +121,6 @@ def test_a_dead_device_does_not_slow_the_healthy_ones_on_its_bus(
     assert c3["dev8"] - c2["dev8"] < 0.25 * min(with_dead.values())
     dead = [r for r in readings if r.device == "dev8" and r.quality is Quality.COMM_ERROR]
     assert dead, "the dead device's points were never reported as comm_error"
+    last = sub.health[-1]["devices"]
+    assert last["dev8"]["status"] == "offline" and last["dev8"]["consecutive_failures"] >= 1
+    assert all(last[n]["status"] == "online" for n in names[:7])
