@@ -1,0 +1,311 @@
+"""The ``edge-fleet`` operator command line (console script ``edge_agent.fleet.cli:main``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError, EdgeError
+from edge_agent.fleet import ops
+from edge_agent.fleet import rollout as ro
+from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
+from edge_agent.fleet.driver import RolloutStore
+from edge_agent.fleet.keys import (
+    PrivateKey,
+    load_private,
+    load_public,
+    write_private,
+    write_public,
+)
+from edge_agent.fleet.metadata import make_bundle
+from edge_agent.fleet.registry import Registry
+
+DEFAULT_DB = "sqlite:///fleet.db"
+
+
+def _db(args: argparse.Namespace) -> Registry:
+    return Registry(args.db)
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write NAME.key (0600) and NAME.pub."""
+    key = PrivateKey.generate()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
+    if priv.exists():
+        raise ConfigError(f"{priv} exists; refusing to overwrite a key")
+    write_private(priv, key)
+    write_public(pub, key.public)
+    print(f"{priv} (private, 0600)\n{pub} keyid {key.public.keyid}")
+    return 0
+
+
+def cmd_root(args: argparse.Namespace) -> int:
+    """root init | rotate | show."""
+    reg = _db(args)
+    if args.action == "show":
+        root = reg.latest_root()
+        from edge_agent.enroll import root_fingerprint
+
+        s = root["signed"]
+        print(f"root v{s['version']} expires {_when(s['expires'] * 1000)}\n"
+              f"fingerprint {root_fingerprint(root)}")
+        for role, spec in s["roles"].items():
+            print(f"  {role}: {spec['threshold']} of {len(spec['keyids'])}: "
+                  + " ".join(k[:12] for k in spec["keyids"]))
+        return 0
+    if not args.root_key or not args.release_key or not args.sign:
+        raise ConfigError(f"root {args.action} needs --root-key, --release-key and --sign")
+    fn = ops.init_root if args.action == "init" else ops.rotate_root
+    env = fn(reg, [load_public(p) for p in args.root_key], args.threshold,
+             [load_public(p) for p in args.release_key], args.release_threshold,
+             [load_private(p) for p in args.sign], expires_days=args.expires_days)
+    print(f"root v{env['signed']['version']} stored with {len(env['signatures'])} signatures")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign a payload into a bundle file (offline use)."""
+    now = int(time.time())
+    blob = make_bundle(args.kind, args.version, args.payload.read_bytes(),
+                       [load_private(p) for p in args.key], issued=now,
+                       expires=now + args.expires_days * ops.DAY_S, gateways=args.gateway,
+                       sites=args.site, tags=args.tag)
+    args.out.write_bytes(blob)
+    print(f"{args.out}: {args.kind} v{args.version}, {len(blob)} bytes")
+    return 0
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    """Print a single-use enrolment token."""
+    token = ops.issue_token(_db(args), args.gateway, args.site, args.tag, ttl_s=args.ttl_s)
+    print(token)
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    """A table of every gateway."""
+    rows = _db(args).gateways()
+    print(f"{'gateway':<20} {'site':<14} {'online':<6} {'config':>6}  {'last result':<22} "
+          f"{'last seen':<19} tags")
+    for g in rows:
+        result = f"{g.result or '-'}" + (f" v{g.result_version}" if g.result_version else "")
+        print(f"{g.id:<20} {g.site:<14} {'yes' if g.online else 'no':<6} {g.config_version:>6}  "
+              f"{result:<22} {_when(g.last_seen_ms):<19} {','.join(g.tags)}")
+    print(f"{len(rows)} gateways")
+    return 0
+
+
+def _status_line(state: dict[str, Any]) -> str:
+    s = ro.summary(state)
+    c = s["counts"]
+    parts = " ".join(f"{k} {v}" for k, v in sorted(c.items()))
+    extra = f" ({s['abort_reason']})" if s["abort_reason"] else ""
+    return (f"{s['id']}  {s['kind']} v{s['version']}  {s['status']}{extra}  wave "
+            f"{s['wave']}/{s['waves']}  {s['gateways']} gateways: {parts}")
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """rollout start | status | pause | resume | abort."""
+    reg = _db(args)
+    store = RolloutStore(reg)
+    if args.action == "start":
+        if not args.config or not args.target or not args.key:
+            raise ConfigError("rollout start needs --config FILE, --target SEL and --key FILE")
+        state = ops.start_rollout(
+            reg, args.config.read_bytes(), args.target, [load_private(p) for p in args.key],
+            waves=ops.parse_waves(args.waves), abort_above_pct=args.abort_above,
+            abort_min_count=args.abort_min, wave_deadline_s=args.deadline_s,
+            expires_days=args.expires_days)
+        print(f"rollout {state['plan']['id']} started: {_status_line(state)}")
+        return 0
+    if args.action == "status":
+        ids = [args.id] if args.id else store.all()[:10]
+        while True:
+            for rid in ids:
+                state, _, command = store.load(rid)
+                pending = f"  [{command.split(':')[0]} pending]" if command else ""
+                print(_status_line(state) + pending)
+                if args.id and args.verbose:
+                    for gw, why in sorted(state["reasons"].items())[:20]:
+                        print(f"    {gw}: {why}")
+                    for ts, text in state["events"][-10:]:
+                        print(f"    {_when(ts)} {text}")
+            if not args.watch or all(store.load(r)[0]["status"] not in ro.ACTIVE for r in ids):
+                return 0
+            time.sleep(args.interval_s)
+    if not args.id:
+        raise ConfigError(f"rollout {args.action} needs a rollout id")
+    try:
+        store.command(args.id, args.action, args.reason)
+    except KeyError:
+        raise ConfigError(f"no rollout {args.id!r}") from None
+    print(f"rollout {args.id}: {args.action} queued (applied by the service on its next tick)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the fleet service until SIGINT/SIGTERM."""
+    from edge_agent.fleet.service import FleetService
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    password = args.password_file.read_text().strip() if args.password_file else None
+    host = port = None
+    if args.http:
+        host, _, p = args.http.rpartition(":")
+        port = int(p)
+    svc = FleetService(_db(args), args.broker, username=args.username, password=password,
+                       prefix=args.prefix, tick_s=args.tick_s, lease_s=args.lease_s,
+                       http_host=host, http_port=port or 0, public_broker_url=args.public_broker,
+                       owner=args.instance)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(svc.run(stop))
+        await svc.http_ready.wait()
+        if svc.http_host is not None:
+            print(f"enrolment http://{svc.http_host}:{svc.http_port}", flush=True)
+        await task
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    """Write mosquitto password and ACL files from the registry."""
+    entries = _db(args).password_hashes()
+    if args.fleet_password_file:
+        entries = [(args.fleet_user, mosquitto_hash(args.fleet_password_file.read_text()
+                                                    .strip())), *entries]
+    snippet = write_broker_config(args.out, entries, prefix=args.prefix,
+                                  fleet_user=args.fleet_user)
+    print(f"{len(entries)} users; include {snippet} in mosquitto.conf, SIGHUP to reload")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=os.environ.get("EDGE_FLEET_DB", DEFAULT_DB),
+                        help="sqlite:///path or postgresql://... (env EDGE_FLEET_DB)")
+    ap = argparse.ArgumentParser(prog="edge-fleet", description="The edge fleet service.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", parents=[common], help="make an Ed25519 key pair")
+    p.add_argument("name")
+    p.add_argument("--dir", type=Path, default=Path("."))
+    p.set_defaults(fn=cmd_keygen)
+
+    p = sub.add_parser("root", parents=[common], help="root metadata: init, rotate, show")
+    p.add_argument("action", choices=("init", "rotate", "show"))
+    p.add_argument("--root-key", type=Path, action="append", default=[])
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--release-key", type=Path, action="append", default=[])
+    p.add_argument("--release-threshold", type=int, default=1)
+    p.add_argument("--sign", type=Path, action="append", default=[],
+                   help="private root keys signing (old and new for a rotation)")
+    p.add_argument("--expires-days", type=int, default=365)
+    p.set_defaults(fn=cmd_root)
+
+    p = sub.add_parser("sign", parents=[common], help="sign a payload into a bundle file")
+    p.add_argument("--kind", default="config")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--payload", type=Path, required=True)
+    p.add_argument("--key", type=Path, action="append", required=True)
+    p.add_argument("--gateway", action="append", default=[])
+    p.add_argument("--site", action="append", default=[])
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--expires-days", type=int, default=30)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(fn=cmd_sign)
+
+    p = sub.add_parser("enroll-token", parents=[common], help="a single-use enrolment token")
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--ttl-s", type=int, default=3600)
+    p.set_defaults(fn=cmd_enroll_token)
+
+    p = sub.add_parser("gateways", parents=[common], help="a table of gateways")
+    p.set_defaults(fn=cmd_gateways)
+
+    def rollout_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path)
+        p.add_argument("--target", action="append", default=[],
+                       help="gw:ID, site:NAME, tag:NAME or all (repeatable)")
+        p.add_argument("--waves", default="1,10,50,100")
+        p.add_argument("--abort-above", type=float, default=10.0, help="failed percent")
+        p.add_argument("--abort-min", type=int, default=3, help="outcomes before aborting")
+        p.add_argument("--deadline-s", type=float, default=600.0, help="per wave")
+        p.add_argument("--expires-days", type=int, default=30)
+        p.add_argument("--key", type=Path, action="append", default=[], help="release key")
+        p.add_argument("--reason", default="by hand")
+        p.add_argument("--watch", action="store_true")
+        p.add_argument("--interval-s", type=float, default=1.0)
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.set_defaults(fn=cmd_rollout)
+
+    p = sub.add_parser("rollout", parents=[common], help="start, status, pause, resume, abort")
+    p.add_argument("action", choices=("start", "status", "pause", "resume", "abort"))
+    p.add_argument("id", nargs="?")
+    rollout_args(p)
+    for verb in ("pause", "resume", "abort"):
+        p = sub.add_parser(verb, parents=[common], help=f"rollout {verb} ID")
+        p.add_argument("id")
+        rollout_args(p)
+        p.set_defaults(action=verb)
+
+    p = sub.add_parser("serve", parents=[common], help="run the fleet service")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--prefix", default="edge")
+    p.add_argument("--http", help="HOST:PORT of the enrolment endpoint")
+    p.add_argument("--public-broker", help="broker URL handed to gateways at enrolment")
+    p.add_argument("--tick-s", type=float, default=0.5)
+    p.add_argument("--lease-s", type=float, default=10.0)
+    p.add_argument("--instance", help="this instance's name (default: random)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("broker-config", parents=[common], help="mosquitto passwd and acl")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prefix", default="edge")
+    p.add_argument("--fleet-user", default="fleet")
+    p.add_argument("--fleet-password-file", type=Path)
+    p.set_defaults(fn=cmd_broker_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edge-fleet`` console script."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except (EdgeError, ValueError, OSError) as exc:
+        print(f"edge-fleet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The gateway control plane: stages, journal, recovery, and the async shell with fake callables
+standing for the agent (validate, dry-run, switch, healthy) on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.clock import FakeClock
+from edge_agent.control import ControlPlane, Journal, Stage, Trial, recover
+from edge_agent.errors import ConfigError, DeviceError
+from edge_agent.fleet.keys import PrivateKey
+from edge_agent.fleet.metadata import make_bundle, root_signed, sign_envelope
+from edge_agent.fleet.verify import Bundle
+from edge_agent.trust import TrustedState, load_trust, save_trust
+
+SEED = 11
+print(f"test_control: key seed {SEED}")
+NOW = 1_700_000_000
+
+
+def key(name: str) -> PrivateKey:
+    return PrivateKey(hashlib.sha256(f"{SEED}/{name}".encode()).digest())
+
+
+ROOT_KEYS = [key("r1"), key("r2")]
+RELEASE = key("release")
+ROOT = sign_envelope(root_signed(1, [k.public for k in ROOT_KEYS], 2, [RELEASE.public], 1,
+                                 issued=NOW - 10, expires=NOW + 10**7), ROOT_KEYS)
+
+
+def config_bundle(version: int, payload: bytes, gw: str = "gw-a") -> bytes:
+    return make_bundle("config", version, payload, [RELEASE], issued=NOW - 5,
+                       expires=NOW + 3600, gateways=[gw])
+
+
+class FakeAgent:
+    """Records what the control plane asked of the agent; failures are switched on by tests."""
+
+    def __init__(self) -> None:
+        self.running = "local"
+        self.switches: list[str] = []
+        self.dry_runs: list[str] = []
+        self.health_checks = 0
+        self.fail_health_at: int | None = None
+        self.fail_dry_run = False
+
+    def validate(self, payload: bytes) -> str:
+        text = payload.decode()
+        if not text.startswith("cfg:"):
+            raise ConfigError(f"payload {text[:10]!r} is not a config")
+        return text
+
+    async def dry_run(self, cfg: str) -> None:
+        self.dry_runs.append(cfg)
+        if self.fail_dry_run:
+            raise DeviceError("device meter (unit 1) did not answer")
+
+    async def switch(self, cfg: str) -> None:
+        self.switches.append(cfg)
+        self.running = cfg
+
+    async def healthy(self) -> tuple[bool, str]:
+        self.health_checks += 1
+        if self.fail_health_at is not None and self.health_checks >= self.fail_health_at:
+            return False, "device meter not polled"
+        return True, "ok"
+
+
+def plane(tmp: Path, agent: FakeAgent, clock: FakeClock, hold_s: float = 10) -> ControlPlane[str]:
+    return ControlPlane(tmp, validate=agent.validate, dry_run=agent.dry_run,
+                        switch=agent.switch, healthy=agent.healthy, hold_s=hold_s,
+                        check_every_s=1.0, clock=clock, fsync=False)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    save_trust(tmp_path, TrustedState("gw-a", "north", (), ROOT))
+    return tmp_path
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_transition_table_refuses_illegal_moves() -> None:
+    b = Bundle("config", 3, NOW, NOW + 1, "ab", b"", {})
+    j = Journal().advance(Stage.VERIFIED, b)
+    with pytest.raises(ValueError, match="verified -> switched"):
+        j.advance(Stage.SWITCHED)
+    with pytest.raises(ValueError, match="None -> committed"):
+        Journal().commit()
+    j = j.advance(Stage.VALIDATED).advance(Stage.DRY_RUN_OK).advance(Stage.SWITCHED)
+    assert j.commit() == Journal(3, "ab")
+
+
+def test_recover_reverts_a_switched_trial_and_drops_an_earlier_one() -> None:
+    j = Journal(2, "old", Trial(3, "new", NOW, Stage.SWITCHED))
+    after, report = recover(j)
+    assert after.trial is None and after.good_version == 2
+    assert report is not None and report["result"] == "reverted" and report["version"] == 3
+    after, report = recover(Journal(2, "old", Trial(3, "new", NOW, Stage.VALIDATED)))
+    assert after.trial is None and report is not None and report["result"] == "dry_run_failed"
+    assert recover(Journal(2, "old")) == (Journal(2, "old"), None)
+
+
+def test_happy_path_commits_after_the_health_gate(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    report = asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
+    assert report["result"] == "applied" and report["version"] == 4, report
+    assert agent.switches == ["cfg:four"]
+    assert agent.health_checks == 11  # t = 0..10 s, every second, all healthy
+    assert load_trust(state).floor("config") == 4
+    assert (state / "config.good").read_bytes() == b"cfg:four"
+    # The retained bundle delivered again (reconnect) is "current": nothing happens.
+    again = asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "cfg:four"))
+    assert again["result"] == "current" and agent.switches == ["cfg:four"]
+
+
+def test_rejected_bundle_changes_nothing(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    before = snapshot(state)
+    report = asyncio.run(cp.offer(config_bundle(4, b"cfg:x", gw="gw-b"), "local"))
+    assert report["result"] == "rejected" and "does not target" in report["reason"]
+    assert snapshot(state) == before and agent.switches == [] and agent.dry_runs == []
+
+
+@pytest.mark.parametrize("payload, result", [(b"garbage", "invalid"),
+                                             (b"cfg:needs-devices", "dry_run_failed")])
+def test_invalid_or_failed_dry_run_is_never_switched(state: Path, payload: bytes,
+                                                     result: str) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    agent.fail_dry_run = True
+    cp = plane(state, agent, clock)
+    report = asyncio.run(cp.offer(config_bundle(5, payload), "local"))
+    assert report["result"] == result, report
+    assert agent.switches == [] and load_trust(state).floor("config") == 0
+    assert not (state / "config.good").exists()
+
+
+def test_health_gate_failure_reverts_and_is_not_retried(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    assert asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))["result"] == "applied"
+    agent.fail_health_at = agent.health_checks + 4
+    report = asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    assert report["result"] == "reverted" and "check 4" in report["reason"], report
+    assert agent.switches == ["cfg:four", "cfg:five", "cfg:four"]
+    assert agent.running == "cfg:four"
+    assert load_trust(state).floor("config") == 4
+    assert (state / "config.good").read_bytes() == b"cfg:four"
+    # The same retained bundle again: remembered as failed, not applied a second time.
+    again = asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    assert again["result"] == "rejected" and "already failed" in again["reason"]
+    assert agent.switches == ["cfg:four", "cfg:five", "cfg:four"]
+
+
+def test_previous_config_offered_back_under_a_new_version(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
+    asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    report = asyncio.run(cp.offer(config_bundle(6, b"cfg:four"), "cfg:five"))
+    assert report["result"] == "applied" and load_trust(state).floor("config") == 6
+    assert agent.switches[-1] == "cfg:four"
+    # ...and a gateway that already runs that payload only moves its floor.
+    n = len(agent.switches)
+    report = asyncio.run(cp.offer(config_bundle(7, b"cfg:four"), "cfg:four"))
+    assert report["result"] == "applied" and "same config" in report["reason"]
+    assert len(agent.switches) == n and load_trust(state).floor("config") == 7
+
+
+def test_boot_after_a_crash_in_the_health_gate_reverts(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
+
+    async def crash_during_hold() -> None:
+        # The gate never finishes: the process "dies" while the trial is switched in.
+        agent.fail_health_at = None
+        task = asyncio.ensure_future(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+        while json.loads((state / "config-control.json").read_bytes())["trial"] is None:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    cp.hold_s = 10**6
+    asyncio.run(crash_during_hold())
+    journal = json.loads((state / "config-control.json").read_bytes())
+    assert journal["trial"]["stage"] == "switched"
+    restarted = plane(state, FakeAgent(), clock)
+    good, report = restarted.boot()
+    assert good == b"cfg:four"
+    assert report is not None and report["result"] == "reverted" and report["version"] == 5
+    assert load_trust(state).floor("config") == 4
+    assert restarted.journal.trial is None
+
+
+def test_crash_between_journal_commit_and_floor_is_healed(state: Path) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    sha = hashlib.sha256(b"cfg:four").hexdigest()
+    (state / "config.good").write_bytes(b"cfg:four")
+    (state / "config-control.json").write_text(json.dumps(Journal(4, sha).to_json()))
+    cp = plane(state, agent, clock)
+    report = asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "cfg:four"))
+    assert report["result"] == "applied" and agent.switches == []
+    assert load_trust(state).floor("config") == 4
+
+
+def test_a_newer_root_is_kept_even_when_the_config_fails(state: Path) -> None:
+    new_release = key("release-2")
+    root2 = sign_envelope(root_signed(2, [k.public for k in ROOT_KEYS], 2,
+                                      [new_release.public], 1, issued=NOW - 1,
+                                      expires=NOW + 10**7), ROOT_KEYS)
+    blob = make_bundle("config", 4, b"garbage", [new_release], issued=NOW, expires=NOW + 60,
+                       gateways=["gw-a"], roots=[root2])
+    cp = plane(state, FakeAgent(), FakeClock(NOW))
+    assert asyncio.run(cp.offer(blob, "local"))["result"] == "invalid"
+    assert load_trust(state).root_version == 2  # the old release key is now revoked here
+    old = asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "local"))
+    assert old["result"] == "rejected" and "0 valid signatures" in old["reason"]
+
+
+def test_trust_file_is_0600(state: Path) -> None:
+    assert (state / "trust.json").stat().st_mode & 0o777 == 0o600
+    cp = plane(state, FakeAgent(), FakeClock(NOW))
+    asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
+    for name in ("trust.json", "config-control.json", "config.good"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
