@@ -26,6 +26,9 @@ from edge_agent.siteconfig import DeviceConfig
 log = logging.getLogger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2  # Modbus application protocol V1.1b3, section 7
+# Exceptions 0x0A and 0x0B come from a TCP gateway whose serial device did not answer
+# (section 7): for us the device is silent, not answering with an exception.
+GATEWAY_NO_ANSWER = frozenset({0x0A, 0x0B})
 
 
 @dataclass(slots=True)
@@ -257,12 +260,12 @@ class BusScheduler:
                     readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION,
                                                 device=device, ts_ms=ts_ms,
                                                 exception_code=ILLEGAL_DATA_ADDRESS)
-            elif reply.exception_code is not None:
+            elif reply.exception_code is not None and reply.exception_code not in GATEWAY_NO_ANSWER:
                 readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION, device=device,
                                             ts_ms=ts_ms, exception_code=reply.exception_code)
             else:
                 # No answer: the rest would time out too, so give up on this device now.
-                comm_error = reply.error or "no reply"
+                comm_error = reply.error or f"gateway exception {reply.exception_code}: no reply"
                 rest = [p for r in (req, *queue) for p in r.points]
                 readings += failed_readings(rest, Quality.COMM_ERROR, device=device, ts_ms=ts_ms)
                 break

@@ -1,0 +1,132 @@
+"""The real agent takes signed configs from the fleet: applied, dry-run refused, reverted.
+
+An enrolled gateway (state dir written by the fleet's enrolment) runs ``edge-agent run``
+against simulated devices; bundles signed with the fleet's release keys are published
+retained on its desired/config topic, and its retained reports are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_agent.devbroker import Mosquitto
+from edge_agent.fleet.devkit import Pki, enrol_direct
+from edge_agent.fleet.metadata import make_bundle
+from edge_agent.fleet.registry import Registry
+from tests.sitekit import Collector, agent, control, simulator, write_site
+
+pytestmark = pytest.mark.integration
+GW = "gw-test"
+SEED = 41
+
+
+def _config(site: Path, state: Path, devices: str) -> bytes:
+    """The site config with this gateway's state dir and the given [devices] tables."""
+    head = site.read_text().split("[devices.", 1)[0]
+    head = "\n".join(f'state_dir = "{state}"' if line.startswith("state_dir") else line
+                     for line in head.splitlines())
+    return (head + "\n" + devices).encode()
+
+
+LAMP = ('[devices.lamp]\nbus = "rs485"\nunit_id = 3\nprofile = "streetlight"\n'
+        'poll_interval_s = 0.5\n')
+METER = ('[devices.meter]\nbus = "lan"\nunit_id = 1\nprofile = "energy_meter"\n'
+         'poll_interval_s = 0.5\n')
+GHOST = ('[devices.ghost]\nbus = "rs485"\nunit_id = 99\nprofile = "env_monitor"\n'
+         'poll_interval_s = 0.5\n')
+
+
+class Reports:
+    """Reads the gateway's retained reports."""
+
+    def __init__(self, port: int) -> None:
+        self.items: list[dict] = []  # type: ignore[type-arg]
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c.on_message = self._on
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"edge/{GW}/reported", qos=1)
+        self.c.loop_start()
+
+    def _on(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.items.append(json.loads(msg.payload))
+
+    def publish(self, blob: bytes) -> None:
+        self.c.publish(f"edge/{GW}/desired/config", blob, qos=1, retain=True).wait_for_publish(10)
+
+    def result(self, version: int, timeout_s: float = 60) -> dict:  # type: ignore[type-arg]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                done = [r for r in self.items if r.get("version") == version
+                        and r.get("result") != "current"]
+            if done:
+                return done[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no report for v{version}: {self.items}")
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_signed_configs_apply_refuse_and_revert_on_the_real_agent(
+        tmp_path: Path, own_broker: Mosquitto) -> None:
+    print("key seed", SEED)
+    reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+    pki = Pki.from_seed(SEED)
+    pki.init(reg)
+    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
+    state = tmp_path / "gw" / GW
+    sim_site = write_site(tmp_path, [("lamp", "rs485", 3, "streetlight"),
+                                     ("meter", "lan", 1, "energy_meter")])
+    local = tmp_path / "local.toml"
+    local.write_bytes(_config(sim_site, state, LAMP).replace(b'"gw-test"', f'"{GW}"'.encode()))
+    now = int(time.time())
+
+    def bundle(version: int, devices: str) -> bytes:
+        return make_bundle("config", version, _config(sim_site, state, devices),
+                           pki.release_keys, issued=now, expires=now + 3600, gateways=[GW],
+                           roots=reg.roots())
+
+    reports = Reports(own_broker.port)
+    data = Collector(own_broker.port)
+    try:
+        with simulator(sim_site, tmp_path) as sock, \
+                agent(local, own_broker.url, tmp_path, "--health-gate-s", "2"):
+            assert data.wait_for(lambda c: any(r.device == "lamp" for r in c.readings))
+            # v1 adds the meter: dry-run passes, health holds, committed; meter readings flow.
+            reports.publish(bundle(1, LAMP + METER))
+            r1 = reports.result(1)
+            assert r1["result"] == "applied", r1
+            n = len(data.snapshot())
+            assert data.wait_for(lambda c: any(r.device == "meter" for r in c.readings[n:]))
+            # v2 names a device that never answers: refused at the dry run, v1 keeps running.
+            reports.publish(bundle(2, LAMP + METER + GHOST))
+            r2 = reports.result(2)
+            assert r2["result"] == "dry_run_failed" and "ghost" in r2["reason"], r2
+            assert r2["committed"] == 1
+            # v3 passes the dry run, then the meter goes silent during the health gate:
+            # reverted to v1, which is what runs afterwards.
+            journal = state / "config-control.json"
+            reports.publish(bundle(3, METER + LAMP))
+            deadline = time.monotonic() + 30
+            while '"switched"' not in journal.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            control(sock, {"device": "meter", "fault": "silent"})
+            r3 = reports.result(3)
+            assert r3["result"] == "reverted" and "meter" in r3["reason"], r3
+            assert r3["committed"] == 1
+            control(sock, {"device": "meter", "fault": "none"})
+        assert (state / "config.good").read_bytes() == _config(sim_site, state, LAMP + METER)
+    finally:
+        reports.close()
+        data.close()
+        reg.close()
