@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
 
 from edge_agent.drivers.model import Table
-from edge_agent.siteconfig import Bus, Parity, SerialBus, TcpBus, TcpFraming
+from edge_agent.drivers.timing import char_time_s, inter_frame_gap_s
+from edge_agent.siteconfig import Bus, SerialBus, TcpBus, TcpFraming
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,6 @@ _MAX_REPLY_CHARS = 255
 # batches (LIBRARY_NOTES: devices add 5-50 ms).
 _TURNAROUND_S = 0.1
 DEFAULT_TCP_TIMEOUT_S = 1.0
-
-
-def char_time_s(bus: SerialBus) -> float:
-    """Seconds per character: start bit + data bits + parity bit + stop bits over the baud rate."""
-    bits = 1 + bus.bytesize + (0 if bus.parity is Parity.NONE else 1) + bus.stopbits
-    return bits / bus.baudrate
-
-
-def inter_frame_gap_s(bus: SerialBus) -> float:
-    """The silence between frames: 3.5 characters, fixed 1.75 ms above 19200 baud (2.5.1.1)."""
-    if bus.inter_frame_gap_s is not None:
-        return bus.inter_frame_gap_s
-    return 0.00175 if bus.baudrate > 19200 else 3.5 * char_time_s(bus)
 
 
 def serial_timeout_s(bus: SerialBus) -> float:
@@ -147,7 +136,8 @@ class BusTransport:
         self.stats.reconnects += 1
         try:
             ok = await self._client.connect()
-        except (OSError, ModbusException) as exc:
+        except (OSError, ModbusException, termios.error) as exc:
+            # termios.error: the port refused a setting (e.g. even parity on a PTY).
             return f"cannot open {self.describe()}: {exc}"
         return None if ok else f"cannot open {self.describe()}"
 

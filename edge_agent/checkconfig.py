@@ -7,45 +7,26 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_agent.config import load_config
-from edge_agent.drivers.model import Point
-from edge_agent.drivers.planner import plan_reads, requests_per_cycle
-from edge_agent.drivers.transport import bus_timeout_s, char_time_s, inter_frame_gap_s
+from edge_agent.drivers.planner import requests_per_cycle
+from edge_agent.drivers.timing import bus_budget
+from edge_agent.drivers.transport import bus_timeout_s, inter_frame_gap_s
 from edge_agent.errors import ConfigError
-from edge_agent.siteconfig import Bus, DeviceConfig, SerialBus, SiteConfig, TcpBus
+from edge_agent.siteconfig import Bus, SiteConfig, TcpBus
 
 
 def _secs(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _line_load(bus: SerialBus, devices: tuple[DeviceConfig, ...], max_gap: int) -> float:
-    """Fraction of the line's time the polls occupy on the wire (device turnaround excluded)."""
-    char_s, gap_s = char_time_s(bus), inter_frame_gap_s(bus)
-    load = 0.0
-    for d in devices:
-        by_interval: dict[float, list[Point]] = {}
-        for pt in d.points:
-            by_interval.setdefault(pt.interval_s or d.poll_interval_s, []).append(pt)
-        for interval_s, points in by_interval.items():
-            for r in plan_reads(points, max_gap=max_gap):
-                # An 8-byte request and a 5 + data byte reply, each followed by the 3.5
-                # character silence (Modbus over serial line V1.02, 2.5.1.1; spec 6.1-6.4).
-                reply = 5 + ((r.count + 7) // 8 if r.table.is_bit else 2 * r.count)
-                load += ((8 + reply) * char_s + 2 * gap_s) / interval_s
-    return load
-
-
-def _bus_line(bus: Bus, devices: tuple[DeviceConfig, ...], max_gap: int) -> str:
+def _bus_line(bus: Bus) -> str:
     timeout = _secs(bus_timeout_s(bus)) + (" (derived)" if bus.timeout_s is None else "")
     if isinstance(bus, TcpBus):
         return (f"tcp {bus.host}:{bus.port} framing {bus.framing.value}, timeout {timeout}, "
                 f"retries {bus.retries}")
     gap = f"{inter_frame_gap_s(bus) * 1000:.3g} ms"
-    load = _line_load(bus, devices, max_gap)
     return (f"serial {bus.port} {bus.baudrate} {bus.bytesize}{bus.parity.value}{bus.stopbits}"
             f", frame gap {gap}{' (derived)' if bus.inter_frame_gap_s is None else ''}, "
-            f"timeout {timeout}, retries {bus.retries}; line load {load:.1%} of wire time"
-            + (" (over capacity: poll less often)" if load > 1 else ""))
+            f"timeout {timeout}, retries {bus.retries}")
 
 
 def summarize(cfg: SiteConfig) -> str:
@@ -70,9 +51,10 @@ def summarize(cfg: SiteConfig) -> str:
         f"planner max_gap {cfg.max_gap} registers",
     ]
     total_points = total_requests = 0
+    budgets = bus_budget(cfg)
     for name, bus in cfg.buses.items():
         devices = cfg.devices_on(name)
-        lines += ["", f"bus {name}: {_bus_line(bus, devices, cfg.max_gap)}"]
+        lines += ["", f"bus {name}: {_bus_line(bus)}"]
         rows = [("device", "unit", "profile", "points", "poll", "requests/cycle")]
         for d in devices:
             requests = requests_per_cycle(d.points, max_gap=cfg.max_gap)
@@ -83,6 +65,8 @@ def summarize(cfg: SiteConfig) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows] if devices else ["  (no devices)"]
+        if name in budgets and devices:
+            lines.append("  " + budgets[name].describe())
     lines += ["", f"total: {len(cfg.buses)} buses, {len(cfg.devices)} devices, "
               f"{total_points} points, {total_requests} Modbus requests per full poll cycle"]
     return "\n".join(lines)
@@ -102,4 +86,10 @@ def check_config_main(path: str, out: TextIO | None = None, err: TextIO | None =
               file=err)
         return 2
     print(summarize(cfg), file=out)
-    return 0
+    # The bus budget (drivers/timing.py): a line over 100 % cannot keep its poll slots.
+    over = [b for b in bus_budget(cfg).values() if b.status == "over"]
+    for b in over:
+        print(f"bus {b.bus} is over capacity ({b.utilisation:.0%}): poll no faster than every "
+              f"{b.fastest_interval_s:.2f} s (every {b.comfortable_interval_s:.2f} s keeps it "
+              "under 80 %)", file=err)
+    return 2 if over else 0

@@ -628,7 +628,7 @@ def test_check_config_prints_the_summary_and_returns_0() -> None:
         "gateway cab-0042 at Main St / 5th Ave cabinet",
         "broker mqtt://broker.example.net; user cab-0042 with password; client id edge-cab-0042",
         "bus rs485a: serial /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0 "
-        "9600 8E1, frame gap 4.01 ms (derived), timeout 0.25 s, retries 0; line load ",
+        "9600 8E1, frame gap 4.01 ms (derived), timeout 0.25 s, retries 0",
         "bus rs485b: serial rfc2217://10.20.0.7:4001 19200 8N2, frame gap 5 ms, timeout ",
         "bus plc: tcp 10.20.0.5:502 framing socket, timeout 1 s (derived), retries 1",
         "bus converter: tcp 10.20.0.6:4001 framing rtu, timeout 0.8 s, retries 2",
@@ -653,23 +653,27 @@ type = "float32"
 """
 
 
-@pytest.mark.parametrize(("devices", "expected"), [
-    (1, "line load 55.0% of wire time\n"),
-    (2, "line load 110.0% of wire time (over capacity: poll less often)\n"),
+@pytest.mark.parametrize(("devices", "expected", "code"), [
+    (1, "utilisation 75% (turnaround 10 ms assumed)", 0),
+    (2, "utilisation 150% (turnaround 10 ms assumed)", 2),
 ])
-def test_summary_estimates_serial_line_load(tmp_path: Path, devices: int, expected: str) -> None:
+def test_check_config_budgets_serial_lines_and_fails_over_capacity(
+        tmp_path: Path, devices: int, expected: str, code: int) -> None:
     # 9600 8E1: 11 bits a character, 1.1458 ms. One float32 read: 8-byte request and 9-byte
-    # reply = 17 characters (19.48 ms) + 2 x 3.5 characters of silence (8.02 ms) = 27.5 ms,
-    # every 50 ms: 55 % of the line per device.
+    # reply = 17 characters (19.48 ms) + 2 x 3.5 characters of silence (8.02 ms) + 10 ms of
+    # device turnaround = 37.5 ms, every 50 ms: 75 % of the line per device.
     (tmp_path / "one.toml").write_text(ONE_POINT)
     text = BASE.replace(str(METER), "one.toml").replace("poll_interval_s = 10",
                                                          "poll_interval_s = 0.05")
     text += "".join(METER2.replace("meter2", f"m{i}").replace("unit_id = 1", f"unit_id = {i}")
                     .replace(str(METER), "one.toml").replace("= 10", "= 0.05")
                     for i in range(2, devices + 1))
-    out = io.StringIO()
-    assert check_config_main(str(write(tmp_path, text)), out=out, err=io.StringIO()) == 0
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config_main(str(write(tmp_path, text)), out=out, err=err) == code
     assert expected in out.getvalue(), out.getvalue()
+    if code:
+        assert "over capacity (150%): poll no faster than every 0.07 s" in err.getvalue(), \
+            err.getvalue()
 
 
 EXAMPLE = REPO / "configs" / "example-site.toml"

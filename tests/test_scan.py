@@ -1,0 +1,159 @@
+"""The pure parts of scanning: settings, timeouts, recognition by profile, the draft config.
+
+The scan of a simulated line (devices at unknown addresses and baud) is in
+hil_tests/test_bench.py; here recognition is fed the register images the simulators serve.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import serial
+
+from edge_agent.config import load_config
+from edge_agent.drivers.planner import plan_reads
+from edge_agent.drivers.profile import load_profile, shipped_profiles
+from edge_agent.drivers.scan import (
+    FEW_SECONDS_PER_100,
+    Answer,
+    Found,
+    ReadKey,
+    ScanSetting,
+    candidate_settings,
+    draft_site,
+    parse_framing,
+    parse_ids,
+    probe_timeout_s,
+    rank_profiles,
+    recognised,
+    recognition_reads,
+    sweep_estimate_s,
+)
+from edge_agent.drivers.sim.device import compose_image
+from edge_agent.drivers.sim.models import values_at
+from edge_agent.drivers.timing import exchange_s
+from edge_agent.scan import scan_main
+from edge_agent.siteconfig import Parity
+
+PROFILES = [load_profile(n) for n in shipped_profiles()]
+T = 1_790_000_000.0  # a fixed simulated moment
+
+
+def test_ids_and_framings_parse_and_refuse_what_modbus_forbids() -> None:
+    assert parse_ids("1-3,7,5-6") == [1, 2, 3, 5, 6, 7]
+    assert parse_ids("1-247") == list(range(1, 248))
+    for bad in ("0-5", "240-250", "x"):
+        with pytest.raises(ValueError, match="unit ids"):
+            parse_ids(bad)
+    assert parse_framing("8e1") == (Parity.EVEN, 1)
+    assert parse_framing("N") == (Parity.NONE, 1)
+    assert parse_framing("8N2") == (Parity.NONE, 2)
+    with pytest.raises(ValueError, match="framing"):
+        parse_framing("7E1")
+
+
+def test_candidates_start_with_the_modbus_defaults() -> None:
+    labels = [s.label() for s in candidate_settings()]
+    assert labels[:3] == ["9600 8E1", "9600 8N1", "9600 8N2"]
+    assert labels.index("19200 8E1") < labels.index("1200 8E1")
+    assert [s.label() for s in candidate_settings([19200], [(Parity.NONE, 1)])] == ["19200 8N1"]
+
+
+def test_probe_timeout_is_the_exchange_less_one_gap_and_sweeps_are_quick() -> None:
+    s = ScanSetting(9600, Parity.EVEN, 1)
+    bus = s.bus("-")
+    assert probe_timeout_s(s, 0.02) < exchange_s(bus, 3, 1, 0.02)
+    assert probe_timeout_s(s, 0.02, 0.016) == pytest.approx(probe_timeout_s(s, 0.02) + 0.016)
+    # The promise: a few seconds per hundred ids at 9600 and above, not at 1200.
+    for baud in (9600, 19200, 38400, 115200):
+        assert sweep_estimate_s(ScanSetting(baud, Parity.EVEN, 1), 100) <= FEW_SECONDS_PER_100
+    assert sweep_estimate_s(ScanSetting(1200, Parity.EVEN, 1), 100) > FEW_SECONDS_PER_100
+
+
+def answers_for(profile_name: str, seed: int = 3) -> dict[ReadKey, Answer]:
+    """What a simulated device of ``profile_name`` answers to the recognition reads."""
+    prof = next(p for p in PROFILES if p.name == profile_name)
+    image = compose_image(prof.points, values_at(prof.name, prof.points, T, device="d",
+                                                 seed=seed, overrides={}))
+    out = {}
+    for table, address, count in recognition_reads(PROFILES):
+        cells = image[table]
+        span = range(address, address + count)
+        if not cells:
+            out[(table, address, count)] = Answer(exception_code=2)  # no such table
+        elif table.is_bit:
+            out[(table, address, count)] = Answer(
+                tuple(int(cells.get(a, 0)) for a in span) if address in cells else None,
+                None if address in cells else 2)
+        elif all(a in cells for a in span):
+            out[(table, address, count)] = Answer(tuple(int(cells[a]) for a in span))
+        else:
+            out[(table, address, count)] = Answer(exception_code=2)
+    return out
+
+
+@pytest.mark.parametrize("name", [p.name for p in PROFILES])
+def test_every_shipped_profile_is_recognised_from_its_own_registers(name: str) -> None:
+    ranking = rank_profiles(PROFILES, answers_for(name))
+    best = recognised(ranking)
+    assert best is not None and best.profile == name, ranking[:3]
+
+
+def test_a_device_answering_nothing_is_not_recognised() -> None:
+    silent = {k: Answer(exception_code=2) for k in recognition_reads(PROFILES)}
+    ranking = rank_profiles(PROFILES, silent)
+    assert recognised(ranking) is None
+    assert all(m.matched == 0 for m in ranking)
+
+
+def test_recognition_reads_cover_every_profile_without_holes() -> None:
+    reads = set(recognition_reads(PROFILES))
+    for prof in PROFILES:
+        for r in plan_reads(prof.points, max_gap=0):
+            assert (r.table, r.address, r.count) in reads
+
+
+def test_draft_config_loads_once_named(tmp_path: Path) -> None:
+    text = draft_site("/dev/serial/by-id/usb-x", ScanSetting(19200, Parity.NONE, 1), [
+        Found(5, "pipe_sensor", ()), Found(17, "energy_meter", ()),
+        Found(99, None, ("water_meter 3/8",))], gateway_id="gw-1")
+    assert "closest: water_meter 3/8" in text
+    path = tmp_path / "draft.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert [(d.name, d.unit_id) for d in cfg.devices] == [("pipe_sensor_5", 5),
+                                                         ("energy_meter_17", 17)]
+    bus = cfg.buses["rs485"]
+    assert (bus.baudrate, bus.parity) == (19200, Parity.NONE)  # type: ignore[union-attr]
+
+
+def test_scan_refuses_a_port_held_by_another_process(tmp_path: Path) -> None:
+    import os
+
+    master, slave = os.openpty()
+    link = tmp_path / "ttyBUS"
+    link.symlink_to(os.ttyname(slave))
+    holder = serial.Serial(str(link), exclusive=True)
+    try:
+        err = io.StringIO()
+        import contextlib
+
+        with contextlib.redirect_stderr(err):
+            rc = scan_main([str(link), "--ids", "1-2"], io.StringIO())
+        assert rc == 2
+        assert "is in use" in err.getvalue() and "stop the agent" in err.getvalue()
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_scan_rejects_bad_arguments_before_touching_the_port() -> None:
+    import contextlib
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert scan_main(["/dev/does-not-exist", "--ids", "0-300"], io.StringIO()) == 2
+    assert "unit ids" in err.getvalue()

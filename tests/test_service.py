@@ -1,0 +1,106 @@
+"""install-service's unit file and the sd_notify watchdog, against a real datagram socket."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.service import (
+    UNIT_NAME,
+    UnitSpec,
+    Watchdog,
+    install_service_main,
+    render_unit,
+    user_commands,
+)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(tmp_path / "notify"))
+    s.settimeout(2)
+    yield s
+    s.close()
+
+
+def test_watchdog_speaks_sd_notify_to_the_socket(tmp_path: Path,
+                                                 notify_socket: socket.socket) -> None:
+    wd = Watchdog({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "30000000",
+                   "WATCHDOG_PID": str(os.getpid())})
+    assert wd.enabled and wd.interval_s == 15.0
+    assert wd.notify_ready("polling 3 buses")
+    assert wd.ping()
+    assert wd.notify_stopping()
+    got = [notify_socket.recv(4096).decode() for _ in range(3)]
+    assert got == ["READY=1\nSTATUS=polling 3 buses", "WATCHDOG=1", "STOPPING=1"]
+    assert (wd.sent, wd.failed) == (3, 0)
+
+
+def test_watchdog_uses_the_abstract_namespace_for_at_names() -> None:
+    name = f"edge-agent-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        s.settimeout(2)
+        assert Watchdog({"NOTIFY_SOCKET": "@" + name}).ping()
+        assert s.recv(100) == b"WATCHDOG=1"
+
+
+def test_watchdog_outside_systemd_and_for_another_pid_is_off(tmp_path: Path) -> None:
+    off = Watchdog({})
+    assert not off.enabled and off.interval_s is None and not off.ping()
+    other = Watchdog({"NOTIFY_SOCKET": str(tmp_path / "x"), "WATCHDOG_USEC": "1000000",
+                      "WATCHDOG_PID": "1"})
+    assert other.interval_s is None
+    # A socket that is gone is counted, never raised.
+    assert not other.ping() and other.failed == 1
+
+
+def test_unit_has_watchdog_restart_user_and_dialout() -> None:
+    text = render_unit(UnitSpec(exec_start=["/opt/edge agent/bin/edge-agent"],
+                                config=Path("/etc/edge-agent/site.toml"), watchdog_s=20))
+    lines = set(text.splitlines())
+    for expected in ("Type=notify", "WatchdogSec=20", "Restart=always", "User=edge-agent",
+                     "SupplementaryGroups=dialout", "StateDirectory=edge-agent",
+                     "ExecStart='/opt/edge agent/bin/edge-agent' run /etc/edge-agent/site.toml",
+                     "WantedBy=multi-user.target"):
+        assert expected in lines, expected
+
+
+def test_user_commands_create_a_missing_user_in_dialout() -> None:
+    cmds = user_commands("edge-agent-test-nobody-here", Path("/var/lib/edge-agent"))
+    assert cmds[0][0] == "useradd" and cmds[0][-3:] == ["--groups", "dialout",
+                                                       "edge-agent-test-nobody-here"]
+
+
+def test_install_service_writes_the_unit(tmp_path: Path) -> None:
+    out = io.StringIO()
+    rc = install_service_main(["--unit-dir", str(tmp_path), "--no-user",
+                               "--config", str(tmp_path / "site.toml")], out)
+    assert rc == 0, out.getvalue()
+    unit = (tmp_path / UNIT_NAME).read_text()
+    assert f"run {tmp_path / 'site.toml'}" in unit
+    verify = shutil.which("systemd-analyze")
+    if verify:
+        done = subprocess.run([verify, "verify", str(tmp_path / UNIT_NAME)],
+                              capture_output=True, text=True, check=False)
+        # Only complaints about our own keys matter; a container may lack the user or binary.
+        bad = [ln for ln in done.stderr.splitlines() if "Unknown key" in ln
+               or "Invalid" in ln or "Failed to parse" in ln]
+        assert not bad, done.stderr
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert install_service_main(["--unit-dir", str(tmp_path), "--dry-run", "--enable",
+                                 "--user", "edge-agent-test-nobody-here"], out) == 0
+    assert not (tmp_path / UNIT_NAME).exists()
+    assert "would run: systemctl enable --now edge-agent.service" in out.getvalue()
+    assert "would run: useradd" in out.getvalue()
