@@ -32,6 +32,7 @@ from edge_agent.drivers.planner import plan_reads
 from edge_agent.drivers.transport import BusTransport
 from edge_agent.errors import ConfigError, DeviceError, EdgeError, UplinkError
 from edge_agent.scheduler import GATEWAY_NO_ANSWER
+from edge_agent.service import Watchdog
 from edge_agent.siteconfig import Bus, SerialBus, SiteConfig
 from edge_agent.trust import TRUST_FILE
 
@@ -186,6 +187,13 @@ class Gateway:
                 report = {"kind": "config", "result": "failed", "reason": str(exc)}
             await self._publish_report(report)
 
+    async def _ping_watchdog(self, watchdog: Watchdog, interval_s: float) -> None:
+        # Pinged from the event loop itself: a hung loop stops the pings and systemd
+        # restarts the service (WatchdogSec in the unit that install-service writes).
+        while True:
+            watchdog.ping()
+            await self.clock.sleep(interval_s)
+
     # ------------------------------------------------------------------ run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,14 +213,20 @@ class Gateway:
                     log.error("the committed fleet config no longer loads (%s); running the "
                               "local config %s", exc, self.config_path)
         self._start_agent(self.cfg)
+        watchdog = Watchdog()
+        watchdog.notify_ready()
         helpers: list[asyncio.Task[None]] = []
         async with asyncio.TaskGroup() as tg:
+            if watchdog.interval_s is not None:
+                helpers.append(tg.create_task(self._ping_watchdog(watchdog, watchdog.interval_s),
+                                              name="watchdog"))
             if self.control is not None:
                 helpers.append(tg.create_task(self._apply_offers(), name="control"))
             if boot_report is not None:
                 helpers.append(tg.create_task(self._publish_report(boot_report),
                                               name="boot-report"))
             await stop.wait()
+            watchdog.notify_stopping()
             for task in helpers:
                 task.cancel()
             await self._stop_agent()

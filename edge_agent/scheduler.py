@@ -5,6 +5,8 @@ are regular (they are the slot's mark, not the moment the reply arrived; the lat
 reported in health). A device that stops answering is backed off exponentially with
 jitter up to a cap, and while backed off only a single one-attempt probe is sent when its
 back-off ends, so it costs the healthy devices on the bus at most one timeout per probe.
+The cap is two of the device's poll intervals (at most 60 s), so a replugged device is
+read again within two poll cycles.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DeviceState:
     """What the scheduler knows about one device, and its health counters."""
 
     cfg: DeviceConfig
+    backoff: Backoff = field(default_factory=Backoff)
     bad: BadRanges = field(default_factory=BadRanges)
     status: str = "unknown"          # unknown | online | offline
     consecutive_failures: int = 0
@@ -133,10 +136,11 @@ class BusScheduler:
         self.max_gap = max_gap
         self.backoff = backoff or Backoff()
         self.rng = random.Random(seed)
-        self.devices = {d.name: DeviceState(d) for d in devices}
+        self._groups = {d.name: interval_groups(d) for d in devices}
+        self.devices = {d.name: DeviceState(d, self._device_backoff(min(self._groups[d.name])))
+                        for d in devices}
         self._writes: asyncio.Queue[_WriteJob] = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._groups = {d.name: interval_groups(d) for d in devices}
         now_ms = int(clock.now() * 1000)
         # (device, interval_ms) -> next slot's mark in wall-clock ms. Every point is read in
         # the device's first slot, so slow points (a 15-minute counter) show up at start.
@@ -144,6 +148,11 @@ class BusScheduler:
             (name, ms): next_mark_ms(now_ms, min(groups))
             for name, groups in self._groups.items() for ms in groups
         }
+
+    def _device_backoff(self, fastest_ms: int) -> Backoff:
+        """The bus's back-off, capped at two of the device's fastest poll intervals."""
+        cap = min(self.backoff.cap_s, 2 * fastest_ms / 1000)
+        return Backoff(base_s=min(self.backoff.base_s, cap), cap_s=cap)
 
     async def run(self) -> None:
         """Poll forever (until cancelled), running queued writes between polls."""
@@ -278,7 +287,7 @@ class BusScheduler:
             state.failed_polls += 1
             state.consecutive_failures += 1
             state.last_error = comm_error
-            delay = self.backoff.delay(state.consecutive_failures, self.rng)
+            delay = state.backoff.delay(state.consecutive_failures, self.rng)
             state.retry_at_monotonic = self.clock.monotonic() + delay
             if state.status != "offline":
                 log.warning("device %s (unit %d on %s) stopped answering: %s; backing off",

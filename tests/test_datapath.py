@@ -117,8 +117,9 @@ def test_a_dead_device_does_not_slow_the_healthy_ones_on_its_bus(
     for n in names[:7]:
         assert healthy[n] > 0
         assert with_dead[n] >= 0.95 * healthy[n], (n, healthy[n], with_dead[n])
-    # The dead device was backed off: far fewer requests than a healthy device gets.
-    assert c3["dev8"] - c2["dev8"] < 0.25 * min(with_dead.values())
+    # The dead device was backed off to one single-attempt probe per one to two cycles: at
+    # most half the requests it got while healthy (pipe_sensor: 2 reads a cycle).
+    assert c3["dev8"] - c2["dev8"] <= 0.5 * (c1["dev8"] - c0["dev8"])
     dead = [r for r in readings if r.device == "dev8" and r.quality is Quality.COMM_ERROR]
     assert dead, "the dead device's points were never reported as comm_error"
     last = sub.health[-1]["devices"]
