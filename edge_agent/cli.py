@@ -22,6 +22,15 @@ commands:
   simulate SITE.toml               simulate every device a site config names
   tail [--broker URL]              print readings, state and health as they arrive
   decode FILE|-                    decode a data batch (a file or standard input)
+  ingest --broker URL --db URL     store every gateway's readings once, recording gaps
+  enroll --fleet URL --token T     enrol this gateway with the fleet service
+  scan PORT                        find the devices on a serial bus; write a draft config
+  read -c SITE.toml DEVICE POINT   read one point now
+  write -c SITE.toml DEVICE POINT V
+                                   write one point (checks access and range, asks first)
+  doctor -c SITE.toml              check port, broker, TLS, clock, disk, spool, config, budget
+  install-service --config SITE.toml
+                                   write a systemd unit (watchdog, restart, dialout user)
 """
 
 
@@ -51,21 +60,26 @@ def cmd_run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="edge-agent run", description="Poll and report a site.")
     ap.add_argument("config", type=Path)
     ap.add_argument("--broker", help="broker URL overriding the config's [mqtt].url")
+    ap.add_argument("--health-gate-s", type=float, default=30.0,
+                    help="how long a config from the fleet must stay healthy before it is "
+                         "committed (default 30)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    from edge_agent.agent import Agent
     from edge_agent.config import load_config
+    from edge_agent.gateway import Gateway
 
     try:
-        cfg = load_config(args.config, broker_url=args.broker)
+        load_config(args.config, broker_url=args.broker)  # fail before starting anything
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return 2
+
     async def main(stop: asyncio.Event) -> None:
         # pymodbus clients bind to the running loop, so the agent is built inside it.
-        await Agent(cfg).run(stop)
+        gateway = Gateway(args.config, broker_url=args.broker, health_gate_s=args.health_gate_s)
+        await gateway.run(stop)
 
     run_until_signal(main)
     return 0
@@ -119,12 +133,33 @@ def cmd_decode(argv: list[str]) -> int:
     return 0
 
 
+def cmd_ingest(argv: list[str]) -> int:
+    """``edge-agent ingest``: the deduplicating cloud ingest."""
+    from edge_agent.ingest import ingest_main
+
+    return ingest_main(argv)
+
+
+def _lazy(module: str, name: str) -> Callable[[list[str]], int]:
+    """A command's entry point, imported only when that command runs."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "simulate": cmd_simulate,
     "tail": cmd_tail,
     "decode": cmd_decode,
+    "ingest": cmd_ingest,
+    "enroll": lambda argv: _lazy("edge_agent.enroll", "enroll_main")(argv),
+    "scan": lambda argv: _lazy("edge_agent.scan", "scan_main")(argv),
+    "read": lambda argv: _lazy("edge_agent.commission", "read_main")(argv),
+    "write": lambda argv: _lazy("edge_agent.commission", "write_main")(argv),
+    "doctor": lambda argv: _lazy("edge_agent.doctor", "doctor_main")(argv),
+    "install-service": lambda argv: _lazy("edge_agent.service", "install_service_main")(argv),
 }
 
 
