@@ -22,6 +22,7 @@ from functools import cache
 
 from edge_agent.drivers.model import (
     TYPE_LAYOUT,
+    Access,
     DataType,
     Point,
     Quality,
@@ -266,3 +267,24 @@ def encode_point(point: Point, value: Value) -> list[int] | list[bool]:
                          f"for {point.type.value}") from None
     regs = list(words.unpack(packed))
     return regs[::-1] if reverse else regs
+
+
+def encode_write(point: Point, value: Value) -> list[int] | list[bool]:
+    """What to send to write ``value``: ValueError for a read-only point, a value outside the
+    profile's limits or the type's range, or one the register cannot represent exactly."""
+    if point.access is not Access.READ_WRITE:
+        raise ValueError(f"{point.name} is read-only ({point.table.value} {point.address})")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if point.min_value is not None and value < point.min_value:
+            raise ValueError(f"{point.name}: {value!r} is below the profile's minimum "
+                             f"{point.min_value:g}")
+        if point.max_value is not None and value > point.max_value:
+            raise ValueError(f"{point.name}: {value!r} is above the profile's maximum "
+                             f"{point.max_value:g}")
+    words = encode_point(point, value)
+    if (not point.table.is_bit and point.type not in (DataType.FLOAT32, DataType.FLOAT64)
+            and isinstance(value, float) and value != decode_point(point, words)):
+        raise ValueError(f"{point.name}: {value!r} cannot be represented exactly (scale "
+                         f"{point.scale:g}, {point.type.value}); nearest is "
+                         f"{decode_point(point, words)!r}")
+    return words

@@ -118,6 +118,8 @@ class Point:
     bit: int | None = None
     bits: int = 1
     description: str = ""
+    min_value: float | None = None  # limits a write must respect, in engineering units
+    max_value: float | None = None
 
     @property
     def end(self) -> int:

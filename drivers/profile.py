@@ -18,7 +18,7 @@ from edge_agent.tomlcheck import Checker, load_toml
 
 POINT_KEYS = (
     "table", "address", "type", "count", "length", "order", "scale", "offset", "unit",
-    "access", "interval_s", "deadband", "bit", "bits", "description",
+    "access", "interval_s", "deadband", "bit", "bits", "description", "min", "max",
 )
 
 
@@ -80,6 +80,8 @@ def parse_point(chk: Checker, name: str, raw: Any, path: str) -> Point | None:
                    expected="a bit-field width from 1 to 16")
     length = chk.get(raw, path, "length", int, None, check=lambda v: 1 <= v <= 125,
                      expected="a string length of 1 to 125 registers")
+    low = chk.get(raw, path, "min", float, None)
+    high = chk.get(raw, path, "max", float, None)
     if len(chk.problems) > before or table is None or dtype is None or address is None:
         return None
 
@@ -95,6 +97,12 @@ def parse_point(chk: Checker, name: str, raw: Any, path: str) -> Point | None:
         chk.problem(f"{path}.address", address,
                     f"an address whose {count} item(s) end at or before 65535")
         return None
+    if (low is not None or high is not None) and dtype in (DataType.BOOL, DataType.STRING):
+        chk.note(f"{path}.min", f"limits apply to numbers, not to {dtype.value} points")
+        return None
+    if low is not None and high is not None and low > high:
+        chk.problem(f"{path}.min", low, f"a minimum no greater than max = {high:g}")
+        return None
     if access is Access.READ_WRITE and not table.writable:
         chk.problem(f"{path}.access", access.value,
                     f"'read' ({table.value} is a read-only table)")
@@ -102,7 +110,8 @@ def parse_point(chk: Checker, name: str, raw: Any, path: str) -> Point | None:
     return Point(
         name=name, table=table, address=address, type=dtype, count=count, order=order,
         scale=scale, offset=offset, unit=unit, access=access, interval_s=interval_s,
-        deadband=deadband, bit=bit, bits=bits, description=description,
+        deadband=deadband, bit=bit, bits=bits, description=description, min_value=low,
+        max_value=high,
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from edge_agent.drivers.decode import DecodeFailure, decode_point, encode_point
+from edge_agent.drivers.decode import DecodeFailure, decode_point, encode_write
 from edge_agent.drivers.model import Access, DataType, Point, Value
 from edge_agent.drivers.transport import BusTransport, Reply
 from edge_agent.errors import ConfigError
@@ -161,13 +161,10 @@ def check_write(dev: DeviceConfig, point: Point, value: Value) -> list[int] | li
         raise ValueError(f"{dev.name}.{point.name} is read-only in profile {dev.profile.name!r} "
                          f"({point.table.value} {point.address}); only read-write points are "
                          "written")
-    words = encode_point(point, value)  # ValueError names the type's range
-    if not point.table.is_bit and point.type not in (DataType.FLOAT32, DataType.FLOAT64) \
-            and isinstance(value, float) and not value == decode_point(point, words):
-        raise ValueError(f"{dev.name}.{point.name}: {value!r} cannot be represented exactly "
-                         f"(scale {point.scale:g}, {point.type.value}); nearest is "
-                         f"{decode_point(point, words)!r}")
-    return words
+    try:
+        return encode_write(point, value)  # limits, the type's range, exactness
+    except ValueError as exc:
+        raise ValueError(f"{dev.name}.{exc}") from None
 
 
 def describe_failure(reply: Reply, where: str) -> str:

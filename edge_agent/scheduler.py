@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.clock import Clock
-from edge_agent.drivers.decode import decode_request, encode_point, failed_readings
-from edge_agent.drivers.model import Access, Point, Quality, Reading, ReadRequest, Value
+from edge_agent.drivers.decode import decode_request, encode_write, failed_readings
+from edge_agent.drivers.model import Point, Quality, Reading, ReadRequest, Value
 from edge_agent.drivers.planner import BadRanges, plan_reads
 from edge_agent.drivers.transport import BusTransport
 from edge_agent.siteconfig import DeviceConfig
@@ -185,8 +185,6 @@ class BusScheduler:
         target = next((p for p in state.cfg.points if p.name == point), None)
         if target is None:
             return WriteResult(False, f"device {device!r} has no point {point!r}")
-        if target.access is not Access.READ_WRITE:
-            return WriteResult(False, f"{device}.{point} is read-only in its profile")
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         await self._writes.put(_WriteJob(device, point, value, done))
         self._wake.set()
@@ -202,9 +200,9 @@ class BusScheduler:
         state = self.devices[job.device]
         point = next(p for p in state.cfg.points if p.name == job.point)
         try:
-            data = encode_point(point, job.value)
+            data = encode_write(point, job.value)
         except ValueError as exc:
-            return WriteResult(False, str(exc))
+            return WriteResult(False, f"{job.device}.{exc}")
         reply = await self.transport.write(state.cfg.unit_id, point.table, point.address, data)
         if reply.exception_code is not None:
             return WriteResult(False, f"device answered exception {reply.exception_code}",

@@ -52,8 +52,9 @@ def test_values_are_parsed_by_type_and_checked_against_the_profile(site: Path) -
     assert parse_value(lamp_dim[1], "40") == 40
     assert check_write(*lamp_dim, 40) == [40]
     assert check_write(*relay, True) == [True]
-    with pytest.raises(ValueError, match=r"out of range for uint16 \(0\.\.65535\)"):
-        check_write(*lamp_dim, 70000)
+    with pytest.raises(ValueError, match=r"lamp\.dim_command: 101 is above the profile's "
+                                         r"maximum 100"):
+        check_write(*lamp_dim, 101)
     with pytest.raises(ValueError, match="read-only in profile 'streetlight'"):
         check_write(*find_target(cfg, "lamp", "dim_actual"), 10)
     with pytest.raises(ValueError, match="read-only"):

@@ -365,3 +365,21 @@ def test_any_registers_survive_decode_then_encode(dtype: DataType, order: WordOr
                               max_size=TYPE_LAYOUT[dtype][0]))
     p = pt(dtype, order)
     assert encode_point(p, decode_point(p, regs)) == regs
+
+
+def test_encode_write_enforces_access_profile_limits_and_exactness() -> None:
+    from edge_agent.drivers.decode import encode_write
+    from edge_agent.drivers.model import Access
+
+    dim = Point(name="dim", table=Table.HOLDING_REGISTER, address=0, type=DataType.UINT16,
+                count=1, access=Access.READ_WRITE, min_value=0, max_value=100)
+    assert encode_write(dim, 40) == [40]
+    with pytest.raises(ValueError, match="above the profile's maximum 100"):
+        encode_write(dim, 101)
+    with pytest.raises(ValueError, match="below the profile's minimum 0"):
+        encode_write(dim, -1)
+    with pytest.raises(ValueError, match="cannot be represented exactly"):
+        encode_write(dim, 40.5)
+    with pytest.raises(ValueError, match="read-only"):
+        encode_write(Point(name="p", table=Table.HOLDING_REGISTER, address=0,
+                           type=DataType.UINT16, count=1), 1)

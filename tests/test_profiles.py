@@ -103,3 +103,14 @@ def test_signal_groups_are_two_bit_fields_of_one_register() -> None:
     groups = [prof.point(f"group_{n}") for n in range(1, 9)]
     assert {g.address for g in groups} == {groups[0].address}
     assert [(g.bit, g.bits) for g in groups] == [(2 * i, 2) for i in range(8)]
+
+
+def test_write_limits_are_read_from_profiles_and_checked() -> None:
+    from edge_agent.drivers.profile import parse_profile
+    from edge_agent.errors import ConfigError
+
+    assert load_profile("streetlight").point("dim_command").max_value == 100
+    bad = {"points": {"x": {"table": "holding_register", "address": 0, "type": "uint16",
+                            "min": 5, "max": 1}}}
+    with pytest.raises(ConfigError, match=r"points\.x\.min = 5\.0: expected a minimum"):
+        parse_profile(bad, "bad.toml")
