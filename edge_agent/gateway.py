@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
@@ -27,7 +27,6 @@ from edge_agent import topics
 from edge_agent.agent import Agent
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import load_config
-from edge_agent.control import ControlPlane
 from edge_agent.drivers.planner import plan_reads
 from edge_agent.drivers.transport import BusTransport
 from edge_agent.errors import ConfigError, DeviceError, EdgeError, UplinkError
@@ -35,6 +34,9 @@ from edge_agent.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.service import Watchdog
 from edge_agent.siteconfig import Bus, SerialBus, SiteConfig
 from edge_agent.trust import TRUST_FILE
+
+if TYPE_CHECKING:
+    from edge_agent.control import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class Gateway:
         self._offers: asyncio.Queue[bytes] = asyncio.Queue()
         self.control: ControlPlane[SiteConfig] | None = None
         if (self.local.state_dir / TRUST_FILE).exists():
+            # Imported only when enrolled: the verifier's crypto costs ~6 MB of RSS.
+            from edge_agent.control import ControlPlane
+
             self.control = ControlPlane(
                 self.local.state_dir, validate=self.validate, dry_run=self.dry_run,
                 switch=self.switch, healthy=self.healthy, kind="config",
