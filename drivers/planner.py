@@ -74,6 +74,11 @@ class BadRanges:
         self._walls: dict[Table, list[int]] = {}
         self._pending: dict[_Key, _Split] = {}
 
+    @property
+    def empty(self) -> bool:
+        """True while nothing is learned or pending (plans then depend on the points alone)."""
+        return not (any(self._starts.values()) or any(self._walls.values()) or self._pending)
+
     def contains(self, table: Table, address: int) -> bool:
         """True if the device has proven that ``address`` of ``table`` is illegal."""
         starts = self._starts.get(table)

@@ -139,6 +139,7 @@ class BusScheduler:
         self._groups = {d.name: interval_groups(d) for d in devices}
         self.devices = {d.name: DeviceState(d, self._device_backoff(min(self._groups[d.name])))
                         for d in devices}
+        self._plans: dict[tuple[str, tuple[int, ...]], list[ReadRequest]] = {}
         self._writes: asyncio.Queue[_WriteJob] = asyncio.Queue()
         self._wake = asyncio.Event()
         now_ms = int(clock.now() * 1000)
@@ -215,11 +216,12 @@ class BusScheduler:
     async def run_slot(self, mark: int) -> None:
         """Poll every device group due at ``mark``, then schedule their next slots."""
         due = [key for key, at in self._due.items() if at == mark]
-        by_device: dict[str, list[Point]] = {}
+        by_device: dict[str, list[int]] = {}
         for name, ms in due:
-            by_device.setdefault(name, []).extend(self._groups[name][ms])
-        for name, points in by_device.items():
-            await self.poll_device(self.devices[name], points, mark)
+            by_device.setdefault(name, []).append(ms)
+        for name, intervals in by_device.items():
+            points = [p for ms in intervals for p in self._groups[name][ms]]
+            await self.poll_device(self.devices[name], points, mark, tuple(intervals))
         now_ms = int(self.clock.now() * 1000)
         for key in due:
             ms = key[1]
@@ -231,20 +233,36 @@ class BusScheduler:
                 nxt = latest
             self._due[key] = nxt
 
-    async def poll_device(self, state: DeviceState, points: Sequence[Point], ts_ms: int) -> None:
-        """Read the due points of one device (or probe it if it is backed off)."""
+    def _plan(self, state: DeviceState, points: Sequence[Point],
+              key: tuple[int, ...] | None) -> list[ReadRequest]:
+        # A device with nothing learned plans the same every time for the same intervals.
+        if key is None or not state.bad.empty:
+            return plan_reads(points, max_gap=self.max_gap, bad=state.bad)
+        cached = self._plans.get((state.cfg.name, key))
+        if cached is None:
+            cached = self._plans[(state.cfg.name, key)] = plan_reads(points,
+                                                                     max_gap=self.max_gap)
+        return cached
+
+    async def poll_device(self, state: DeviceState, points: Sequence[Point], ts_ms: int,
+                          key: tuple[int, ...] | None = None) -> None:
+        """Read the due points of one device (or probe it if it is backed off).
+
+        ``key`` names the interval groups ``points`` came from, so their plan can be reused.
+        """
         probing = state.consecutive_failures > 0
         if probing and self.clock.monotonic() < state.retry_at_monotonic:
             state.skipped_slots += 1
             return
         device = state.cfg.name
         readings: list[Reading] = []
-        known_bad = [p for p in points if state.bad.is_point_bad(p)]
-        if known_bad:
-            readings += failed_readings(known_bad, Quality.DEVICE_EXCEPTION, device=device,
-                                        ts_ms=ts_ms, exception_code=ILLEGAL_DATA_ADDRESS)
-        wanted = [p for p in points if not state.bad.is_point_bad(p)]
-        queue: deque[ReadRequest] = deque(plan_reads(wanted, max_gap=self.max_gap, bad=state.bad))
+        if not state.bad.empty:
+            known_bad = [p for p in points if state.bad.is_point_bad(p)]
+            if known_bad:
+                readings += failed_readings(known_bad, Quality.DEVICE_EXCEPTION, device=device,
+                                            ts_ms=ts_ms, exception_code=ILLEGAL_DATA_ADDRESS)
+                points = [p for p in points if not state.bad.is_point_bad(p)]
+        queue: deque[ReadRequest] = deque(self._plan(state, points, key))
         state.polls += 1
         if probing:
             state.probes += 1

@@ -15,8 +15,8 @@ from edge_agent.scheduler import BusScheduler
 from tests.brokers import free_port
 
 
-def _site(tmp: Path) -> Path:
-    path = tmp / "site.toml"
+def _site(tmp: Path, extra: str = "", port: int | None = None) -> Path:
+    path = tmp / ("agent.toml" if extra else "site.toml")
     path.write_text(f"""
 [gateway]
 id = "gw"
@@ -25,21 +25,23 @@ url = "mqtt://127.0.0.1:1"
 [buses.lan]
 type = "tcp"
 host = "127.0.0.1"
-port = {free_port()}
+port = {port or free_port()}
 [devices.lamp]
 bus = "lan"
 unit_id = 3
 profile = "streetlight"
 poll_interval_s = 0.2
-""")
+""" + extra)
     return path
 
 
-async def _with_scheduler(tmp: Path, body) -> list[Reading]:  # type: ignore[no-untyped-def]
-    cfg = load_config(_site(tmp))
+async def _with_scheduler(tmp: Path, body, extra: str = "") -> list[Reading]:  # type: ignore[no-untyped-def]
+    sim_cfg = load_config(_site(tmp))
+    # The agent may know points the simulated device lacks.
+    cfg = load_config(_site(tmp, extra, sim_cfg.buses["lan"].port)) if extra else sim_cfg  # type: ignore[union-attr]
     stop = asyncio.Event()
     ready = asyncio.Event()
-    sim = asyncio.create_task(run_site(cfg, control_path=None, stop=stop,
+    sim = asyncio.create_task(run_site(sim_cfg, control_path=None, stop=stop,
                                        on_ready=lambda _s: ready.set()))
     await asyncio.wait_for(ready.wait(), 10)
     readings: list[Reading] = []
@@ -85,3 +87,32 @@ def test_writes_that_cannot_be_done_are_refused_with_a_reason(tmp_path: Path) ->
         assert not over.ok and "above the profile's maximum 100" in over.error, over
 
     asyncio.run(_with_scheduler(tmp_path, body))
+
+
+GHOST_POINT = """
+[devices.lamp.extra_points.ghost]
+table = "holding_register"
+address = 20
+type = "uint16"
+"""
+
+
+def test_an_address_the_device_rejects_is_learned_and_never_read_again(tmp_path: Path) -> None:
+    """Holding register 20 is not in the simulated lamp: a read coalesced over it gets
+    exception 2; the scheduler splits it, the lamp's own points keep their values, and once
+    learned the bad address is reported without being asked for."""
+    async def body(sched: BusScheduler, readings: list[Reading]) -> None:
+        for _ in range(100):
+            if sum(r.point == "ghost" for r in readings) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        exceptions_then = sched.transport.stats.exception_codes.get(2, 0)
+        n = len(readings)
+        await asyncio.sleep(1.5)
+        later = readings[n:]
+        assert sched.transport.stats.exception_codes.get(2, 0) == exceptions_then
+        ghost = [r for r in later if r.point == "ghost"]
+        assert ghost and all(r.exception_code == 2 for r in ghost)
+        assert any(r.point == "dim_command" and r.value is not None for r in later)
+
+    asyncio.run(_with_scheduler(tmp_path, body, GHOST_POINT))
