@@ -28,7 +28,7 @@ def seeds(rng: random.Random) -> list[bytes]:
     for _ in range(200):
         n = rng.choice([0, 1, 2, 3, 5, 17, 60, 130])
         ts = [1_700_000_000_000 + 1000 * i + rng.choice([0, 0, 3, -7]) for i in range(n)]
-        kind = rng.randrange(7)
+        kind = rng.randrange(8)
         vals: list[Any]
         if kind == 0:
             vals = [rng.random() < 0.2 for _ in ts]
@@ -43,11 +43,16 @@ def seeds(rng: random.Random) -> list[bytes]:
             vals = [rng.random() for _ in ts]
         elif kind == 5:
             vals = [rng.randrange(2000) * 0.1 for _ in ts]
-        else:
+        elif kind == 6:
             vals = [rng.choice([math.nan, -0.0, math.inf, 1.5, 5e-324]) for _ in ts]
             rng.shuffle(ts)
+        else:  # float32 readings crossing zero: binary32 pattern streams (version 2)
+            vals = [struct.unpack("<f", struct.pack("<f", rng.gauss(0, 2)))[0] for _ in ts]
+            vals[:2] = [-0.0, math.inf][:len(vals)]
         batch = {f"s{j}": (ts, vals) for j in range(rng.choice([1, 1, 2]))}
-        out.append(reference.encode_batch(batch))
+        blob = reference.encode_batch(batch)
+        out.append(blob)
+        out.append(b"\x01" + blob[1:])  # as version 1: valid unless it holds binary32 streams
     return out
 
 

@@ -5,34 +5,32 @@ widened to float64. Both become small integers when multiplied by a power of ten
 ALP stream stores those integers as an integer stream and keeps the few values that do
 not scale exactly (NaN, infinities, -0.0, true binary fractions) as raw 64-bit patterns.
 Series of true binary floats fall back to a byte-aligned XOR scheme of the Gorilla/Chimp
-class. The encoder keeps whichever is shorter.
+class, and series of noisy float32 readings (seven digits of noise, which no power of ten
+shortens) to their binary32 patterns as integers (version 2). The encoder keeps the
+shortest; alpsearch.py chooses the ALP exponent.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import compress
+from math import isfinite, isnan
+from operator import not_
 
+from edge_agent.codecs.alpsearch import INV10, MAX_EXP, POW10, choose
 from edge_agent.codecs.ints import decode_ints, encode_ints
 from edge_agent.codecs.wire import Reader, varint
 
 ENC_ALP = 0
 ENC_XOR = 1
-MAX_EXP = 15
-POW10 = [10.0 ** e for e in range(MAX_EXP + 1)]
-# 1.0 / 10**e: the double nearest 10**-e, which is what a register's scale factor 0.1 or
-# 0.01 parses to, so raw * scale values (11.100000000000001 = 111 * 0.1) scale exactly too.
-INV10 = [1.0 / p for p in POW10]
-TWO53 = float(1 << 53)
+ENC_F32 = 2
+SIGN32 = 0x80000000
 EXP_MASK = 0x7FF0000000000000
 NEG_ZERO = 0x8000000000000000
 F32_FLAG = 0x80
 MUL_FLAG = 0x40
 EXP_BITS = 0x3F
-# Encoder's estimate of one exception's cost and of one decimal digit's cost, in bits
-# (integers so that every implementation makes the same choice).
-EXC_COST_BITS = 80
-DIGIT_COST_NUM, DIGIT_COST_DEN = 10, 3
 
 
 def to_bits(vals: Sequence[float]) -> list[int]:
@@ -63,66 +61,32 @@ def _f32_exact(vals: list[float]) -> bool:
         f"<{n}d", *vals)
 
 
-def _scaled(vals: list[float], e: int, f32: bool, mul: bool) -> list[int | None]:
-    """Per value: the integer k that gives the value back exactly, else None.
-
-    The value is k / 10**e, or k * (1 / 10**e) with ``mul``; binary32-rounded if ``f32``.
-    """
-    p = POW10[e]
-    ks: list[int | None] = [round(v * p) if -TWO53 <= v * p <= TWO53 else None for v in vals]
-    if mul:
-        q = INV10[e]
-        recon = [0.0 if k is None else k * q for k in ks]
-    else:
-        recon = [0.0 if k is None else k / p for k in ks]
-    if f32:
-        n = len(recon)
-        recon = list(struct.unpack(f"<{n}f", struct.pack(f"<{n}f", *recon)))
-    return [k if k is not None and r == v else None
-            for k, r, v in zip(ks, recon, vals, strict=True)]
-
-
-def _choose_exponent(plain: list[float], n: int, f32: bool, mul: bool) -> tuple[int, int]:
-    """The exponent with the lowest estimated cost; ties go to the smaller exponent.
-
-    Cost(e) = 80 bits per value not exact at e + n * e * 10/3 bits for the larger
-    integers. The search stops once the digit term alone reaches the best cost.
-    """
-    best_e, best_cost = 0, -1
-    for e in range(MAX_EXP + 1):
-        digits = n * e * DIGIT_COST_NUM // DIGIT_COST_DEN
-        if best_cost >= 0 and digits >= best_cost:
-            break
-        exact = sum(1 for k in _scaled(plain, e, f32, mul) if k is not None)
-        cost = (n - exact) * EXC_COST_BITS + digits
-        if best_cost < 0 or cost < best_cost:
-            best_e, best_cost = e, cost
-    return best_e, best_cost
-
-
 def _encode_alp(vals: list[float], bits: list[int]) -> tuple[bytes, int]:
     """ALP stream and its exception count."""
     n = len(vals)
-    plain = [v for v, b in zip(vals, bits, strict=True) if not _is_special(b)]
+    # Without NaN, infinities or -0.0 (the usual case) every value is plain.
+    clean = all(map(isfinite, vals)) and NEG_ZERO not in bits
+    special = [False] * n if clean else [_is_special(b) for b in bits]
+    plain = vals if clean else list(compress(vals, map(not_, special)))
     f32 = bool(plain) and _f32_exact(plain)
-    e, cost = _choose_exponent(plain, n, f32, False)
-    mul = False
-    if cost > n * e * DIGIT_COST_NUM // DIGIT_COST_DEN:
-        # Some value is not k / 10**e: try the multiplied form (raw register * scale).
-        e2, cost2 = _choose_exponent(plain, n, f32, True)
-        if cost2 < cost:
-            e, mul = e2, True
-    special = [_is_special(b) for b in bits]
-    ks = _scaled([0.0 if s else v for v, s in zip(vals, special, strict=True)], e, f32, mul)
-    exc = [i for i, (k, s) in enumerate(zip(ks, special, strict=True)) if s or k is None]
+    best = choose(plain, n, f32)
+    e, mul = best.e, best.mul
+    ks, ok = best.ks, best.ok
+    if len(plain) < n:  # put the special values back in their places, as exceptions
+        kit, okit = iter(ks), iter(ok)
+        ks = [0 if sp else next(kit) for sp in special]
+        ok = [False if sp else next(okit) for sp in special]
+    exc = list(compress(range(n), map(not_, ok)))
     # Exceptions repeat the previous integer (leading ones the first good one) so they
     # do not break the runs and deltas of the integer stream.
-    prev = next((k for k, s in zip(ks, special, strict=True) if k is not None and not s), 0)
-    filled: list[int] = []
-    for k, s in zip(ks, special, strict=True):
-        if k is not None and not s:
-            prev = k
-        filled.append(prev)
+    filled = ks
+    if exc:
+        prev = next(compress(ks, ok), 0)
+        filled = []
+        for k, good in zip(ks, ok, strict=True):
+            if good:
+                prev = k
+            filled.append(prev)
     out = bytearray([ENC_ALP, e | (F32_FLAG if f32 else 0) | (MUL_FLAG if mul else 0)])
     out += encode_ints(filled)
     out += varint(len(exc))
@@ -152,15 +116,45 @@ def _encode_xor(bits: list[int]) -> bytes:
     return bytes(out)
 
 
+def _f32_ordered(vals: list[float]) -> list[int] | None:
+    """Binary32 patterns of ``vals`` as order-preserving int32 (FORMAT.md 5.3), or None.
+
+    None when some value is NaN or does not survive a round trip through binary32 bit
+    for bit. A pattern p with the sign bit clear is sent as p, one with it set as
+    0x7FFFFFFF - p (so -0.0 is -1): neighbouring floats get neighbouring integers, and
+    series crossing zero keep small deltas.
+    """
+    n = len(vals)
+    if any(map(isnan, vals)):
+        return None
+    try:
+        narrowed = struct.pack(f"<{n}f", *vals)
+    except OverflowError:
+        return None
+    if struct.pack(f"<{n}d", *struct.unpack(f"<{n}f", narrowed)) != struct.pack(f"<{n}d", *vals):
+        return None
+    return [p if p < SIGN32 else 0x7FFFFFFF - p for p in struct.unpack(f"<{n}I", narrowed)]
+
+
 def encode_floats(vals: Sequence[float]) -> bytes:
-    """The float stream: ALP if it needs no exception, else the shorter of ALP and XOR."""
-    vals = [float(v) for v in vals]
+    """The shortest float stream, ties to the earlier (FORMAT.md section 6).
+
+    Candidates: ALP; XOR when ALP needs exceptions; binary32 patterns when every value
+    is a binary32 value other than NaN.
+    """
+    vals = list(map(float, vals))
     bits = to_bits(vals)
-    alp, exc = _encode_alp(vals, bits)
-    if not exc:
-        return alp
-    xor = _encode_xor(bits)
-    return xor if len(xor) < len(alp) else alp
+    best, exc = _encode_alp(vals, bits)
+    if exc:
+        xor = _encode_xor(bits)
+        if len(xor) < len(best):
+            best = xor
+    ords = _f32_ordered(vals)
+    if ords is not None:
+        f32 = bytes([ENC_F32]) + encode_ints(ords)
+        if len(f32) < len(best):
+            best = f32
+    return best
 
 
 def _decode_alp(rd: Reader, n: int) -> list[float]:
@@ -213,11 +207,24 @@ def _decode_xor(rd: Reader, n: int) -> list[float]:
     return from_bits(bits)
 
 
-def decode_floats(rd: Reader, n: int) -> list[float]:
-    """Read a float stream of ``n`` values."""
+def _decode_f32(rd: Reader, n: int) -> list[float]:
+    ords = decode_ints(rd, n)
+    if ords and (min(ords) < -SIGN32 or max(ords) >= SIGN32):
+        raise rd.fail("binary32 pattern outside the signed 32-bit range")
+    pats = [s if s >= 0 else 0x7FFFFFFF - s for s in ords]
+    vals = list(struct.unpack(f"<{n}f", struct.pack(f"<{n}I", *pats)))
+    if any(map(isnan, vals)):
+        raise rd.fail("binary32 stream holds a NaN pattern")
+    return vals
+
+
+def decode_floats(rd: Reader, n: int, version: int = 2) -> list[float]:
+    """Read a float stream of ``n`` values (binary32 patterns only from ``version`` 2 on)."""
     enc = rd.byte("float encoding")
     if enc == ENC_ALP:
         return _decode_alp(rd, n)
     if enc == ENC_XOR:
         return _decode_xor(rd, n)
-    raise rd.fail(f"unknown float encoding {enc}")
+    if enc == ENC_F32 and version >= 2:
+        return _decode_f32(rd, n)
+    raise rd.fail(f"unknown float encoding {enc} in a version {version} batch")

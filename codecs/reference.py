@@ -14,11 +14,14 @@ from edge_agent.codecs.ints import decode_ints, encode_ints
 from edge_agent.codecs.wire import I64_MAX, I64_MIN, Reader, varint
 from edge_agent.errors import CodecError
 
-VERSION = 1
+VERSION = 2
+# Version 1 lacks float encoding 2 (binary32 patterns); its batches still decode.
+VERSIONS = (1, 2)
 MAGIC = b"EC"
 HEADER = bytes([VERSION]) + MAGIC
 TYPE_BOOL, TYPE_INT, TYPE_FLOAT = 0, 1, 2
 TYPE_NAMES = {TYPE_BOOL: "bool", TYPE_INT: "int", TYPE_FLOAT: "float"}
+_EXACT_TYPE = {TYPE_BOOL: bool, TYPE_INT: int, TYPE_FLOAT: float}
 # A series' timestamp stream costs at least 3 bytes per 128 points (FORMAT.md 4.2), so a
 # valid batch never declares more than 64 points per remaining byte; checking that before
 # decoding bounds what a hostile blob can make the decoder allocate.
@@ -37,6 +40,15 @@ def _value_type(name: str, values: Sequence[object]) -> int:
     if kind < 0:
         raise CodecError(f"series {name!r}: value 0 is {type(first).__name__}, "
                          "expected bool, int or float")
+    if set(map(type, values)) != {_EXACT_TYPE[kind]}:  # else: no subclass, nothing mixed
+        _check_one_type(name, kind, values)
+    if kind == TYPE_INT:
+        _check_int64(name, "value", values)  # type: ignore[arg-type]
+    return kind
+
+
+def _check_one_type(name: str, kind: int, values: Sequence[object]) -> None:
+    """CodecError naming the first value that is not of the series' type."""
     for i, v in enumerate(values):
         ok = (isinstance(v, bool) if kind == TYPE_BOOL
               else isinstance(v, int) and not isinstance(v, bool) if kind == TYPE_INT
@@ -44,9 +56,6 @@ def _value_type(name: str, values: Sequence[object]) -> int:
         if not ok:
             raise CodecError(f"series {name!r}: value {i} is {type(v).__name__} {v!r} in a "
                              f"{TYPE_NAMES[kind]} series; a series holds one type")
-    if kind == TYPE_INT:
-        _check_int64(name, "value", values)  # type: ignore[arg-type]
-    return kind
 
 
 def _check_int64(name: str, what: str, xs: Sequence[int]) -> None:
@@ -60,7 +69,7 @@ def _check_int64(name: str, what: str, xs: Sequence[int]) -> None:
 def _timestamps(name: str, ts: Sequence[object]) -> list[int]:
     """The timestamps as a list of int64, or CodecError naming the bad one."""
     out = list(ts)
-    for i, t in enumerate(out):
+    for i, t in enumerate(out if set(map(type, out)) - {int} else ()):
         if not isinstance(t, int) or isinstance(t, bool):
             raise CodecError(f"series {name!r}: timestamp {i} is {type(t).__name__} {t!r}, "
                              "expected integer milliseconds")
@@ -68,8 +77,13 @@ def _timestamps(name: str, ts: Sequence[object]) -> list[int]:
     return out  # type: ignore[return-value]
 
 
-def encode_series(name: str, ts: Sequence[int], values: Sequence[bool | int | float]) -> bytes:
-    """One series: name, point count, type, timestamp stream, value stream."""
+def encode_series(name: str, ts: Sequence[int], values: Sequence[bool | int | float],
+                  last: list[object] | None = None) -> bytes:
+    """One series: name, point count, type, timestamp stream, value stream.
+
+    ``last`` ([timestamps, stream], filled in here) lets series polled together, which
+    share their timestamps, share the work of encoding them: the bytes are the same.
+    """
     if not isinstance(name, str):
         raise CodecError(f"series name {name!r} is {type(name).__name__}, expected str")
     try:
@@ -89,11 +103,17 @@ def encode_series(name: str, ts: Sequence[int], values: Sequence[bool | int | fl
     out += varint(len(tlist))
     out.append(kind)
     if tlist:
-        out += encode_ints(tlist, allow_rle=False)
+        if last and last[0] == tlist:  # validated ints: equal lists, equal streams
+            out += last[1]  # type: ignore[arg-type]
+        else:
+            stream = encode_ints(tlist, allow_rle=False)
+            if last is not None:
+                last[:] = [tlist, stream]
+            out += stream
         if kind == TYPE_FLOAT:
             out += encode_floats(vlist)
         else:
-            out += encode_ints([int(v) for v in vlist])
+            out += encode_ints(list(map(int, vlist)))
     return bytes(out)
 
 
@@ -104,16 +124,17 @@ def encode_batch(series: Mapping[str, Series]) -> bytes:
                          f"got {type(series).__name__}")
     out = bytearray(HEADER)
     out += varint(len(series))
+    last: list[object] = []
     for name, pair in series.items():
         try:
             ts, values = pair
         except (TypeError, ValueError):
             raise CodecError(f"series {name!r}: expected a (timestamps, values) pair") from None
-        out += encode_series(name, ts, values)
+        out += encode_series(name, ts, values, last)
     return bytes(out)
 
 
-def _decode_series(rd: Reader) -> tuple[str, list[int], list[bool | int | float]]:
+def _decode_series(rd: Reader, version: int) -> tuple[str, list[int], list[bool | int | float]]:
     nlen = rd.count(rd.remaining, "series name length")
     try:
         name = rd.take(nlen, "series name").decode("utf-8")
@@ -127,7 +148,7 @@ def _decode_series(rd: Reader) -> tuple[str, list[int], list[bool | int | float]
         return name, [], []
     ts = decode_ints(rd, n, allow_rle=False)
     if kind == TYPE_FLOAT:
-        return name, ts, list(decode_floats(rd, n))
+        return name, ts, list(decode_floats(rd, n, version))
     ints = decode_ints(rd, n)
     if kind == TYPE_INT:
         return name, ts, list(ints)
@@ -141,16 +162,16 @@ def decode_batch(blob: bytes) -> dict[str, tuple[list[int], list[bool | int | fl
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise CodecError(f"a batch is bytes, got {type(blob).__name__}")
     rd = Reader(bytes(blob))
-    if rd.remaining < len(HEADER) or rd.data[:1] != HEADER[:1]:
+    if rd.remaining < len(HEADER) or rd.data[0] not in VERSIONS:
         got = rd.data[:1].hex() or "nothing"
-        raise CodecError(f"not a version {VERSION} reading batch: first byte is {got}")
+        raise CodecError(f"not a version 1 or 2 reading batch: first byte is {got}")
     if rd.data[1:3] != MAGIC:
         raise CodecError(f"not a reading batch: magic is {rd.data[1:3]!r}, expected {MAGIC!r}")
     rd.pos = len(HEADER)
     count = rd.count(rd.remaining, "series count")
     out: dict[str, tuple[list[int], list[bool | int | float]]] = {}
     for _ in range(count):
-        name, ts, vals = _decode_series(rd)
+        name, ts, vals = _decode_series(rd, rd.data[0])
         if name in out:
             raise rd.fail(f"series {name!r} appears twice")
         out[name] = (ts, vals)

@@ -42,6 +42,10 @@ def cases() -> list[tuple[str, str, dict[str, tuple[list[int], list[Any]]]]]:
          {"flow": (grid[:100], [round(100 + rng.gauss(0, 0.3), 2) for _ in range(100)])}),
         ("float32-register", "float32 register values widened to float64 (ALP binary32 flag)",
          {"volts": (grid[:100], [f32(round(230 + rng.gauss(0, 0.5), 1)) for _ in range(100)])}),
+        ("float32-noise", "float32 registers of noisy readings, some crossing zero, -0.0 and "
+         "infinity (binary32 patterns, version 2)",
+         {"volts": (grid[:100], [f32(rng.gauss(230, 0.4)) for _ in range(100)]),
+          "export": (grid[:40], [f32(rng.gauss(0, 2)) for _ in range(38)] + [-0.0, math.inf])}),
         ("scaled-register", "raw register times a 0.1 scale (ALP multiply flag)",
          {"pm25": (grid[:100], [rng.randrange(50, 200) * 0.1 for _ in range(100)])}),
         ("binary-floats", "true binary fractions (XOR stream)",
