@@ -15,14 +15,18 @@ from edge_agent.batcher import Batcher, ReportFilter
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.drivers.model import Reading
 from edge_agent.drivers.transport import BusTransport
+from edge_agent.errors import SpoolError
 from edge_agent.payload_v2 import encode_batch_v2
 from edge_agent.scheduler import Backoff, BusScheduler
 from edge_agent.siteconfig import SiteConfig
+from edge_agent.spool import Spool
+from edge_agent.spool_core import RatePacer
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+SPOOL_FILE = "spool.db"
 
 
 def rss_bytes() -> int:
@@ -68,6 +72,8 @@ class Agent:
         self.batches_built = 0
         self.uplink = Uplink(cfg.mqtt, cfg.gateway_id, epoch=self.epoch, version=__version__,
                              clock=self.clock)
+        self.spool: Spool | None = None   # opened by run(), in cfg.state_dir
+        self.spool_error: str | None = None
         self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
@@ -90,10 +96,31 @@ class Agent:
         self._full.clear()
         if not readings:
             return
-        payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, self.seq, readings)
+        seq = self.seq
+        payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, seq, readings)
         self.seq += 1
         self.batches_built += 1
-        await self.uplink.submit(payload)
+        try:
+            await self.uplink.submit(payload, epoch=self.epoch, seq=seq, readings=len(readings))
+        except SpoolError as exc:  # counted and logged by the spool; polling goes on
+            log.debug("batch %d not stored: %s", seq, exc)
+
+    async def open_spool(self) -> None:
+        """Open the spool in the state directory and hand it to the uplink.
+
+        A spool that cannot be opened at all (an unwritable state directory) is reported in
+        the log and in health, and batches then wait in memory: polling never stops for it.
+        """
+        path = self.cfg.state_dir / SPOOL_FILE
+        try:
+            self.spool = await Spool.open(path, self.cfg.spool)
+        except (SpoolError, OSError, ValueError) as exc:
+            self.spool_error = f"{type(exc).__name__}: {exc}"
+            log.error("spool %s unavailable (%s): batches are kept in memory only", path,
+                      self.spool_error)
+            return
+        sc = self.cfg.spool
+        self.uplink.set_store(self.spool, RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s))
 
     async def _batch_loop(self) -> None:
         while True:
@@ -131,6 +158,8 @@ class Agent:
                          "suppressed": fs.suppressed, "pending": len(self.batcher)},
             "batches": {"built": self.batches_built, "seq": self.seq},
             "uplink": self.uplink.stats_dict(),
+            "spool": (self.spool.stats_dict() if self.spool is not None
+                      else {"error": self.spool_error, "memory_only": True}),
             "task_restarts": dict(self.restarts),
             "buses": buses, "devices": devices,
         }
@@ -140,6 +169,7 @@ class Agent:
         stop = stop or asyncio.Event()
         log.info("agent %s starting: %d buses, %d devices, broker %s", self.cfg.gateway_id,
                  len(self.schedulers), len(self.cfg.devices), self.cfg.mqtt.url)
+        await self.open_spool()
         try:
             async with asyncio.TaskGroup() as tg:
                 uplink = tg.create_task(
@@ -159,8 +189,13 @@ class Agent:
                 for task in workers:
                     task.cancel()
                 await self.flush()
-                await self.uplink.drain(timeout_s=5.0)
+                # with the spool the batches are safe on disk: wait only briefly for the broker
+                await self.uplink.drain(timeout_s=5.0 if self.spool is None else 2.0)
                 uplink.cancel()
+                log.info("agent %s stopped: epoch %d, %d batches built, %d still spooled",
+                         self.cfg.gateway_id, self.epoch, self.seq, self.uplink.pending)
         finally:
             for t in self.transports.values():
                 await t.close()
+            if self.spool is not None:
+                await self.spool.close()

@@ -24,6 +24,9 @@ from edge_agent.siteconfig import (
     Parity,
     SerialBus,
     SiteConfig,
+    SpoolConfig,
+    SpoolPolicy,
+    SpoolSync,
     TcpBus,
     TcpFraming,
 )
@@ -38,7 +41,11 @@ URL_TEXT = "mqtt://host[:port], mqtts://host[:port] or unix:///path/to/socket"
 # The Modbus over serial line V1.02 2.2 address space: 0 is broadcast, 248-255 reserved.
 UNIT_TEXT = "a unit id from 1 to 247 (0 is broadcast, 248-255 reserved: serial line V1.02, 2.2)"
 
-TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "buses", "devices")
+TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "buses", "devices")
+SPOOL_KEYS = ("max_bytes", "policy", "synchronous", "group_commit_ms", "replay_msgs_per_s",
+              "replay_bytes_per_s", "live_first")
+# Below this the spool's own SQLite files (WAL index, WAL reserve, schema) leave no room for data.
+MIN_SPOOL_BYTES = 256 * 1024
 GATEWAY_KEYS = ("id", "site", "state_dir", "health_interval_s")
 MQTT_KEYS = ("url", "username", "password", "password_file", "ca_file", "cert_file", "key_file",
              "client_id", "topic_prefix", "keepalive_s")
@@ -67,6 +74,7 @@ def load_config(path: Path, *, broker_url: str | None = None) -> SiteConfig:
     gateway_id, site, state_dir, health_s = _gateway(chk, gateway, base)
     mqtt = _mqtt(chk, chk.get(raw, "", "mqtt", dict, {}), base, gateway_id, broker_url)
     batch = _batch(chk, chk.get(raw, "", "batch", dict, {}))
+    spool = _spool(chk, chk.get(raw, "", "spool", dict, {}))
     planner = chk.get(raw, "", "planner", dict, {})
     chk.keys(planner, "planner", ("max_gap",))
     # A hole wider than one read could span is meaningless (spec 6.3: at most 125 registers).
@@ -82,7 +90,7 @@ def load_config(path: Path, *, broker_url: str | None = None) -> SiteConfig:
     assert mqtt is not None  # raise_if_any passed, so every required part was built
     return SiteConfig(source=path, gateway_id=gateway_id, site=site, mqtt=mqtt, buses=buses,
                       devices=tuple(devices), batch=batch, state_dir=state_dir,
-                      health_interval_s=health_s, max_gap=max_gap)
+                      health_interval_s=health_s, max_gap=max_gap, spool=spool)
 
 
 def _gateway(chk: Checker, raw: dict[str, Any], base: Path) -> tuple[str, str, Path, float]:
@@ -232,6 +240,29 @@ def _batch(chk: Checker, raw: dict[str, Any]) -> BatchConfig:
                              check=lambda v: v >= 1, expected="an integer >= 1"),
         max_silence_s=chk.get(raw, p, "max_silence_s", float, d.max_silence_s,
                               check=lambda v: v > 0, expected="a positive number of seconds"))
+
+
+def _spool(chk: Checker, raw: dict[str, Any]) -> SpoolConfig:
+    p = "spool"
+    chk.keys(raw, p, SPOOL_KEYS)
+    d = SpoolConfig()
+    rate = "a number >= 0 (0: no limit)"
+    return SpoolConfig(
+        max_bytes=chk.get(raw, p, "max_bytes", int, d.max_bytes,
+                          check=lambda v: v >= MIN_SPOOL_BYTES,
+                          expected=f"an integer number of bytes >= {MIN_SPOOL_BYTES}"),
+        policy=chk.choice(raw, p, "policy", SpoolPolicy, [v.value for v in SpoolPolicy],
+                          default=d.policy),
+        synchronous=chk.choice(raw, p, "synchronous", SpoolSync, [v.value for v in SpoolSync],
+                               default=d.synchronous),
+        group_commit_ms=chk.get(raw, p, "group_commit_ms", float, d.group_commit_ms,
+                                check=lambda v: 0 <= v <= 1000,
+                                expected="a number of milliseconds from 0 to 1000"),
+        replay_msgs_per_s=chk.get(raw, p, "replay_msgs_per_s", float, d.replay_msgs_per_s,
+                                  check=lambda v: v >= 0, expected=rate),
+        replay_bytes_per_s=chk.get(raw, p, "replay_bytes_per_s", float, d.replay_bytes_per_s,
+                                   check=lambda v: v >= 0, expected=rate),
+        live_first=chk.get(raw, p, "live_first", bool, d.live_first))
 
 
 def _serial_endpoint(port: str) -> str | None:

@@ -1,11 +1,15 @@
-"""The MQTT uplink: one connection at a time, an outbox of data batches, state, health, backoff.
+"""The MQTT uplink: one connection at a time, a store of data batches, state, health, backoff.
 
 A thin I/O shell around aiomqtt 2.5 (paho-mqtt 2.2). aiomqtt does not reconnect, so ``run`` loops:
 a FRESH client per connection (a reused one replays stale in-flight publishes and keeps its first
-will), retained online state on connect, then the outbox drained oldest-first at QoS 1, one batch
-in flight; a batch leaves the outbox only after its PUBACK. Delivery is at least once: a batch
-whose PUBACK was lost is sent again after reconnecting, and the consumer drops duplicates by
-(gateway, epoch, seq).
+will), retained online state on connect, then the batch store drained oldest-first at QoS 1, one
+batch in flight; a batch leaves the store only after its PUBACK. Delivery is at least once: a
+batch whose PUBACK was lost is sent again after reconnecting, and the consumer drops duplicates
+by (gateway, epoch, seq).
+
+The store is the durable spool (``edge_agent.spool``, what the agent uses) or, for a bare
+Uplink, the in-memory ``Outbox``. Batches stored before a connection are its backlog: the
+uplink paces them with a ``RatePacer`` so a replay does not starve live data or the link.
 
 MQTT 5 is used so the PUBACK reason code can be checked (aiomqtt ignores it): a code >= 0x80
 (e.g. 0x87 not authorised, MQTT 5.0 section 3.4.2.1) is an UplinkError, the batch stays first in
@@ -24,7 +28,7 @@ import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -34,6 +38,7 @@ from edge_agent import topics
 from edge_agent.clock import Clock
 from edge_agent.errors import ConfigError, UplinkError
 from edge_agent.siteconfig import MqttConfig
+from edge_agent.spool_core import RatePacer, SpooledBatch
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,78 @@ class Outbox:
     def release(self) -> None:
         """The in-flight batch was not acknowledged: it stays first, to be sent again."""
         self._in_flight = False
+
+
+class BatchStore(Protocol):
+    """Where data batches wait for the broker: the durable Spool, or the in-memory Outbox."""
+
+    @property
+    def pending(self) -> int:
+        """Batches waiting, the one in flight included."""
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a batch is being published."""
+
+    async def put(self, payload: bytes, *, epoch: int = 0, seq: int = 0,
+                  readings: int = 0) -> bool:
+        """Store a batch; False when the store's policy did not keep it."""
+
+    async def take(self) -> SpooledBatch | None:
+        """The oldest waiting batch, now in flight; None when empty."""
+
+    async def ack(self, item: SpooledBatch) -> None:
+        """The in-flight batch was acknowledged: remove it."""
+
+    def release(self, item: SpooledBatch) -> None:
+        """The in-flight batch was not acknowledged: it stays first."""
+
+    def mark_backlog(self) -> None:
+        """A connection starts: what waits now is its backlog."""
+
+
+class MemoryStore:
+    """The Outbox behind the BatchStore contract: for an Uplink without a state directory."""
+
+    def __init__(self, max_batches: int, counters: UplinkCounters) -> None:
+        self._box = Outbox(max_batches)
+        self._counters = counters
+
+    @property
+    def pending(self) -> int:
+        """Batches in the outbox."""
+        return len(self._box)
+
+    @property
+    def in_flight(self) -> bool:
+        """True while the first batch is being published."""
+        return self._box.in_flight
+
+    async def put(self, payload: bytes, *, epoch: int = 0, seq: int = 0,
+                  readings: int = 0) -> bool:
+        """Append; when full the oldest waiting batch is dropped (counted)."""
+        if self._box.put(payload):
+            self._counters.dropped_batches += 1
+            if self._counters.dropped_batches == 1 or self._counters.dropped_batches % 1000 == 0:
+                log.warning("uplink outbox full (%d batches): dropped the oldest, %d dropped "
+                            "so far", self._box.max_batches, self._counters.dropped_batches)
+        return True
+
+    async def take(self) -> SpooledBatch | None:
+        """The oldest batch, in flight."""
+        payload = self._box.take()
+        return None if payload is None else SpooledBatch(0, 0, 0, 0, payload)
+
+    async def ack(self, item: SpooledBatch) -> None:
+        """Remove the in-flight batch."""
+        self._box.ack()
+
+    def release(self, item: SpooledBatch) -> None:
+        """Keep the in-flight batch first."""
+        self._box.release()
+
+    def mark_backlog(self) -> None:
+        """Nothing to mark: the memory outbox is not paced."""
 
 
 _LAST_MID: contextvars.ContextVar[int | None] = contextvars.ContextVar("_LAST_MID", default=None)
@@ -241,11 +318,12 @@ async def _until_first_fails(*coros: Coroutine[Any, Any, None]) -> None:
 
 
 class Uplink:
-    """The gateway's MQTT connection: state, data outbox, health, JSON publishes, subscriptions."""
+    """The gateway's MQTT connection: state, data batches, health, JSON publishes, subscriptions."""
 
     def __init__(self, mqtt: MqttConfig, gateway: str, epoch: int, version: str, clock: Clock,
                  *, max_batches: int = 1000, backoff: Backoff | None = None,
-                 timeout_s: float = 10.0, goodbye_timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 10.0, goodbye_timeout_s: float = 2.0,
+                 store: BatchStore | None = None, pacer: RatePacer | None = None) -> None:
         self.mqtt = mqtt
         self.gateway = topics.check_level("gateway id", gateway)
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
@@ -257,10 +335,12 @@ class Uplink:
         self.goodbye_timeout_s = goodbye_timeout_s
         self.counters = UplinkCounters()
         self.connected = asyncio.Event()
-        self._outbox = Outbox(max_batches)
+        self._outbox: BatchStore = store or MemoryStore(max_batches, self.counters)
+        self._pacer = pacer
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
-        self._empty.set()
+        if not self._outbox.pending:
+            self._empty.set()
         self._client: _AckCheckingClient | None = None
         self._failing = False
         self._handlers: dict[str, MessageHandler] = {}
@@ -271,18 +351,31 @@ class Uplink:
 
     @property
     def pending(self) -> int:
-        """Batches waiting in the outbox (the in-flight one included)."""
-        return len(self._outbox)
+        """Batches waiting in the store (the in-flight one included)."""
+        return self._outbox.pending
 
-    async def submit(self, payload: bytes) -> None:
-        """Queue a data batch for publishing; when full the oldest waiting batch is dropped."""
-        if self._outbox.put(payload):
-            self.counters.dropped_batches += 1
-            if self.counters.dropped_batches == 1 or self.counters.dropped_batches % 1000 == 0:
-                log.warning("uplink outbox full (%d batches): dropped the oldest, %d dropped "
-                            "so far", self._outbox.max_batches, self.counters.dropped_batches)
-        self._empty.clear()
-        self._wake.set()
+    def set_store(self, store: BatchStore, pacer: RatePacer | None = None) -> None:
+        """Use ``store`` (the spool) for data batches and pace its backlog; before ``run``."""
+        if self._outbox.pending:
+            raise UplinkError("cannot replace a batch store that still holds batches")
+        self._outbox = store
+        self._pacer = pacer
+        if store.pending:
+            self._empty.clear()
+            self._wake.set()
+
+    async def submit(self, payload: bytes, *, epoch: int = 0, seq: int = 0,
+                     readings: int = 0) -> bool:
+        """Store a data batch for publishing; False if the store's cap policy did not keep it.
+
+        With the spool this returns once the batch is committed to disk (SpoolError if the
+        disk failed); the identity and reading count go with it for the drop counters.
+        """
+        stored = await self._outbox.put(payload, epoch=epoch, seq=seq, readings=readings)
+        if self._outbox.pending:
+            self._empty.clear()
+            self._wake.set()
+        return stored
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every submitted batch is acknowledged; False if ``timeout_s`` passed first."""
@@ -362,6 +455,8 @@ class Uplink:
         async with client:
             self._client = client
             self.counters.connects += 1
+            self._outbox.mark_backlog()
+            self._wake.set()
             self.connected.set()
             try:
                 await client.publish_acked(self._state_topic, self._state_doc("online"),
@@ -407,21 +502,29 @@ class Uplink:
     async def _drain(self, client: _AckCheckingClient) -> None:
         while True:
             await self._wake.wait()
-            batch = self._outbox.take()
-            if batch is None:
+            item = await self._outbox.take()
+            if item is None:
                 self._wake.clear()
+                if not self._outbox.pending:
+                    self._empty.set()
                 continue
             try:
-                await client.publish_acked(self._data_topic, batch, qos=1)
+                if item.backlog and self._pacer is not None:
+                    delay = self._pacer.delay(self.clock.monotonic())
+                    if delay > 0:
+                        await self.clock.sleep(delay)
+                await client.publish_acked(self._data_topic, item.payload, qos=1)
             except UplinkError:
-                self._outbox.release()
+                self._outbox.release(item)
                 self.counters.rejected_publishes += 1
                 raise
             except BaseException:
-                self._outbox.release()
+                self._outbox.release(item)
                 raise
-            self._outbox.ack()
+            if item.backlog and self._pacer is not None:
+                self._pacer.spend(self.clock.monotonic(), len(item.payload))
+            await self._outbox.ack(item)
             self.counters.published_batches += 1
-            self.counters.published_bytes += len(batch)
-            if not len(self._outbox):
+            self.counters.published_bytes += len(item.payload)
+            if not self._outbox.pending:
                 self._empty.set()

@@ -158,3 +158,53 @@ class Collector:
         """Disconnect and stop the network thread."""
         self._client.loop_stop()
         self._client.disconnect()
+
+
+@contextmanager
+def ingest_process(broker_url: str, db_url: str, tmp: Path, *extra: str,
+                   name: str = "ingest") -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``edge-agent ingest`` until its subscription is up; log in ``tmp/NAME.log``."""
+    log_path = tmp / f"{name}.log"
+    log = log_path.open("wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([*PY, "ingest", "--broker", broker_url, "--db", db_url,
+                             "--gap-scan-s", "1", *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while b"ingest subscribed" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ingest did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def spool_batches(path: Path) -> list[tuple[int, int, int]]:
+    """(epoch, seq, readings) of the batches a spool file holds, after checking it is sound."""
+    import sqlite3
+
+    from edge_agent.spool_db import check_file
+
+    problem = check_file(path)
+    if problem is not None:
+        raise AssertionError(f"spool {path} failed its check: {problem}")
+    conn = sqlite3.connect(path)
+    try:
+        return [tuple(r) for r in conn.execute(
+            "SELECT epoch, seq, readings FROM batches ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def spool_counters(path: Path) -> dict[str, int]:
+    """The lifetime counters a spool file keeps (dropped batches and readings, ...)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    finally:
+        conn.close()
