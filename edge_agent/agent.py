@@ -8,6 +8,8 @@ import logging
 import os
 import random
 import resource
+import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from edge_agent import __version__
@@ -77,33 +79,44 @@ class Agent:
         self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
+        self._encoded: deque[tuple[int, bytes, int]] = deque()
         self.transports = {name: BusTransport(bus) for name, bus in cfg.buses.items()
                            if cfg.devices_on(name)}
         self.schedulers = {
             name: BusScheduler(t, cfg.devices_on(name), self._on_readings, self.clock,
-                               max_gap=cfg.max_gap, seed=hash(name) & 0xFFFF)
+                               max_gap=cfg.max_gap, seed=zlib.crc32(name.encode()))
             for name, t in self.transports.items()
         }
 
     def _on_readings(self, readings: list[Reading]) -> None:
         self.readings_polled += len(readings)
         if self.batcher.add(readings):
+            # Encode at once: when hundreds of devices answer on the same mark, readings
+            # would otherwise pile up as objects until the batch task gets to run.
+            self._encode_pending()
             self._full.set()
 
-    async def flush(self) -> None:
-        """Encode whatever is pending into one batch and hand it to the uplink."""
+    def _encode_pending(self) -> None:
         readings = self.batcher.take()
+        if readings:
+            payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, self.seq, readings)
+            self._encoded.append((self.seq, payload, len(readings)))
+            self.seq += 1
+            self.batches_built += 1
+
+    async def flush(self) -> None:
+        """Encode whatever is pending and hand every encoded batch to the uplink, in order."""
         self._full.clear()
-        if not readings:
-            return
-        seq = self.seq
-        payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, seq, readings)
-        self.seq += 1
-        self.batches_built += 1
-        try:
-            await self.uplink.submit(payload, epoch=self.epoch, seq=seq, readings=len(readings))
-        except SpoolError as exc:  # counted and logged by the spool; polling goes on
-            log.debug("batch %d not stored: %s", seq, exc)
+        self._encode_pending()
+        while self._encoded:
+            # Removed only once handed over: a flush cancelled mid-way (at stop) leaves the
+            # batch for the final flush; a repeat is dropped by (epoch, seq) downstream.
+            seq, payload, count = self._encoded[0]
+            try:
+                await self.uplink.submit(payload, epoch=self.epoch, seq=seq, readings=count)
+            except SpoolError as exc:  # counted and logged by the spool; polling goes on
+                log.debug("batch %d not stored: %s", seq, exc)
+            self._encoded.popleft()
 
     async def open_spool(self) -> None:
         """Open the spool in the state directory and hand it to the uplink.
@@ -188,6 +201,8 @@ class Agent:
                 log.info("stopping: flushing %d pending readings", len(self.batcher))
                 for task in workers:
                     task.cancel()
+                # Let them finish cancelling, so no flush of theirs runs beside this one.
+                await asyncio.wait(workers)
                 await self.flush()
                 # with the spool the batches are safe on disk: wait only briefly for the broker
                 await self.uplink.drain(timeout_s=5.0 if self.spool is None else 2.0)

@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         sim = subprocess.Popen([*exe, "simulate", str(args.config), "--control", str(control)])
         procs.append(("simulator", sim))
         _wait_ready(cfg, sim)
-        print("demo: simulated devices are up", flush=True)
+        print(f"demo: simulated devices are up; to make one fail, e.g.\n"
+              f"  echo '{{\"device\": \"lamp-102\", \"fault\": \"silent\"}}' | "
+              f"socat - UNIX-CONNECT:{control}", flush=True)
         agent = subprocess.Popen([*exe, "run", str(args.config), "--broker", broker.url])
         procs.append(("agent", agent))
         tail = subprocess.Popen([*exe, "tail", "--broker", broker.url,

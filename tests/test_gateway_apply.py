@@ -130,3 +130,58 @@ def test_signed_configs_apply_refuse_and_revert_on_the_real_agent(
         reports.close()
         data.close()
         reg.close()
+
+
+def test_kill_9_during_the_health_gate_leaves_the_gateway_on_its_last_good_config(
+        tmp_path: Path, own_broker: Mosquitto) -> None:
+    print("key seed", SEED)
+    reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+    pki = Pki.from_seed(SEED)
+    pki.init(reg)
+    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
+    state = tmp_path / "gw" / GW
+    sim_site = write_site(tmp_path, [("lamp", "rs485", 3, "streetlight"),
+                                     ("meter", "lan", 1, "energy_meter")])
+    local = tmp_path / "local.toml"
+    local.write_bytes(_config(sim_site, state, LAMP))
+    now = int(time.time())
+
+    def bundle(version: int, devices: str) -> bytes:
+        return make_bundle("config", version, _config(sim_site, state, devices),
+                           pki.release_keys, issued=now, expires=now + 3600, gateways=[GW],
+                           roots=reg.roots())
+
+    reports = Reports(own_broker.port)
+    data = Collector(own_broker.port)
+    try:
+        with simulator(sim_site, tmp_path):
+            with agent(local, own_broker.url, tmp_path, "--health-gate-s", "60") as proc:
+                assert data.wait_for(lambda c: any(r.device == "lamp" for r in c.readings))
+                reports.publish(bundle(1, LAMP + METER))
+                journal = state / "config-control.json"
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not (
+                        journal.exists() and '"switched"' in journal.read_text()):
+                    time.sleep(0.05)
+                assert '"switched"' in journal.read_text()
+                proc.kill()  # kill -9 in the middle of the 60 s health gate
+                proc.wait()
+            n = len(data.snapshot())
+            with agent(local, own_broker.url, tmp_path, "--health-gate-s", "60"):
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not any(
+                        r.get("result") == "reverted" for r in reports.items):
+                    time.sleep(0.1)
+                reverted = [r for r in reports.items if r.get("result") == "reverted"]
+                assert reverted, reports.items
+                report = reverted[0]
+                assert report["version"] == 1 and report["committed"] == 0, report
+                # Back on the local config (the lamp), not the interrupted one (no meter).
+                assert data.wait_for(lambda c: any(r.device == "lamp" for r in c.readings[n:]))
+                time.sleep(1.0)
+                assert not any(r.device == "meter" for r in data.snapshot()[n:])
+        assert not (state / "config.good").exists()
+    finally:
+        reports.close()
+        data.close()
+        reg.close()
