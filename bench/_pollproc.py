@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,18 +24,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psutil
 
+from edge_agent.procs import stop_process
+
 PY = [sys.executable, "-m", "edge_agent"]
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, wait up to 20 s, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_agent.config import load_config
 from edge_agent.devbroker import Mosquitto
 from edge_agent.errors import ConfigError
+from edge_agent.procs import stop_process
 from edge_agent.siteconfig import SerialBus, SiteConfig, TcpBus
 
 
@@ -40,17 +41,6 @@ def _wait_ready(cfg: SiteConfig, sim: subprocess.Popen[bytes], timeout_s: float 
         time.sleep(0.1)
     if pending:
         raise RuntimeError(f"simulated buses not ready after {timeout_s:.0f} s: {sorted(pending)}")
-
-
-def _stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            print(f"demo: {name} did not stop in 10 s; killing it", file=sys.stderr)
-            proc.kill()
-            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for name, proc in reversed(procs):
-            _stop(proc, name)
+        for _name, proc in reversed(procs):
+            stop_process(proc, 10.0)
         broker.close()
         print("demo: stopped everything", flush=True)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from edge_agent.enroll import write_enrolment
 from edge_agent.fleet import ops
 from edge_agent.fleet.keys import PrivateKey
 from edge_agent.fleet.registry import Registry
+from edge_agent.procs import stop_process
 
 PY = sys.executable
 
@@ -61,16 +61,6 @@ def enrol_direct(registry: Registry, state_root: Path, gateways: Sequence[str], 
         write_enrolment(state_root / gw, answer, force=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def running(args: Sequence[str], log_path: Path, *, ready: str | None = None,
             timeout_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
@@ -87,7 +77,7 @@ def running(args: Sequence[str], log_path: Path, *, ready: str | None = None,
                 time.sleep(0.05)
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 

@@ -29,10 +29,7 @@ that need the emulator's fault injection or the simulator's registers are skippe
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.drivers.profile import DeviceProfile, load_profile
+from edge_agent.drivers.sim import sim_control_sync
 from edge_agent.errors import ConfigError
+from edge_agent.procs import stop_process
 from edge_agent.siteconfig import Parity, SerialBus
 from edge_agent.tomlcheck import Checker, load_toml
 
@@ -140,17 +139,7 @@ def parse_bench(path: Path) -> BenchSpec:
 
 
 def _control(path: Path, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(json.dumps(msg).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"{path}: closed without a reply to {msg}")
-            buf += chunk
-    reply: dict[str, Any] = json.loads(buf)
+    reply = sim_control_sync(path, msg, timeout)
     if not reply.get("ok"):
         raise RuntimeError(f"{path}: {msg} refused: {reply.get('error')}")
     return reply
@@ -228,19 +217,9 @@ def _sim_site(spec: BenchSpec, workdir: Path) -> Path:
     return path
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in reversed(procs):
-        _stop(p)
+        stop_process(p)
 
 
 def _wait_for(what: str, ready: Any, proc: subprocess.Popen[bytes], log: Path,

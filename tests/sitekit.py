@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +16,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_agent.drivers.model import Reading
+from edge_agent.drivers.sim import sim_control_sync
 from edge_agent.payload import decode_batch
+from edge_agent.procs import stop_process
 from tests.brokers import free_port
 
 PY = [sys.executable, "-m", "edge_agent"]
@@ -48,27 +48,7 @@ def write_site(tmp: Path, devices: list[tuple[str, str, int, str]], *, baud: int
 
 def control(sock_path: Path, msg: dict[str, Any]) -> dict[str, Any]:
     """One request/response on the simulator's control socket."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(sock_path))
-        s.sendall(json.dumps(msg).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf)  # type: ignore[no-any-return]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return sim_control_sync(sock_path, msg)
 
 
 @contextmanager
@@ -94,7 +74,7 @@ def simulator(site: Path, tmp: Path, seed: int = 1) -> Iterator[Path]:
             time.sleep(0.1)
         yield sock
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -108,7 +88,7 @@ def agent(site: Path, broker_url: str, tmp: Path, *extra: str) -> Iterator[subpr
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -178,7 +158,7 @@ def ingest_process(broker_url: str, db_url: str, tmp: Path, *extra: str,
             time.sleep(0.05)
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -77,24 +79,41 @@ class Reports:
         self.c.disconnect()
 
 
-def test_signed_configs_apply_refuse_and_revert_on_the_real_agent(
-        tmp_path: Path, own_broker: Mosquitto) -> None:
+class Site(NamedTuple):
+    """An enrolled gateway's files and a signer of config bundles for it."""
+
+    reg: Registry
+    state: Path
+    sim_site: Path
+    local: Path
+    bundle: Callable[[int, str], bytes]
+
+
+def _enrolled_site(tmp_path: Path, broker: Mosquitto) -> Site:
+    """Fleet keys, an enrolled gateway, a simulated lamp + meter, a local config with the lamp."""
     print("key seed", SEED)
     reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
     pki = Pki.from_seed(SEED)
     pki.init(reg)
-    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
+    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", broker.url)
     state = tmp_path / "gw" / GW
     sim_site = write_site(tmp_path, [("lamp", "rs485", 3, "streetlight"),
                                      ("meter", "lan", 1, "energy_meter")])
     local = tmp_path / "local.toml"
-    local.write_bytes(_config(sim_site, state, LAMP).replace(b'"gw-test"', f'"{GW}"'.encode()))
+    local.write_bytes(_config(sim_site, state, LAMP))
     now = int(time.time())
 
     def bundle(version: int, devices: str) -> bytes:
         return make_bundle("config", version, _config(sim_site, state, devices),
                            pki.release_keys, issued=now, expires=now + 3600, gateways=[GW],
                            roots=reg.roots())
+
+    return Site(reg, state, sim_site, local, bundle)
+
+
+def test_signed_configs_apply_refuse_and_revert_on_the_real_agent(
+        tmp_path: Path, own_broker: Mosquitto) -> None:
+    reg, state, sim_site, local, bundle = _enrolled_site(tmp_path, own_broker)
 
     reports = Reports(own_broker.port)
     data = Collector(own_broker.port)
@@ -134,22 +153,7 @@ def test_signed_configs_apply_refuse_and_revert_on_the_real_agent(
 
 def test_kill_9_during_the_health_gate_leaves_the_gateway_on_its_last_good_config(
         tmp_path: Path, own_broker: Mosquitto) -> None:
-    print("key seed", SEED)
-    reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
-    pki = Pki.from_seed(SEED)
-    pki.init(reg)
-    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
-    state = tmp_path / "gw" / GW
-    sim_site = write_site(tmp_path, [("lamp", "rs485", 3, "streetlight"),
-                                     ("meter", "lan", 1, "energy_meter")])
-    local = tmp_path / "local.toml"
-    local.write_bytes(_config(sim_site, state, LAMP))
-    now = int(time.time())
-
-    def bundle(version: int, devices: str) -> bytes:
-        return make_bundle("config", version, _config(sim_site, state, devices),
-                           pki.release_keys, issued=now, expires=now + 3600, gateways=[GW],
-                           roots=reg.roots())
+    reg, state, sim_site, local, bundle = _enrolled_site(tmp_path, own_broker)
 
     reports = Reports(own_broker.port)
     data = Collector(own_broker.port)
