@@ -98,6 +98,7 @@ def cmd_check_config(argv: list[str]) -> int:
 def cmd_simulate(argv: list[str]) -> int:
     """``edge-agent simulate``."""
     setup_logging(False)
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)  # its INFO lines are chatter
     from edge_agent.drivers.sim import simulate_main
 
     return simulate_main(argv)
