@@ -40,7 +40,7 @@ test: setup lint typecheck
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 bench: setup
-	$(PIP) install -q -e ".[bench]"
+	$(PIP) install -q --no-build-isolation -e ".[bench]"
 	for b in bench/codec_bench.py bench/fuzz_codec.py bench/spool_bench.py bench/fleet_scale.py \
 	         bench/poll_overhead.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
