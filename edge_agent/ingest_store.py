@@ -23,43 +23,30 @@ from edge_agent.payload import DataBatch
 
 _INT64 = (-(2**63), 2**63 - 1)
 
+# One schema, two dialects: SQLite's INTEGER is already 64-bit and its INTEGER PRIMARY KEY
+# auto-increments; PostgreSQL needs BIGINT, BIGSERIAL and DOUBLE PRECISION spelt out.
+_DDL_TEMPLATE = """
+CREATE TABLE IF NOT EXISTS batches (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    seq {big} NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    received_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch, seq));
+CREATE TABLE IF NOT EXISTS readings (id {serial} PRIMARY KEY, gateway TEXT NOT NULL,
+    epoch {big} NOT NULL, seq {big} NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
+    ts_ms {big} NOT NULL, quality TEXT NOT NULL, exception_code INTEGER, kind TEXT NOT NULL,
+    value_int {big}, value_real {real}, value_text TEXT);
+CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, point, ts_ms);
+CREATE TABLE IF NOT EXISTS streams (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    batches {big} NOT NULL, readings {big} NOT NULL, duplicates {big} NOT NULL,
+    max_seq {big} NOT NULL, last_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch));
+CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    seq_from {big} NOT NULL, seq_to {big} NOT NULL, detected_ms {big} NOT NULL,
+    closed_ms {big}, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
+CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT NULL,
+    bytes INTEGER NOT NULL, error TEXT NOT NULL);
+"""
 DDL = {
-    "sqlite": """
-CREATE TABLE IF NOT EXISTS batches (gateway TEXT NOT NULL, epoch INTEGER NOT NULL,
-    seq INTEGER NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL, PRIMARY KEY (gateway, epoch, seq));
-CREATE TABLE IF NOT EXISTS readings (id INTEGER PRIMARY KEY, gateway TEXT NOT NULL,
-    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL, quality TEXT NOT NULL, exception_code INTEGER, kind TEXT NOT NULL,
-    value_int INTEGER, value_real REAL, value_text TEXT);
-CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, point, ts_ms);
-CREATE TABLE IF NOT EXISTS streams (gateway TEXT NOT NULL, epoch INTEGER NOT NULL,
-    batches INTEGER NOT NULL, readings INTEGER NOT NULL, duplicates INTEGER NOT NULL,
-    max_seq INTEGER NOT NULL, last_ms INTEGER NOT NULL, PRIMARY KEY (gateway, epoch));
-CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch INTEGER NOT NULL,
-    seq_from INTEGER NOT NULL, seq_to INTEGER NOT NULL, detected_ms INTEGER NOT NULL,
-    closed_ms INTEGER, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
-CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms INTEGER NOT NULL,
-    bytes INTEGER NOT NULL, error TEXT NOT NULL);
-""",
-    "postgresql": """
-CREATE TABLE IF NOT EXISTS batches (gateway TEXT NOT NULL, epoch BIGINT NOT NULL,
-    seq BIGINT NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    received_ms BIGINT NOT NULL, PRIMARY KEY (gateway, epoch, seq));
-CREATE TABLE IF NOT EXISTS readings (id BIGSERIAL PRIMARY KEY, gateway TEXT NOT NULL,
-    epoch BIGINT NOT NULL, seq BIGINT NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
-    ts_ms BIGINT NOT NULL, quality TEXT NOT NULL, exception_code INTEGER, kind TEXT NOT NULL,
-    value_int BIGINT, value_real DOUBLE PRECISION, value_text TEXT);
-CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, point, ts_ms);
-CREATE TABLE IF NOT EXISTS streams (gateway TEXT NOT NULL, epoch BIGINT NOT NULL,
-    batches BIGINT NOT NULL, readings BIGINT NOT NULL, duplicates BIGINT NOT NULL,
-    max_seq BIGINT NOT NULL, last_ms BIGINT NOT NULL, PRIMARY KEY (gateway, epoch));
-CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch BIGINT NOT NULL,
-    seq_from BIGINT NOT NULL, seq_to BIGINT NOT NULL, detected_ms BIGINT NOT NULL,
-    closed_ms BIGINT, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
-CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms BIGINT NOT NULL,
-    bytes INTEGER NOT NULL, error TEXT NOT NULL);
-""",
+    "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL"),
+    "postgresql": _DDL_TEMPLATE.format(big="BIGINT", serial="BIGSERIAL",
+                                       real="DOUBLE PRECISION"),
 }
 
 CLAIM = ("INSERT INTO batches (gateway, epoch, seq, readings, bytes, received_ms) "

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,28 @@ def test_bus_efficiency_is_at_least_90_percent_of_the_timing_model(
     assert achieved >= 0.9 * model
 
 
+async def classified_reads(bench: Bench, baud: int, dev: BenchDevice, req: ReadRequest,
+                           want: list[int], rounds: int,
+                           before: Callable[[int], None] | None = None) -> tuple[int, int, int]:
+    """Read ``req`` ``rounds`` times with no retries: (good, wrong, failed) replies."""
+    transport = BusTransport(bench.serial_bus(baud, retries=0))
+    good = wrong = failed = 0
+    try:
+        for i in range(rounds):
+            if before is not None:
+                before(i)
+            reply = await transport.read(dev.unit_id, req.table, req.address, req.count)
+            if reply.data is None:
+                failed += 1
+            elif [int(v) for v in reply.data] == want:
+                good += 1
+            else:
+                wrong += 1
+        return good, wrong, failed
+    finally:
+        await transport.close()
+
+
 @pytest.mark.simulated_only
 def test_corrupted_frames_never_produce_a_wrong_value_and_are_counted(
         sim_bench: Bench) -> None:
@@ -138,23 +161,7 @@ def test_corrupted_frames_never_produce_a_wrong_value_and_are_counted(
     bench.line({"cmd": "stats", "reset": True})
     bench.line({"cmd": "set", "crc_rate": 0.01, "seed": seed})
 
-    async def run() -> tuple[int, int, int]:
-        transport = BusTransport(bench.serial_bus(baud, retries=0))
-        good = wrong = failed = 0
-        try:
-            for _ in range(n):
-                reply = await transport.read(dev.unit_id, req.table, req.address, req.count)
-                if reply.data is None:
-                    failed += 1
-                elif [int(v) for v in reply.data] == want:
-                    good += 1
-                else:
-                    wrong += 1
-            return good, wrong, failed
-        finally:
-            await transport.close()
-
-    good, wrong, failed = asyncio.run(run())
+    good, wrong, failed = asyncio.run(classified_reads(bench, baud, dev, req, want, n))
     line = bench.line({"cmd": "stats"})["line"]
     corrupted = line["corrupted_requests"] + line["corrupted_replies"]
     print(f"  {good} good, {wrong} wrong, {failed} failed; the line corrupted "
@@ -178,27 +185,13 @@ def test_noise_bursts_and_lost_bytes_cost_exchanges_never_values(sim_bench: Benc
     want = [truth(bench, dev.name)[req.table.value][a] for a in range(req.address, req.end)]
     bench.line({"cmd": "set", "drop_rate": 0.002, "seed": seed})
 
-    async def run(rounds: int, noisy: bool) -> tuple[int, int, int]:
-        transport = BusTransport(bench.serial_bus(115200, retries=0))
-        good = wrong = failed = 0
-        try:
-            for i in range(rounds):
-                if noisy and i % 25 == 0:
-                    bench.line({"cmd": "noise", "bytes": 24})
-                reply = await transport.read(dev.unit_id, req.table, req.address, req.count)
-                if reply.data is None:
-                    failed += 1
-                elif [int(v) for v in reply.data] == want:
-                    good += 1
-                else:
-                    wrong += 1
-            return good, wrong, failed
-        finally:
-            await transport.close()
+    def burst(i: int) -> None:
+        if i % 25 == 0:
+            bench.line({"cmd": "noise", "bytes": 24})
 
-    noisy = asyncio.run(run(400, True))
+    noisy = asyncio.run(classified_reads(bench, 115200, dev, req, want, 400, before=burst))
     bench.line({"cmd": "set", "drop_rate": 0.0})
-    clean = asyncio.run(run(50, False))
+    clean = asyncio.run(classified_reads(bench, 115200, dev, req, want, 50))
     print(f"  with faults: {noisy[0]} good, {noisy[1]} wrong, {noisy[2]} failed; "
           f"after: {clean[0]} good, {clean[2]} failed")
     assert noisy[1] == 0 and noisy[2] > 0
