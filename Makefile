@@ -26,7 +26,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 demo: setup
-	$(PY) -m edge_agent.demo configs/demo.toml
+	$(PY) -m edge_agent.tools.demo configs/demo.toml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psutil
 
-from edge_agent.procs import stop_process
+from edge_agent.tools.procs import stop_process
 
 PY = [sys.executable, "-m", "edge_agent"]
 

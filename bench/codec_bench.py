@@ -41,7 +41,7 @@ Batch = dict[str, tuple[list[int], list[Any]]]
 
 def simulated_day(hours: int) -> dict[str, Batch]:
     """Device profile -> its series over ``hours`` of 10 s polls, as the agent would read them."""
-    from edge_agent.drivers.decode import decode_point, encode_point
+    from edge_agent.drivers.modbus.decode import decode_point, encode_point
     from edge_agent.drivers.model import DataType
     from edge_agent.drivers.profile import load_profile, shipped_profiles
     from edge_agent.drivers.sim.models import values_at

@@ -1,7 +1,7 @@
 """Fleet rollout at scale: N simulated gateways take a config in waves through a real broker.
 
 Every gateway is its own MQTT connection running the real gateway-side code (verifier, control
-plane, trusted state and journal files; edge_agent.fleet.simgateway), several gateways per
+plane, trusted state and journal files; tests.support.simgateway), several gateways per
 process. The fleet service (``edge-fleet serve``) runs as its own process against a SQLite (or
 PostgreSQL) registry. Measured: time from ``rollout start`` to every gateway applied (the
 rollout "succeeded"), and the service's CPU time over that span. Waves 1, 10, 50, 100 %, no
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import psutil
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.fleet import ops
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.devdb import pg_schema
-from edge_agent.fleet.devkit import Pki, enrol_direct, running, serve_args, simgateway_args
-from edge_agent.fleet.driver import RolloutStore
 from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.fleetkit import Pki, enrol_direct, running, serve_args, simgateway_args
+from tests.support.pgdb import pg_schema
 
 SEED = 1000
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from edge_agent import codecs
 from edge_agent.codecs import reference
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 
 def seeds(rng: random.Random) -> list[bytes]:

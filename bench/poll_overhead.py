@@ -40,11 +40,11 @@ from _pollsite import (
     write_profile,
 )
 
-from edge_agent.config import load_config
-from edge_agent.devbroker import Mosquitto
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.bus import SerialBus
+from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.model import Table
-from edge_agent.drivers.transport import BusTransport
-from edge_agent.siteconfig import SerialBus
+from edge_agent.tools.devbroker import Mosquitto
 
 MB = 1024 * 1024
 

@@ -20,15 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_agent.clock import SystemClock
-from edge_agent.devbroker import Mosquitto
-from edge_agent.drivers.model import Reading
-from edge_agent.ingest_store import IngestStore
-from edge_agent.payload_v2 import encode_batch_v2
-from edge_agent.siteconfig import SpoolConfig, SpoolSync
-from edge_agent.spool import Spool
-from edge_agent.spool_core import RatePacer
-from edge_agent.uplink import Uplink, parse_broker_url
+from edge_agent.codecs.batch_v2 import encode_batch_v2
+from edge_agent.config.model import SpoolConfig, SpoolSync
+from edge_agent.fleet.ingest.store import IngestStore
+from edge_agent.protocol.broker import parse_broker_url
+from edge_agent.protocol.clock import SystemClock
+from edge_agent.protocol.readings import Reading
+from edge_agent.runtime.spool import Spool
+from edge_agent.runtime.spool_core import RatePacer
+from edge_agent.runtime.uplink import Uplink
+from edge_agent.tools.devbroker import Mosquitto
 
 SEED = 99
 PER_BATCH = 100

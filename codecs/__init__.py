@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 
 from edge_agent.codecs import reference
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 __all__ = ["IMPLEMENTATION", "CodecError", "decode_batch", "encode_batch", "fast"]
 

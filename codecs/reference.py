@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from edge_agent.codecs.floats import decode_floats, encode_floats
 from edge_agent.codecs.ints import decode_ints, encode_ints
 from edge_agent.codecs.wire import I64_MAX, I64_MIN, Reader, varint
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 VERSION = 2
 # Version 1 lacks float encoding 2 (binary32 patterns); its batches still decode.

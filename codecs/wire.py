@@ -6,7 +6,7 @@ hostile length can never make the decoder allocate more than the input justifies
 
 from __future__ import annotations
 
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 M64 = (1 << 64) - 1
 I64_MIN = -(1 << 63)

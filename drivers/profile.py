@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.drivers.model import TYPE_LAYOUT, Access, DataType, Point, Table, WordOrder
-from edge_agent.errors import ConfigError
-from edge_agent.tomlcheck import Checker, load_toml
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.tomlcheck import Checker, load_toml
 
 POINT_KEYS = (
     "table", "address", "type", "count", "length", "order", "scale", "offset", "unit",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from edge_agent import __version__
-from edge_agent.errors import ConfigError
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.shell import run_until_signal, setup_logging
 
 USAGE = """edge-agent COMMAND [options]
 
@@ -34,27 +33,6 @@ commands:
 """
 
 
-def setup_logging(verbose: bool) -> None:
-    """Log to stderr in a format that reads well in journald and a terminal."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop`` for a graceful end."""
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
-
-
 def cmd_run(argv: list[str]) -> int:
     """``edge-agent run``: the agent itself."""
     ap = argparse.ArgumentParser(prog="edge-agent run", description="Poll and report a site.")
@@ -66,8 +44,8 @@ def cmd_run(argv: list[str]) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    from edge_agent.config import load_config
-    from edge_agent.gateway import Gateway
+    from edge_agent.config.loader import load_config
+    from edge_agent.control.gateway import Gateway
 
     try:
         load_config(args.config, broker_url=args.broker)  # fail before starting anything
@@ -90,7 +68,7 @@ def cmd_check_config(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="edge-agent check-config")
     ap.add_argument("config")
     args = ap.parse_args(argv)
-    from edge_agent.checkconfig import check_config_main
+    from edge_agent.tools.checkconfig import check_config_main
 
     return check_config_main(args.config)
 
@@ -99,14 +77,14 @@ def cmd_simulate(argv: list[str]) -> int:
     """``edge-agent simulate``."""
     setup_logging(False)
     logging.getLogger("pymodbus").setLevel(logging.WARNING)  # its INFO lines are chatter
-    from edge_agent.drivers.sim import simulate_main
+    from edge_agent.tools.simulate import simulate_main
 
     return simulate_main(argv)
 
 
 def cmd_tail(argv: list[str]) -> int:
     """``edge-agent tail``."""
-    from edge_agent.tail import tail_main
+    from edge_agent.tools.tail import tail_main
 
     return tail_main(argv)
 
@@ -116,8 +94,8 @@ def cmd_decode(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="edge-agent decode")
     ap.add_argument("file", help="a file holding one data batch, or - for standard input")
     args = ap.parse_args(argv)
-    from edge_agent.errors import CodecError
-    from edge_agent.payload import decode_batch
+    from edge_agent.codecs.batch import decode_batch
+    from edge_agent.protocol.errors import CodecError
 
     blob = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     try:
@@ -136,7 +114,7 @@ def cmd_decode(argv: list[str]) -> int:
 
 def cmd_ingest(argv: list[str]) -> int:
     """``edge-agent ingest``: the deduplicating cloud ingest."""
-    from edge_agent.ingest import ingest_main
+    from edge_agent.fleet.ingest.consumer import ingest_main
 
     return ingest_main(argv)
 
@@ -155,12 +133,12 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "tail": cmd_tail,
     "decode": cmd_decode,
     "ingest": cmd_ingest,
-    "enroll": lambda argv: _lazy("edge_agent.enroll", "enroll_main")(argv),
-    "scan": lambda argv: _lazy("edge_agent.scan", "scan_main")(argv),
-    "read": lambda argv: _lazy("edge_agent.commission", "read_main")(argv),
-    "write": lambda argv: _lazy("edge_agent.commission", "write_main")(argv),
-    "doctor": lambda argv: _lazy("edge_agent.doctor", "doctor_main")(argv),
-    "install-service": lambda argv: _lazy("edge_agent.service", "install_service_main")(argv),
+    "enroll": lambda argv: _lazy("edge_agent.tools.enroll", "enroll_main")(argv),
+    "scan": lambda argv: _lazy("edge_agent.tools.scan", "scan_main")(argv),
+    "read": lambda argv: _lazy("edge_agent.tools.commission", "read_main")(argv),
+    "write": lambda argv: _lazy("edge_agent.tools.commission", "write_main")(argv),
+    "doctor": lambda argv: _lazy("edge_agent.tools.doctor", "doctor_main")(argv),
+    "install-service": lambda argv: _lazy("edge_agent.tools.service", "install_service_main")(argv),
 }
 
 

@@ -19,7 +19,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil

@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.topics import check_level, check_prefix
-from edge_agent.trust import atomic_write
+from edge_agent.protocol.fileio import atomic_write
+from edge_agent.protocol.topics import check_level, check_prefix
 
 ITERATIONS = 101  # mosquitto_passwd's default in 2.0
 

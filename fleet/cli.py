@@ -14,20 +14,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import ConfigError, EdgeError
-from edge_agent.fleet import ops
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
 from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
-from edge_agent.fleet.driver import RolloutStore
-from edge_agent.fleet.keys import (
+from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.protocol.bundle import make_bundle
+from edge_agent.protocol.errors import ConfigError, EdgeError
+from edge_agent.protocol.keys import (
     PrivateKey,
     load_private,
     load_public,
     write_private,
     write_public,
 )
-from edge_agent.fleet.metadata import make_bundle
-from edge_agent.fleet.registry import Registry
 
 DEFAULT_DB = "sqlite:///fleet.db"
 
@@ -60,7 +60,7 @@ def cmd_root(args: argparse.Namespace) -> int:
     reg = _db(args)
     if args.action == "show":
         root = reg.latest_root()
-        from edge_agent.enroll import root_fingerprint
+        from edge_agent.protocol.bundle import root_fingerprint
 
         s = root["signed"]
         print(f"root v{s['version']} expires {_when(s['expires'] * 1000)}\n"

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.errors import ConfigError
+from edge_agent.protocol.errors import ConfigError
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sites (

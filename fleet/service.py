@@ -20,14 +20,15 @@ from typing import Any
 
 import aiomqtt
 
-from edge_agent import topics
-from edge_agent.clock import Clock, SystemClock
-from edge_agent.errors import ConfigError, UplinkError
-from edge_agent.fleet import ops
-from edge_agent.fleet.driver import RolloutDriver
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet.httpd import serve_http
 from edge_agent.fleet.registry import Registry
-from edge_agent.uplink import Backoff, client_options, parse_broker_url
+from edge_agent.fleet.rollout_driver import RolloutDriver
+from edge_agent.protocol import topics
+from edge_agent.protocol.backoff import Backoff
+from edge_agent.protocol.broker import client_options, parse_broker_url
+from edge_agent.protocol.clock import Clock, SystemClock
+from edge_agent.protocol.errors import ConfigError, UplinkError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hil_tests.bench import DEFAULT_BENCH, Bench, open_bench, parse_bench
+from hil_tests.rig import DEFAULT_BENCH, Bench, open_bench, parse_bench
 
 LONG = os.environ.get("HIL_LONG") == "1"
 BENCH_PIDS: set[int] = set()

@@ -22,18 +22,19 @@ import pytest
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 
-from edge_agent.agent import Agent
-from edge_agent.commission import read_main, write_main
-from edge_agent.config import load_config
-from edge_agent.drivers.decode import decode_point
-from edge_agent.drivers.model import Quality, Reading, ReadRequest, Table
-from edge_agent.drivers.planner import plan_reads
-from edge_agent.drivers.scan import FEW_SECONDS_PER_100
-from edge_agent.drivers.timing import READ_FC, exchange_s
-from edge_agent.drivers.transport import BusTransport
-from edge_agent.scan import scan_main
-from hil_tests.bench import Bench, BenchDevice
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.modbus.decode import decode_point
+from edge_agent.drivers.modbus.planner import plan_reads
+from edge_agent.drivers.modbus.scan import FEW_SECONDS_PER_100
+from edge_agent.drivers.modbus.timing import READ_FC, exchange_s
+from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.model import ReadRequest, Table
+from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.runtime.agent import Agent
+from edge_agent.tools.commission import read_main, write_main
+from edge_agent.tools.scan import scan_main
 from hil_tests.conftest import LONG
+from hil_tests.rig import Bench, BenchDevice
 
 pytestmark = pytest.mark.hil
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.brokers import Mosquitto
+from tests.support.brokers import Mosquitto
 
 # Processes that live for the whole session on purpose (the shared broker).
 SESSION_PIDS: set[int] = set()

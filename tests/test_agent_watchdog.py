@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from tests.sitekit import PY, simulator, write_site
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.sitekit import PY, simulator, write_site
 
 pytestmark = pytest.mark.integration
 

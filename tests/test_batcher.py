@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
-from edge_agent.batcher import Batcher, ReportFilter
-from edge_agent.drivers.model import DataType, Point, Quality, Reading, Table
+from edge_agent.config.model import BatchConfig
+from edge_agent.drivers.bus import DeviceConfig
+from edge_agent.drivers.model import DataType, Point, Table
 from edge_agent.drivers.profile import DeviceProfile
-from edge_agent.siteconfig import BatchConfig, DeviceConfig
+from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.runtime.batcher import Batcher, ReportFilter
 
 
 def _device(deadband: float | None) -> DeviceConfig:

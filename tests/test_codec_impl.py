@@ -45,5 +45,5 @@ def test_decoder_imports_without_agent_runtime_dependencies() -> None:
                          check=True, timeout=60).stdout
     assert "{'t': ([1, 2], [0.5, 1.5])}" in out
     loaded = out.splitlines()[1]
-    for module in ("edge_agent.agent", "edge_agent.drivers", "edge_agent.config"):
+    for module in ("edge_agent.runtime.agent", "edge_agent.drivers", "edge_agent.config.loader"):
         assert f"'{module}'" not in loaded

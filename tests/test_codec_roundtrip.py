@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from edge_agent import codecs
 from edge_agent.codecs import reference
-from edge_agent.errors import CodecError
+from edge_agent.protocol.errors import CodecError
 
 I64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 CI = os.environ.get("CI") == "true"

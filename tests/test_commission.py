@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from edge_agent.commission import (
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.modbus.transport import Reply
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.tools.commission import (
     _ask,
     check_write,
     describe_failure,
@@ -19,10 +22,7 @@ from edge_agent.commission import (
     read_main,
     write_main,
 )
-from edge_agent.config import load_config
-from edge_agent.drivers.transport import Reply
-from edge_agent.errors import ConfigError
-from tests.sitekit import control, simulator, write_site
+from tests.support.sitekit import control, simulator, write_site
 
 
 @pytest.fixture

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.checkconfig import check_config_main
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
+from edge_agent.config.model import BatchConfig
+from edge_agent.drivers.bus import Parity, SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.model import DataType, Table
 from edge_agent.drivers.profile import shipped_profiles
-from edge_agent.errors import ConfigError
-from edge_agent.siteconfig import BatchConfig, MqttConfig, Parity, SerialBus, TcpBus, TcpFraming
+from edge_agent.protocol.broker import MqttConfig
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.tools.checkconfig import check_config_main
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "configs"

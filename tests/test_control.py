@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.clock import FakeClock
-from edge_agent.control import ControlPlane, Journal, Stage, Trial, recover
-from edge_agent.errors import ConfigError, DeviceError
-from edge_agent.fleet.keys import PrivateKey
-from edge_agent.fleet.metadata import make_bundle, root_signed, sign_envelope
-from edge_agent.fleet.verify import Bundle
-from edge_agent.trust import TrustedState, load_trust, save_trust
+from edge_agent.control.plane import ControlPlane, Journal, Stage, Trial, recover
+from edge_agent.control.truststore import load_trust, save_trust
+from edge_agent.protocol.bundle import make_bundle, root_signed, sign_envelope
+from edge_agent.protocol.clock import FakeClock
+from edge_agent.protocol.errors import ConfigError, DeviceError
+from edge_agent.protocol.keys import PrivateKey
+from edge_agent.protocol.trust import TrustedState
+from edge_agent.protocol.verify import Bundle
 
 SEED = 11
 print(f"test_control: key seed {SEED}")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.drivers.model import Quality
-from tests.sitekit import Collector, agent, control, simulator, write_site
+from edge_agent.protocol.readings import Quality
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.sitekit import Collector, agent, control, simulator, write_site
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from edge_agent.drivers.decode import (
+from edge_agent.drivers.modbus.decode import (
     INT_RANGE,
     DecodeFailure,
     decode_point,
@@ -17,16 +17,8 @@ from edge_agent.drivers.decode import (
     encode_point,
     failed_readings,
 )
-from edge_agent.drivers.model import (
-    TYPE_LAYOUT,
-    DataType,
-    Point,
-    Quality,
-    Reading,
-    ReadRequest,
-    Table,
-    WordOrder,
-)
+from edge_agent.drivers.model import TYPE_LAYOUT, DataType, Point, ReadRequest, Table, WordOrder
+from edge_agent.protocol.readings import Quality, Reading
 
 SEED = 20240611  # fixed hypothesis seed, printed by the property tests
 HR, IR, COIL = Table.HOLDING_REGISTER, Table.INPUT_REGISTER, Table.COIL
@@ -368,7 +360,7 @@ def test_any_registers_survive_decode_then_encode(dtype: DataType, order: WordOr
 
 
 def test_encode_write_enforces_access_profile_limits_and_exactness() -> None:
-    from edge_agent.drivers.decode import encode_write
+    from edge_agent.drivers.modbus.decode import encode_write
     from edge_agent.drivers.model import Access
 
     dim = Point(name="dim", table=Table.HOLDING_REGISTER, address=0, type=DataType.UINT16,

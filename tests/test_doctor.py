@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.doctor import (
+from edge_agent.drivers.bus import Parity, SerialBus
+from edge_agent.drivers.modbus.timing import serial_budget
+from edge_agent.drivers.model import DataType, Point, Table
+from edge_agent.tools.doctor import (
     Level,
     _cert_check,
     check_budget,
@@ -24,10 +27,7 @@ from edge_agent.doctor import (
     gather,
     render,
 )
-from edge_agent.drivers.model import DataType, Point, Table
-from edge_agent.drivers.timing import serial_budget
-from edge_agent.siteconfig import Parity, SerialBus
-from tests.brokers import Mosquitto
+from tests.support.brokers import Mosquitto
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 

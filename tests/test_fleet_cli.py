@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.fleet.cli import main
-from edge_agent.fleet.driver import RolloutStore
 from edge_agent.fleet.registry import Registry
-from edge_agent.fleet.verify import verify_bundle
-from edge_agent.trust import TrustedState
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.protocol.trust import TrustedState
+from edge_agent.protocol.verify import verify_bundle
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,13 +14,14 @@ import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.enroll import enroll_main, root_fingerprint
-from edge_agent.fleet import ops
+from edge_agent.control.truststore import load_trust
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
-from edge_agent.fleet.devkit import Pki, running, serve_args, wait_until
 from edge_agent.fleet.registry import Registry
-from edge_agent.trust import load_trust
+from edge_agent.protocol.bundle import root_fingerprint
+from edge_agent.tools.devbroker import Mosquitto
+from edge_agent.tools.enroll import enroll_main
+from tests.support.fleetkit import Pki, running, serve_args, wait_until
 
 pytestmark = pytest.mark.integration
 SEED = 23

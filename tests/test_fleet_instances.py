@@ -12,11 +12,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.fleet import ops
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.devdb import pg_available, pg_schema
-from edge_agent.fleet.devkit import (
+from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.fleetkit import (
     Pki,
     enrol_direct,
     running,
@@ -24,8 +25,7 @@ from edge_agent.fleet.devkit import (
     simgateway_args,
     wait_until,
 )
-from edge_agent.fleet.driver import RolloutStore
-from edge_agent.fleet.registry import Registry
+from tests.support.pgdb import pg_available, pg_schema
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not pg_available(), reason="no PostgreSQL on 127.0.0.1:5432")]

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ConfigError
-from edge_agent.fleet import ops
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.devdb import pg_available, pg_schema
-from edge_agent.fleet.driver import RolloutDriver, RolloutStore
-from edge_agent.fleet.keys import PrivateKey
 from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutDriver, RolloutStore
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.keys import PrivateKey
+from tests.support.pgdb import pg_available, pg_schema
 
 SEED = 3
 print(f"test_fleet_registry: key seed {SEED}")

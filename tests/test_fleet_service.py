@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.fleet import ops
+from edge_agent.control.truststore import load_trust
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.devkit import (
+from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.fleetkit import (
     Pki,
     enrol_direct,
     running,
@@ -24,9 +27,6 @@ from edge_agent.fleet.devkit import (
     simgateway_args,
     wait_until,
 )
-from edge_agent.fleet.driver import RolloutStore
-from edge_agent.fleet.registry import Registry
-from edge_agent.trust import load_trust
 
 pytestmark = pytest.mark.integration
 SEED = 17

@@ -17,11 +17,11 @@ from typing import NamedTuple
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.fleet.devkit import Pki, enrol_direct
-from edge_agent.fleet.metadata import make_bundle
 from edge_agent.fleet.registry import Registry
-from tests.sitekit import Collector, agent, control, simulator, write_site
+from edge_agent.protocol.bundle import make_bundle
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.fleetkit import Pki, enrol_direct
+from tests.support.sitekit import Collector, agent, control, simulator, write_site
 
 pytestmark = pytest.mark.integration
 GW = "gw-test"

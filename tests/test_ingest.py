@@ -13,12 +13,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.drivers.model import Quality, Reading
-from edge_agent.ingest import decode_message
-from edge_agent.ingest_store import IngestStore, reading_from
-from edge_agent.payload_v2 import encode_batch_v2
-from tests.brokers import Mosquitto
-from tests.sitekit import ingest_process
+from edge_agent.codecs.batch_v2 import encode_batch_v2
+from edge_agent.fleet.ingest.consumer import decode_message
+from edge_agent.fleet.ingest.store import IngestStore, reading_from
+from edge_agent.protocol.readings import Quality, Reading
+from tests.support.brokers import Mosquitto
+from tests.support.sitekit import ingest_process
 
 SEED = 7707
 print(f"test_ingest seed {SEED}")

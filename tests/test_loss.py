@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.devbroker import Mosquitto
-from edge_agent.ingest_store import IngestStore
-from tests.sitekit import (
+from edge_agent.fleet.ingest.store import IngestStore
+from edge_agent.tools.devbroker import Mosquitto
+from tests.support.sitekit import (
     PY,
     agent,
     ingest_process,

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from edge_agent import payload
-from edge_agent.drivers.model import Quality, Reading
-from edge_agent.errors import CodecError
-from edge_agent.payload import DataBatch, decode_batch, encode_batch_v1, grouped
+from edge_agent.codecs import batch as payload
+from edge_agent.codecs.batch import DataBatch, decode_batch
+from edge_agent.codecs.batch_model import grouped
+from edge_agent.protocol.errors import CodecError
+from edge_agent.protocol.readings import Quality, Reading
+from tests.support.v1batch import encode_batch_v1
 
 SEED = 20261128
 print(f"test_payload seed {SEED}")
@@ -133,7 +135,7 @@ def test_mutated_batches_only_ever_raise_codec_error(
         decode_batch(bytes(blob[:cut]))
 
 
-def test_registered_decoder_gets_the_body_and_its_bugs_become_codec_errors() -> None:
+def test_a_decoders_bugs_become_codec_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bytes] = []
 
     def v7(body: bytes) -> DataBatch:
@@ -142,21 +144,19 @@ def test_registered_decoder_gets_the_body_and_its_bugs_become_codec_errors() -> 
             raise KeyError("x")
         return DataBatch("gw", 1, 2, [], 7)
 
-    payload.register_decoder(7, v7)
-    try:
-        assert decode_batch(b"\x07abc").version == 7
-        assert seen == [b"abc"]
-        with pytest.raises(CodecError, match="v7: decoder failed: KeyError"):
-            decode_batch(b"\x07boom")
-        with pytest.raises(ValueError, match="already registered"):
-            payload.register_decoder(7, v7)
-        assert 7 in payload.decoder_versions()
-    finally:
-        payload._DECODERS.pop(7)
+    monkeypatch.setitem(payload.DECODERS, 7, v7)
+    assert decode_batch(b"\x07abc").version == 7
+    assert seen == [b"abc"]
+    with pytest.raises(CodecError, match="v7: decoder failed: KeyError"):
+        decode_batch(b"\x07boom")
+
+
+def test_every_published_version_is_decoded() -> None:
+    assert sorted(payload.DECODERS) == [1, 2]
 
 
 def test_decode_needs_only_msgpack() -> None:
-    code = ("import sys; from edge_agent.payload import decode_batch; "
+    code = ("import sys; from edge_agent.codecs.batch import decode_batch; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('aiomqtt', 'paho', 'pymodbus')];"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

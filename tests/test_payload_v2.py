@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.drivers.model import Quality, Reading
-from edge_agent.errors import CodecError
-from edge_agent.payload import decode_batch
-from edge_agent.payload_v2 import encode_batch_v2
+from edge_agent.codecs.batch import decode_batch
+from edge_agent.codecs.batch_v2 import encode_batch_v2
+from edge_agent.protocol.errors import CodecError
+from edge_agent.protocol.readings import Quality, Reading
 
 SEED = 20261128
 
@@ -96,9 +96,9 @@ def test_a_cloud_consumer_decodes_without_msgpack_or_mqtt() -> None:
         "import sys\n"
         "for name in ('msgpack', 'aiomqtt', 'paho', 'pymodbus', 'serial'):\n"
         "    sys.modules[name] = None\n"
-        "from edge_agent.drivers.model import Reading\n"
-        "from edge_agent.payload_v2 import encode_batch_v2\n"
-        "from edge_agent.payload import decode_batch\n"
+        "from edge_agent.protocol.readings import Reading\n"
+        "from edge_agent.codecs.batch_v2 import encode_batch_v2\n"
+        "from edge_agent.codecs.batch import decode_batch\n"
         "b = decode_batch(encode_batch_v2('gw', 1, 2, [Reading('d', 'p', 5, 1.5)]))\n"
         "assert b.readings[0].value == 1.5, b\n"
         "print('ok')\n"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
+from edge_agent.drivers.modbus.planner import BadRanges, plan_reads, requests_per_cycle
 from edge_agent.drivers.model import TYPE_LAYOUT, DataType, Point, ReadRequest, Table
-from edge_agent.drivers.planner import BadRanges, plan_reads, requests_per_cycle
 
 SEED = 20240611  # fixed hypothesis / random seed, printed by the property tests
 IR, HR, COIL = Table.INPUT_REGISTER, Table.HOLDING_REGISTER, Table.COIL

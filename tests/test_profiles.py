@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from edge_agent.drivers.decode import decode_point, encode_point
+from edge_agent.drivers.modbus.decode import decode_point, encode_point
 from edge_agent.drivers.model import DataType, Point, Table, WordOrder
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
 
@@ -107,7 +107,7 @@ def test_signal_groups_are_two_bit_fields_of_one_register() -> None:
 
 def test_write_limits_are_read_from_profiles_and_checked() -> None:
     from edge_agent.drivers.profile import parse_profile
-    from edge_agent.errors import ConfigError
+    from edge_agent.protocol.errors import ConfigError
 
     assert load_profile("streetlight").point("dim_command").max_value == 100
     bad = {"points": {"x": {"table": "holding_register", "address": 0, "type": "uint16",

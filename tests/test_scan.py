@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from edge_agent.config import load_config
-from edge_agent.drivers.planner import plan_reads
-from edge_agent.drivers.profile import load_profile, shipped_profiles
-from edge_agent.drivers.scan import (
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.bus import Parity
+from edge_agent.drivers.modbus.planner import plan_reads
+from edge_agent.drivers.modbus.scan import (
     FEW_SECONDS_PER_100,
     Answer,
     Found,
@@ -31,11 +31,11 @@ from edge_agent.drivers.scan import (
     recognition_reads,
     sweep_estimate_s,
 )
+from edge_agent.drivers.modbus.timing import exchange_s
+from edge_agent.drivers.profile import load_profile, shipped_profiles
 from edge_agent.drivers.sim.device import compose_image
 from edge_agent.drivers.sim.models import values_at
-from edge_agent.drivers.timing import exchange_s
-from edge_agent.scan import scan_main
-from edge_agent.siteconfig import Parity
+from edge_agent.tools.scan import scan_main
 
 PROFILES = [load_profile(n) for n in shipped_profiles()]
 T = 1_790_000_000.0  # a fixed simulated moment

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
+from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.model import DataType, Point, Table
 from edge_agent.drivers.profile import DeviceProfile
-from edge_agent.scheduler import Backoff, interval_groups, next_mark_ms
-from edge_agent.siteconfig import DeviceConfig
+from edge_agent.protocol.backoff import BackoffPolicy
+from edge_agent.runtime.scheduler import interval_groups, next_mark_ms
 
 
 def test_next_mark_is_strictly_after_now_on_the_grid() -> None:
@@ -27,7 +28,7 @@ def test_points_group_by_their_own_interval_or_the_device_one() -> None:
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     rng = random.Random(7)
-    b = Backoff(base_s=2, cap_s=60)
+    b = BackoffPolicy(base_s=2, cap_s=60, jitter=0.5)
     for failures, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (30, 60)]:
         for _ in range(50):
             d = b.delay(failures, rng)

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from edge_agent.clock import SystemClock
-from edge_agent.config import load_config
-from edge_agent.drivers.model import Reading
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.sim import run_site
-from edge_agent.drivers.transport import BusTransport
-from edge_agent.scheduler import BusScheduler
-from tests.brokers import free_port
+from edge_agent.protocol.clock import SystemClock
+from edge_agent.protocol.readings import Reading
+from edge_agent.runtime.scheduler import BusScheduler
+from tests.support.brokers import free_port
 
 
 def _site(tmp: Path, extra: str = "", port: int | None = None) -> Path:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.service import (
+from edge_agent.runtime.systemd import Watchdog
+from edge_agent.tools.service import (
     UNIT_NAME,
     UnitSpec,
-    Watchdog,
     install_service_main,
     render_unit,
     user_commands,

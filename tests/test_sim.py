@@ -17,25 +17,20 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerType
 
-from edge_agent.clock import FakeClock
-from edge_agent.drivers.decode import decode_point
-from edge_agent.drivers.model import TYPE_LAYOUT, Table, Value
+from edge_agent.config.model import SiteConfig
+from edge_agent.drivers.bus import DeviceConfig, Parity, SerialBus, TcpBus, TcpFraming
+from edge_agent.drivers.modbus.decode import decode_point
+from edge_agent.drivers.model import TYPE_LAYOUT, Table
 from edge_agent.drivers.profile import DeviceProfile, load_profile
 from edge_agent.drivers.sim import build_site, run_site, sim_control
 from edge_agent.drivers.sim.device import compose_image, extract_point
 from edge_agent.drivers.sim.models import PLANS, plan_colour, values_at
 from edge_agent.drivers.sim.server import Served, SiteSim
-from edge_agent.errors import DeviceError
-from edge_agent.siteconfig import (
-    DeviceConfig,
-    MqttConfig,
-    Parity,
-    SerialBus,
-    SiteConfig,
-    TcpBus,
-    TcpFraming,
-)
-from tests.brokers import free_port
+from edge_agent.protocol.broker import MqttConfig
+from edge_agent.protocol.clock import FakeClock
+from edge_agent.protocol.errors import DeviceError
+from edge_agent.protocol.readings import Value
+from tests.support.brokers import free_port
 
 SEED = 20240611
 TYPE_COUNT = {t: n for t, (n, _fmt) in TYPE_LAYOUT.items()}
@@ -504,7 +499,7 @@ def test_a_real_file_at_the_port_path_is_not_replaced(short_dir: Path) -> None:
 def test_simulate_command_serves_a_site_file_and_cleans_up(short_dir: Path) -> None:
     from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 
-    from tests.sitekit import control, simulator, write_site
+    from tests.support.sitekit import control, simulator, write_site
 
     tcp_port = free_port()
     site = write_site(short_dir, [("lamp1", "rs485", 1, "streetlight"),

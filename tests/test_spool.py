@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from edge_agent.errors import SpoolError
-from edge_agent.siteconfig import SpoolConfig, SpoolPolicy, SpoolSync
-from edge_agent.spool import Spool
-from edge_agent.spool_core import NewBatch, StoredRow, admit, layout, row_cost
-from edge_agent.spool_db import check_file
+from edge_agent.config.model import SpoolConfig, SpoolPolicy, SpoolSync
+from edge_agent.protocol.errors import SpoolError
+from edge_agent.runtime.spool import Spool
+from edge_agent.runtime.spool_core import NewBatch, StoredRow, admit, layout, row_cost
+from edge_agent.runtime.spool_db import check_file
 
 SEED = 5150
 print(f"test_spool seed {SEED}")
@@ -358,9 +358,9 @@ def test_a_full_disk_applies_the_policy_and_keeps_going(tiny_disk: Path,
 
 
 def test_spool_table_in_the_site_config(tmp_path: Path) -> None:
-    from edge_agent.config import load_config
-    from edge_agent.errors import ConfigError
-    from tests.sitekit import write_site
+    from edge_agent.config.loader import load_config
+    from edge_agent.protocol.errors import ConfigError
+    from tests.support.sitekit import write_site
 
     devices = [("m", "lan", 1, "energy_meter")]
     site = write_site(tmp_path, devices, extra=(

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.siteconfig import SpoolPolicy
-from edge_agent.spool_core import (
+from edge_agent.config.model import SpoolPolicy
+from edge_agent.runtime.spool_core import (
     FIXED_PAGES,
     NewBatch,
     RatePacer,

@@ -10,10 +10,11 @@ import sys
 import aiomqtt
 import pytest
 
-from edge_agent.drivers.model import Quality, Reading
-from edge_agent.payload import DataBatch, encode_batch_v1
-from edge_agent.tail import format_batch, format_health, format_state, render, tail, tail_main
-from tests.brokers import Mosquitto
+from edge_agent.codecs.batch import DataBatch
+from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.tools.tail import format_batch, format_health, format_state, render, tail, tail_main
+from tests.support.brokers import Mosquitto
+from tests.support.v1batch import encode_batch_v1
 
 T0 = 1_764_331_205_000  # 2025-11-28 12:00:05 UTC
 
@@ -33,7 +34,7 @@ def readings() -> list[Reading]:
 
 
 def test_batch_lines_are_grouped_by_device_in_time_order_and_aligned() -> None:
-    lines = format_batch(DataBatch("gw1", 42, 7, readings()))
+    lines = format_batch(DataBatch("gw1", 42, 7, readings(), 2))
     print("\n".join(lines))
     assert lines[0] == "12:00:05  gw1  data  epoch 42 seq 7, 6 readings"
     body = lines[1:]
@@ -51,7 +52,7 @@ def test_batch_lines_are_grouped_by_device_in_time_order_and_aligned() -> None:
 
 
 def test_units_when_known() -> None:
-    lines = format_batch(DataBatch("gw1", 1, 0, readings()[:1]), {("meter1", "voltage_l1"): "V"})
+    lines = format_batch(DataBatch("gw1", 1, 0, readings()[:1], 2), {("meter1", "voltage_l1"): "V"})
     assert lines[1].endswith("230.1 V")
 
 
@@ -112,7 +113,7 @@ def test_tail_prints_a_published_batch(broker: Mosquitto) -> None:
 def test_tail_main_cli_in_a_subprocess(broker: Mosquitto) -> None:
     async def main() -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; from edge_agent.tail import tail_main; "
+            sys.executable, "-c", "import sys; from edge_agent.tools.tail import tail_main; "
             "sys.exit(tail_main(sys.argv[1:]))", "--broker", broker.url, "--gateway", "gwcli",
             "--count", "2", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert proc.stdout is not None

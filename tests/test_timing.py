@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import load_config
-from edge_agent.drivers.model import DataType, Point, Table
-from edge_agent.drivers.timing import (
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.bus import Parity, SerialBus
+from edge_agent.drivers.modbus.timing import (
     bus_budget,
     char_time_s,
     exchange_s,
@@ -19,7 +19,7 @@ from edge_agent.drivers.timing import (
     requests_per_s,
     serial_budget,
 )
-from edge_agent.siteconfig import Parity, SerialBus
+from edge_agent.drivers.model import DataType, Point, Table
 
 
 def line(baud: int, parity: str = "E", stopbits: int = 1) -> SerialBus:

@@ -18,12 +18,15 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from edge_agent import topics
-from edge_agent.clock import FakeClock, SystemClock
-from edge_agent.errors import UplinkError
-from edge_agent.payload import decode_batch, encode_batch_v1
-from edge_agent.uplink import Backoff, Outbox, Uplink, parse_broker_url
-from tests.brokers import Mosquitto
+from edge_agent.codecs.batch import decode_batch
+from edge_agent.protocol import topics
+from edge_agent.protocol.backoff import Backoff
+from edge_agent.protocol.broker import parse_broker_url
+from edge_agent.protocol.clock import FakeClock, SystemClock
+from edge_agent.protocol.errors import ConfigError, UplinkError
+from edge_agent.runtime.uplink import Outbox, Uplink
+from tests.support.brokers import Mosquitto
+from tests.support.v1batch import encode_batch_v1
 
 SEED = 1128
 print(f"test_uplink seed {SEED}")
@@ -43,7 +46,7 @@ def run(coro: Awaitable[Any]) -> Any:
 
 def batch(gateway: str, seq: int) -> bytes:
     """A small real data batch whose seq identifies it."""
-    from edge_agent.drivers.model import Reading
+    from edge_agent.protocol.readings import Reading
     return encode_batch_v1(gateway, 42, seq, [Reading("m1", "v", 1000 + seq, float(seq))])
 
 
@@ -72,7 +75,7 @@ class Collector:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        from edge_agent.uplink import client_options
+        from edge_agent.protocol.broker import client_options
         opts = client_options(self.cfg)
         opts["protocol"] = aiomqtt.ProtocolVersion.V311
         while True:
@@ -165,8 +168,9 @@ def test_outbox_drops_oldest_waiting_never_the_one_in_flight() -> None:
 
 def test_parse_broker_url() -> None:
     assert parse_broker_url("mqtt://h").port == 1883
-    assert parse_broker_url("mqtts://u:p@h:9").port == 9
-    assert parse_broker_url("mqtts://u:p@h:9").username == "u"
+    assert parse_broker_url("mqtts://h:9").port == 9
+    with pytest.raises(ConfigError, match="credentials do not go in the URL"):
+        parse_broker_url("mqtts://u:p@h:9")
     unix = parse_broker_url("unix:///run/m.sock")
     assert (unix.scheme, unix.host) == ("unix", "/run/m.sock")
     with pytest.raises(Exception, match="scheme 'http'"):
@@ -187,7 +191,7 @@ def test_backoff_schedule_when_the_broker_is_down(caplog: pytest.LogCaptureFixtu
         await clock.reached.wait()
         await stop(task)
 
-    with caplog.at_level(logging.DEBUG, logger="edge_agent.uplink"):
+    with caplog.at_level(logging.DEBUG, logger="edge_agent.runtime.uplink"):
         run(main())
     down.close()
     expected = Backoff(0.5, 30.0, random.Random(SEED))
@@ -239,8 +243,9 @@ def test_online_state_then_batches_in_order_then_offline_on_cancel(broker: Mosqu
 
 UPLINK_SCRIPT = """
 import asyncio, sys
-from edge_agent.clock import SystemClock
-from edge_agent.uplink import Uplink, parse_broker_url
+from edge_agent.protocol.clock import SystemClock
+from edge_agent.protocol.broker import parse_broker_url
+from edge_agent.runtime.uplink import Uplink
 asyncio.run(Uplink(parse_broker_url(sys.argv[1]), sys.argv[2], 7, "9.9", SystemClock()).run())
 """
 

@@ -9,16 +9,16 @@ import struct
 
 import pytest
 
-from edge_agent.fleet.keys import PrivateKey
-from edge_agent.fleet.metadata import (
+from edge_agent.protocol.bundle import (
     encode_bundle,
     make_bundle,
     root_signed,
     sign_envelope,
     split_bundle,
 )
-from edge_agent.fleet.verify import ACCEPTED, CURRENT, REJECTED, Verdict, verify_bundle
-from edge_agent.trust import TrustedState
+from edge_agent.protocol.keys import PrivateKey
+from edge_agent.protocol.trust import TrustedState
+from edge_agent.protocol.verify import ACCEPTED, CURRENT, REJECTED, Verdict, verify_bundle
 
 SEED = 5
 NOW = 1_700_000_000

@@ -25,7 +25,7 @@ from typing import Any
 
 from edge_agent.drivers.sim.device import Fault
 from edge_agent.drivers.sim.server import SiteSim
-from edge_agent.errors import ConfigError
+from edge_agent.protocol.errors import ConfigError
 
 MAX_LINE = 64 * 1024
 

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from edge_agent.drivers.decode import decode_point, encode_point
-from edge_agent.drivers.model import Access, DataType, Point, Table, Value
+from edge_agent.drivers.bus import DeviceConfig
+from edge_agent.drivers.modbus.decode import decode_point, encode_point
+from edge_agent.drivers.model import Access, DataType, Point, Table
 from edge_agent.drivers.sim.models import values_at
-from edge_agent.siteconfig import DeviceConfig
+from edge_agent.protocol.readings import Value
 
 Image = dict[Table, dict[int, int | bool]]
 

@@ -15,7 +15,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edge_agent.drivers.model import DataType, Point, Value
+from edge_agent.drivers.model import DataType, Point
+from edge_agent.protocol.readings import Value
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0

@@ -1,4 +1,4 @@
-"""Bring up a whole simulated site: every bus of a SiteConfig served with its devices."""
+"""Bring up a whole simulated site: every bus of a site served with its devices."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.clock import Clock, SystemClock
+from edge_agent.drivers.bus import FieldSite
 from edge_agent.drivers.sim.control import control_server
 from edge_agent.drivers.sim.device import DeviceSim
 from edge_agent.drivers.sim.server import Served, SiteSim, serve_bus
-from edge_agent.errors import DeviceError
-from edge_agent.siteconfig import SiteConfig
+from edge_agent.protocol.clock import Clock, SystemClock
+from edge_agent.protocol.errors import DeviceError
 
 _SYSTEM_CLOCK = SystemClock()
 
 
-def build_site(cfg: SiteConfig, clock: Clock, seed: int) -> SiteSim:
+def build_site(cfg: FieldSite, clock: Clock, seed: int) -> SiteSim:
     """The simulated devices of ``cfg`` (not yet served)."""
     site = SiteSim(clock=clock)
     for d in cfg.devices:
@@ -25,7 +25,7 @@ def build_site(cfg: SiteConfig, clock: Clock, seed: int) -> SiteSim:
     return site
 
 
-async def run_site(cfg: SiteConfig, *, control_path: Path | None, stop: asyncio.Event,
+async def run_site(cfg: FieldSite, *, control_path: Path | None, stop: asyncio.Event,
                    clock: Clock = _SYSTEM_CLOCK, seed: int = 0,
                    on_ready: Callable[[list[Served]], None] | None = None,
                    site: SiteSim | None = None) -> None:

@@ -30,11 +30,11 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge_agent.clock import Clock
+from edge_agent.drivers.bus import SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.model import Table
 from edge_agent.drivers.sim.device import DeviceSim, Fault
-from edge_agent.errors import ConfigError, DeviceError
-from edge_agent.siteconfig import SerialBus, TcpBus, TcpFraming
+from edge_agent.protocol.clock import Clock
+from edge_agent.protocol.errors import ConfigError, DeviceError
 
 # Function code -> table it addresses (Modbus application protocol V1.1b3, 6).
 FC_TABLE: dict[int, Table] = {

@@ -1,0 +1,256 @@
+"""The pure parts of a bus scan: which settings to try, how long to wait, who a device is.
+
+No I/O: ``edge_agent/scan.py`` sends the requests. A sweep sends one short read to each
+unit id (1-247; 0 is broadcast and 248-255 are reserved, Modbus over serial line V1.02,
+2.2) and waits only as long as the timing model says a reply can take: a device that
+answers anything, data or a Modbus exception, is present. A present device is then
+recognised by reading every shipped profile's registers: the profile whose every point
+is answered with a plausible value, and which has the most points, is the match.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from edge_agent.drivers.bus import Parity, SerialBus
+from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point
+from edge_agent.drivers.modbus.planner import plan_reads
+from edge_agent.drivers.modbus.timing import exchange_s, inter_frame_gap_s, no_reply_s
+from edge_agent.drivers.model import DataType, Point, Table
+from edge_agent.drivers.profile import DeviceProfile
+
+# Baud rates in the order installers meet them: the Modbus default 9600 and 19200 first
+# (serial line V1.02, 2.5.1: 9600 and 19200 required, 19200 the default), then the rest.
+COMMON_BAUDS = (9600, 19200, 38400, 115200, 57600, 4800, 2400, 1200)
+# Framings per baud rate: 8E1 is the Modbus default (2.5.1); 8N2 is what the spec asks for
+# without parity, 8N1 is what most devices actually use; 8O1 is rare.
+COMMON_FRAMINGS = ((Parity.EVEN, 1), (Parity.NONE, 1), (Parity.NONE, 2), (Parity.ODD, 1))
+UNIT_IDS = range(1, 248)
+# The probe: read one holding register at 0 (function 3, 8-byte request, 7-byte reply).
+PROBE_FC = 3
+PROBE_TABLE = Table.HOLDING_REGISTER
+PROBE_ADDRESS = 0
+# Devices answer within 5-50 ms (LIBRARY_NOTES); a scan waits for the quick majority and
+# the installer raises --turnaround-ms for slow ones.
+DEFAULT_SCAN_TURNAROUND_S = 0.020
+# "A few seconds per hundred ids": the promise a sweep is measured against.
+FEW_SECONDS_PER_100 = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScanSetting:
+    """One line setting to sweep: baud rate and framing."""
+
+    baudrate: int
+    parity: Parity
+    stopbits: int
+
+    def label(self) -> str:
+        """As installers write it: 9600 8E1."""
+        return f"{self.baudrate} 8{self.parity.value}{self.stopbits}"
+
+    def bus(self, port: str, timeout_s: float | None = None) -> SerialBus:
+        """A SerialBus for this setting (no retries: a silent id costs one timeout)."""
+        return SerialBus(name="scan", port=port, baudrate=self.baudrate, parity=self.parity,
+                         stopbits=self.stopbits, timeout_s=timeout_s, retries=0)
+
+
+def parse_framing(text: str) -> tuple[Parity, int]:
+    """'8E1' or 'E' -> (parity, stop bits); ValueError explains the accepted forms."""
+    t = text.strip().upper()
+    if len(t) == 1 and t in "NEO":
+        return Parity(t), 1
+    if len(t) == 3 and t[0] == "8" and t[1] in "NEO" and t[2] in "12":
+        return Parity(t[1]), int(t[2])
+    raise ValueError(f"framing {text!r}: expected N, E, O or 8N1, 8E1, 8O1, 8N2")
+
+
+def parse_ids(text: str) -> list[int]:
+    """'1-247' or '1,5,10-20' -> sorted unit ids; ValueError outside 1..247."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise ValueError(f"unit ids {text!r}: expected numbers and ranges like 1-247,250"
+                             ) from None
+        if not 1 <= a <= b <= 247:
+            raise ValueError(f"unit ids {part.strip()!r}: expected ids from 1 to 247 "
+                             "(0 is broadcast, 248-255 reserved: serial line V1.02, 2.2)")
+        ids.update(range(a, b + 1))
+    return sorted(ids)
+
+
+def candidate_settings(bauds: Sequence[int] | None = None,
+                       framings: Sequence[tuple[Parity, int]] | None = None
+                       ) -> list[ScanSetting]:
+    """Settings to sweep, most common first."""
+    return [ScanSetting(b, p, s) for b in (bauds or COMMON_BAUDS)
+            for p, s in (framings or COMMON_FRAMINGS)]
+
+
+def probe_timeout_s(setting: ScanSetting, turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S,
+                    adapter_latency_s: float = 0.0) -> float:
+    """How long to wait for a probe's reply: its exchange on the wire plus turnaround.
+
+    ``adapter_latency_s`` covers USB adapters that hand bytes over in ~16 ms batches.
+    """
+    bus = setting.bus("-")
+    return no_reply_s(bus, PROBE_FC, 1, turnaround_s) + adapter_latency_s
+
+
+def sweep_estimate_s(setting: ScanSetting, ids: int,
+                     turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S,
+                     adapter_latency_s: float = 0.0) -> float:
+    """Seconds a sweep of ``ids`` silent unit ids takes (each one timeout plus t3.5)."""
+    bus = setting.bus("-")
+    return ids * (probe_timeout_s(setting, turnaround_s, adapter_latency_s)
+                  + inter_frame_gap_s(bus))
+
+
+def per_hundred_s(elapsed_s: float, ids: int) -> float:
+    """Seconds per hundred ids of a sweep that took ``elapsed_s`` for ``ids`` ids."""
+    return elapsed_s * 100 / ids if ids else 0.0
+
+
+def exchange_estimate_s(setting: ScanSetting, count: int = 1,
+                        turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S) -> float:
+    """One answered read of ``count`` registers at this setting."""
+    return exchange_s(setting.bus("-"), PROBE_FC, count, turnaround_s)
+
+
+# ---- recognition --------------------------------------------------------------------
+
+ReadKey = tuple[Table, int, int]  # table, address, count
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a device answered to one read: data, an exception code, or nothing."""
+
+    data: tuple[int, ...] | None = None
+    exception_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """How well a profile fits a device: points answered plausibly out of all."""
+
+    profile: str
+    matched: int
+    total: int
+    failed: tuple[str, ...]
+
+    @property
+    def full(self) -> bool:
+        """Every point of the profile was answered with a plausible value."""
+        return self.matched == self.total
+
+
+def recognition_reads(profiles: Iterable[DeviceProfile], max_gap: int = 0) -> list[ReadKey]:
+    """Every distinct read needed to test all ``profiles`` (each profile's planned reads)."""
+    seen: dict[ReadKey, None] = {}
+    for prof in profiles:
+        for r in plan_reads(prof.points, max_gap=max_gap):
+            seen.setdefault((r.table, r.address, r.count), None)
+    return list(seen)
+
+
+def _plausible(p: Point, data: Sequence[int]) -> bool:
+    try:
+        value = decode_point(p, list(data))
+    except DecodeFailure:
+        return False
+    if p.type in (DataType.FLOAT32, DataType.FLOAT64) and isinstance(value, float):
+        # NaN or infinity is what a float read of the wrong registers usually gives.
+        return math.isfinite(value)
+    if p.type is DataType.STRING and isinstance(value, str):
+        return value.isprintable()
+    return True
+
+
+def match_profile(prof: DeviceProfile, answers: Mapping[ReadKey, Answer],
+                  max_gap: int = 0) -> Match:
+    """Score ``prof`` against the answers a device gave to ``recognition_reads``."""
+    failed: list[str] = []
+    matched = 0
+    for r in plan_reads(prof.points, max_gap=max_gap):
+        ans = answers.get((r.table, r.address, r.count))
+        for p in r.points:
+            if ans is None or ans.data is None:
+                failed.append(p.name)
+                continue
+            start = p.address - r.address
+            if _plausible(p, ans.data[start:start + p.count]):
+                matched += 1
+            else:
+                failed.append(p.name)
+    return Match(prof.name, matched, len(prof.points), tuple(failed))
+
+
+def rank_profiles(profiles: Iterable[DeviceProfile], answers: Mapping[ReadKey, Answer],
+                  max_gap: int = 0) -> list[Match]:
+    """Profiles best first: full matches by size, then partial ones by share matched."""
+    matches = [match_profile(p, answers, max_gap) for p in profiles]
+    return sorted(matches, key=lambda m: (not m.full, -m.matched if m.full else 0,
+                                          -(m.matched / m.total if m.total else 0), m.profile))
+
+
+def recognised(ranking: Sequence[Match]) -> Match | None:
+    """The single best full match, or None when nothing fits or two fit equally well."""
+    full = [m for m in ranking if m.full]
+    if not full or (len(full) > 1 and full[1].matched == full[0].matched):
+        return None
+    return full[0]
+
+
+# ---- the draft config ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A device the scan found."""
+
+    unit_id: int
+    profile: str | None           # the recognised profile, or None
+    candidates: tuple[str, ...]   # best partial or tied matches, for the comment
+
+
+def draft_site(port: str, setting: ScanSetting, found: Sequence[Found], *,
+               gateway_id: str = "CHANGE-ME", poll_interval_s: float = 10.0) -> str:
+    """A site config TOML for what a scan found; unrecognised devices are commented out."""
+    out = [
+        f"# Draft written by `edge-agent scan {port}`: {len(found)} device(s) at "
+        f"{setting.label()}.",
+        "# Fill in the gateway id and broker, name the devices, then run",
+        "#   edge-agent check-config THIS_FILE",
+        "",
+        "[gateway]",
+        f'id = "{gateway_id}"',
+        "",
+        "[mqtt]",
+        'url = "mqtts://broker.example:8883"',
+        "",
+        "[buses.rs485]",
+        'type = "serial"',
+        f'port = "{port}"',
+        f"baudrate = {setting.baudrate}",
+        f'parity = "{setting.parity.value}"',
+        f"stopbits = {setting.stopbits}",
+    ]
+    for f in found:
+        out.append("")
+        if f.profile is not None:
+            out += [f"[devices.{f.profile}_{f.unit_id}]", 'bus = "rs485"',
+                    f"unit_id = {f.unit_id}", f'profile = "{f.profile}"',
+                    f"poll_interval_s = {poll_interval_s:g}"]
+            continue
+        hint = (", ".join(f.candidates) if f.candidates else "no shipped profile fits")
+        out += [f"# unit {f.unit_id} answers, but no shipped profile was recognised "
+                f"(closest: {hint}); choose or write a profile:",
+                f"# [devices.unit_{f.unit_id}]", '# bus = "rs485"', f"# unit_id = {f.unit_id}",
+                '# profile = "PROFILE"', f"# poll_interval_s = {poll_interval_s:g}"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,227 @@
+"""The I/O shell around pymodbus: one client and one lock per physical bus.
+
+Everything protocol-level (framing, CRC, MBAP) is pymodbus's. What this module adds is
+what a field bus needs and pymodbus leaves out: timeouts derived from the line speed,
+our own retry count (so a probe of a dead device costs one timeout, not several), the
+3.5-character silence between frames on serial lines, and results as values (an
+exception reply is data, not an exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import termios
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pymodbus import FramerType, ModbusException
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.pdu import ExceptionResponse
+
+from edge_agent.drivers.bus import Bus, SerialBus, TcpBus, TcpFraming
+from edge_agent.drivers.modbus.timing import char_time_s, inter_frame_gap_s
+from edge_agent.drivers.model import Table
+
+log = logging.getLogger(__name__)
+
+# pymodbus logs every timeout at ERROR; our scheduler reports device state itself.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+# Largest frames we exchange: a read request is 8 bytes (RTU); the largest read reply is
+# 5 + 2 x 125 = 255 bytes (Modbus over serial line V1.02, 2.5.1).
+_REQUEST_CHARS = 8
+_MAX_REPLY_CHARS = 255
+# Allowance for device turnaround and USB-serial adapters that deliver bytes in ~16 ms
+# batches (LIBRARY_NOTES: devices add 5-50 ms).
+_TURNAROUND_S = 0.1
+DEFAULT_TCP_TIMEOUT_S = 1.0
+
+
+def serial_timeout_s(bus: SerialBus) -> float:
+    """Reply timeout: the longest exchange at this line speed plus device turnaround."""
+    if bus.timeout_s is not None:
+        return bus.timeout_s
+    wire = (_REQUEST_CHARS + _MAX_REPLY_CHARS) * char_time_s(bus) + 2 * inter_frame_gap_s(bus)
+    return round(wire + _TURNAROUND_S, 3)
+
+
+def bus_timeout_s(bus: Bus) -> float:
+    """The reply timeout used for one attempt on this bus."""
+    if isinstance(bus, SerialBus):
+        return serial_timeout_s(bus)
+    return bus.timeout_s if bus.timeout_s is not None else DEFAULT_TCP_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Outcome of one request: data, a Modbus exception code, or a communication error."""
+
+    data: list[int] | list[bool] | None = None
+    exception_code: int | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the device answered with data."""
+        return self.data is not None
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters for one bus, reported in health."""
+
+    requests: int = 0
+    replies: int = 0
+    timeouts: int = 0
+    exceptions: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    busy_s: float = 0.0
+    last_error: str = ""
+    exception_codes: dict[int, int] = field(default_factory=dict)
+
+
+_READERS = {
+    Table.COIL: "read_coils",
+    Table.DISCRETE_INPUT: "read_discrete_inputs",
+    Table.INPUT_REGISTER: "read_input_registers",
+    Table.HOLDING_REGISTER: "read_holding_registers",
+}
+
+
+class BusTransport:
+    """One physical bus: one pymodbus client, strictly one request at a time."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.timeout_s = bus_timeout_s(bus)
+        self.gap_s = inter_frame_gap_s(bus) if isinstance(bus, SerialBus) else 0.0
+        self.stats = BusStats()
+        self._lock = asyncio.Lock()
+        self._last_frame_end = 0.0
+        self._client = self._make_client()
+
+    def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        # retries=0: we retry ourselves, so a probe of a dead device costs one timeout.
+        if isinstance(self.bus, SerialBus):
+            return AsyncModbusSerialClient(
+                self.bus.port, framer=FramerType.RTU, baudrate=self.bus.baudrate,
+                bytesize=self.bus.bytesize, parity=self.bus.parity.value,
+                stopbits=self.bus.stopbits, timeout=self.timeout_s, retries=0,
+                reconnect_delay=0.5, reconnect_delay_max=10,
+            )
+        assert isinstance(self.bus, TcpBus)
+        framer = FramerType.RTU if self.bus.framing is TcpFraming.RTU else FramerType.SOCKET
+        client = AsyncModbusTcpClient(
+            self.bus.host, port=self.bus.port, framer=framer, timeout=self.timeout_s,
+            retries=0, reconnect_delay=0.5, reconnect_delay_max=10,
+        )
+        if framer is FramerType.RTU:
+            # Behind a serial-to-Ethernet converter one dead device must not make pymodbus
+            # drop the connection every device shares.
+            client.set_max_no_responses(1_000_000)
+        return client
+
+    @property
+    def connected(self) -> bool:
+        """True while the underlying connection is open."""
+        return bool(self._client.connected)
+
+    async def _ensure_connected(self) -> str | None:
+        if self._client.connected:
+            return None
+        self.stats.reconnects += 1
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException, termios.error) as exc:
+            # termios.error: the port refused a setting (e.g. even parity on a PTY).
+            return f"cannot open {self.describe()}: {exc}"
+        return None if ok else f"cannot open {self.describe()}"
+
+    def describe(self) -> str:
+        """Where the bus is, for messages."""
+        if isinstance(self.bus, SerialBus):
+            return f"serial port {self.bus.port}"
+        return f"tcp {self.bus.host}:{self.bus.port}"
+
+    async def read(self, unit_id: int, table: Table, address: int, count: int, *,
+                   attempts: int | None = None) -> Reply:
+        """Read ``count`` items of ``table`` at ``address``; by default 1 + retries attempts."""
+        method = _READERS[table]
+
+        async def call() -> object:
+            return await getattr(self._client, method)(address, count=count, device_id=unit_id)
+
+        reply = await self._exchange(call, attempts)
+        if reply.ok and table.is_bit and reply.data is not None:
+            # Bit replies are padded to whole bytes (spec 6.1): keep what was asked for.
+            return Reply(data=reply.data[:count], latency_s=reply.latency_s)
+        return reply
+
+    async def write(self, unit_id: int, table: Table, address: int,
+                    values: list[int] | list[bool]) -> Reply:
+        """Write registers (function 16) or coils (function 15 / 5); one attempt."""
+        async def call() -> object:
+            if table is Table.COIL:
+                if len(values) == 1:
+                    return await self._client.write_coil(address, bool(values[0]),
+                                                         device_id=unit_id)
+                return await self._client.write_coils(address, [bool(v) for v in values],
+                                                      device_id=unit_id)
+            if table is Table.HOLDING_REGISTER:
+                return await self._client.write_registers(address, [int(v) for v in values],
+                                                          device_id=unit_id)
+            raise ValueError(f"{table.value} is read-only")
+
+        return await self._exchange(call, 1)
+
+    async def _exchange(self, call: Callable[[], Awaitable[object]],
+                        attempts: int | None) -> Reply:
+        tries = attempts if attempts is not None else 1 + self.bus.retries
+        async with self._lock:
+            error = await self._ensure_connected()
+            if error is not None:
+                self.stats.last_error = error
+                return Reply(error=error)
+            started = time.monotonic()
+            try:
+                for attempt in range(tries):
+                    await self._respect_gap()
+                    self.stats.requests += 1
+                    if attempt:
+                        self.stats.retries += 1
+                    try:
+                        rr = await call()
+                    except ModbusException as exc:
+                        self.stats.timeouts += 1
+                        error = f"no valid reply: {exc}"
+                        continue
+                    finally:
+                        self._last_frame_end = time.monotonic()
+                    self.stats.replies += 1
+                    if isinstance(rr, ExceptionResponse):
+                        code = int(rr.exception_code)
+                        self.stats.exceptions += 1
+                        codes = self.stats.exception_codes
+                        codes[code] = codes.get(code, 0) + 1
+                        return Reply(exception_code=code, latency_s=time.monotonic() - started)
+                    data = getattr(rr, "registers", None) or getattr(rr, "bits", None) or []
+                    return Reply(data=list(data), latency_s=time.monotonic() - started)
+                self.stats.last_error = error or "no reply"
+                return Reply(error=error or "no reply", latency_s=time.monotonic() - started)
+            finally:
+                self.stats.busy_s += time.monotonic() - started
+
+    async def _respect_gap(self) -> None:
+        # pymodbus's async client does not keep the inter-frame silence (LIBRARY_NOTES).
+        if self.gap_s:
+            wait = self._last_frame_end + self.gap_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        """Close the connection (safe to call twice)."""
+        self._client.close()

@@ -1,0 +1,67 @@
+"""The parsed site config: frozen, slotted values (parsing and validation live in ``loader``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from edge_agent.drivers.bus import Bus, DeviceConfig
+from edge_agent.protocol.broker import MqttConfig
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """How readings are grouped before they are published."""
+
+    window_s: float = 5.0            # publish at least this often while readings arrive
+    max_readings: int = 5000         # publish early when a batch reaches this size
+    max_silence_s: float = 300.0     # report-by-exception: send an unchanged value this often
+
+
+class SpoolPolicy(StrEnum):
+    """What the spool does when a new batch would take it past its cap."""
+
+    DROP_OLDEST = "drop-oldest"  # keep the newest data; the oldest waiting batches go
+    REJECT_NEW = "reject-new"    # keep the oldest data; the new batch is not stored
+
+
+class SpoolSync(StrEnum):
+    """SQLite ``PRAGMA synchronous`` of the spool (docs/spool.md: the NORMAL loss window)."""
+
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    """The on-disk store-and-forward spool (docs/spool.md)."""
+
+    max_bytes: int = 256 * 1024 * 1024   # cap on the spool's files on disk
+    policy: SpoolPolicy = SpoolPolicy.DROP_OLDEST
+    synchronous: SpoolSync = SpoolSync.FULL
+    group_commit_ms: float = 2.0         # extra wait to gather appends into one commit
+    replay_msgs_per_s: float = 50.0      # backlog replay pacing: batches per second
+    replay_bytes_per_s: float = 262144.0  # and bytes per second (0 disables either limit)
+    live_first: bool = False             # publish new batches before the backlog
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """A whole site: one gateway, its uplink, its buses and devices."""
+
+    source: Path
+    gateway_id: str
+    site: str
+    mqtt: MqttConfig
+    buses: dict[str, Bus]
+    devices: tuple[DeviceConfig, ...]
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    state_dir: Path = Path("/var/lib/edge-agent")
+    health_interval_s: float = 60.0
+    max_gap: int = 16  # planner: registers of hole a coalesced read may span
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+
+    def devices_on(self, bus: str) -> tuple[DeviceConfig, ...]:
+        """Devices attached to the named bus, in config order."""
+        return tuple(d for d in self.devices if d.bus == bus)

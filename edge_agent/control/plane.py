@@ -1,0 +1,332 @@
+"""The gateway's control plane: verify -> validate -> dry-run -> switch -> health gate -> commit.
+
+Pure core: ``Stage`` with its transition table, the ``Journal`` (what is committed, what is on
+trial) and ``recover`` (what a restart must do). Thin async shell: ``ControlPlane.offer(blob)``
+runs one bundle through the stages with callables the agent supplies (validate, dry-run, switch,
+healthy), persisting the journal before each step that changes what runs.
+
+Crash safety: the journal is written atomically before the switch (stage "switched") and again
+at commit, in this order: journal (good = new) first, then the trust floor. A restart finding a
+trial at "switched" reverts to the last known good config; one finding it earlier drops it
+(nothing was switched). A crash between the two commit writes leaves floor < good version; the
+re-delivered retained bundle then verifies, matches the good hash, and only the floor moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from edge_agent.control.truststore import load_trust, save_trust
+from edge_agent.protocol.clock import Clock, SystemClock
+from edge_agent.protocol.errors import EdgeError
+from edge_agent.protocol.fileio import atomic_write
+from edge_agent.protocol.trust import TrustedState
+from edge_agent.protocol.verify import (
+    ACCEPTED,
+    CURRENT,
+    MAX_PAYLOAD,
+    Bundle,
+    claimed_version,
+    verify_bundle,
+)
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+JOURNAL_FILE = "control.json"
+
+
+class Stage(StrEnum):
+    """Where a trial bundle is."""
+
+    VERIFIED = "verified"
+    VALIDATED = "validated"
+    DRY_RUN_OK = "dry_run_ok"
+    SWITCHED = "switched"
+    COMMITTED = "committed"
+    REVERTED = "reverted"
+    FAILED = "failed"
+
+
+# The only legal moves; anything else is a bug and raises (a table, not scattered ifs).
+TRANSITIONS: dict[Stage | None, frozenset[Stage]] = {
+    None: frozenset({Stage.VERIFIED}),
+    Stage.VERIFIED: frozenset({Stage.VALIDATED, Stage.FAILED}),
+    Stage.VALIDATED: frozenset({Stage.DRY_RUN_OK, Stage.FAILED}),
+    Stage.DRY_RUN_OK: frozenset({Stage.SWITCHED, Stage.FAILED}),
+    Stage.SWITCHED: frozenset({Stage.COMMITTED, Stage.REVERTED}),
+}
+
+
+class Result(StrEnum):
+    """What a bundle came to, as reported to the fleet."""
+
+    APPLIED = "applied"
+    CURRENT = "current"
+    REJECTED = "rejected"          # failed verification: nothing changed
+    INVALID = "invalid"            # verified but the config does not validate
+    DRY_RUN_FAILED = "dry_run_failed"
+    REVERTED = "reverted"          # switched, then the health gate (or a restart) reverted it
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """A bundle on its way through the stages."""
+
+    version: int
+    sha256: str
+    issued: int
+    stage: Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """The persisted control state: the last known good config and the trial, if any."""
+
+    good_version: int = 0
+    good_sha256: str = ""
+    trial: Trial | None = None
+    failed: dict[str, Any] | None = None  # {version, sha256, reason} of the last failed trial
+
+    def advance(self, stage: Stage, bundle: Bundle | None = None) -> Journal:
+        """The journal after moving the trial to ``stage``; ValueError if illegal."""
+        current = self.trial.stage if self.trial else None
+        if stage not in TRANSITIONS.get(current, frozenset()):
+            raise ValueError(f"illegal control transition {current} -> {stage}")
+        if self.trial is None:
+            assert bundle is not None
+            return replace(self, trial=Trial(bundle.version, bundle.sha256, bundle.issued,
+                                             stage))
+        return replace(self, trial=replace(self.trial, stage=stage))
+
+    def commit(self) -> Journal:
+        """The trial becomes the last known good."""
+        t = self.advance(Stage.COMMITTED).trial
+        assert t is not None
+        return Journal(good_version=t.version, good_sha256=t.sha256, trial=None, failed=None)
+
+    def fail(self, stage: Stage, reason: str) -> Journal:
+        """The trial ends at ``stage`` (failed or reverted) and is remembered as failed."""
+        t = self.advance(stage).trial
+        assert t is not None
+        return replace(self, trial=None,
+                       failed={"version": t.version, "sha256": t.sha256, "reason": reason})
+
+    def already_failed(self, bundle: Bundle) -> str | None:
+        """The reason if exactly this bundle was tried before and failed."""
+        f = self.failed
+        if f and f["version"] == bundle.version and f["sha256"] == bundle.sha256:
+            return str(f["reason"])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The journal as stored."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Journal:
+        """Parse a stored journal."""
+        t = doc.get("trial")
+        trial = Trial(int(t["version"]), str(t["sha256"]), int(t["issued"]),
+                      Stage(t["stage"])) if t else None
+        return cls(int(doc.get("good_version", 0)), str(doc.get("good_sha256", "")), trial,
+                   doc.get("failed"))
+
+
+def recover(journal: Journal) -> tuple[Journal, dict[str, Any] | None]:
+    """What a restart does with an unfinished trial: the journal to keep and a report."""
+    t = journal.trial
+    if t is None:
+        return journal, None
+    reason = f"gateway restarted during apply (stage {t.stage}); running last known good " \
+             f"v{journal.good_version}"
+    end = Stage.REVERTED if t.stage is Stage.SWITCHED else Stage.FAILED
+    result = Result.REVERTED if end is Stage.REVERTED else Result.DRY_RUN_FAILED
+    return journal.fail(end, reason), {"version": t.version, "result": str(result),
+                                       "reason": reason}
+
+
+@dataclass
+class ControlCounters:
+    """What the control plane has done since start."""
+
+    offered: int = 0
+    by_result: dict[str, int] = field(default_factory=dict)
+
+
+class ControlPlane(Generic[C]):
+    """The async shell: runs bundles of one kind through the stages; one at a time."""
+
+    def __init__(self, state_dir: Path, *, validate: Callable[[bytes], C],
+                 dry_run: Callable[[C], Awaitable[None]], switch: Callable[[C], Awaitable[None]],
+                 healthy: Callable[[], Awaitable[tuple[bool, str]]], kind: str = "config",
+                 hold_s: float = 30.0, check_every_s: float = 1.0, clock: Clock | None = None,
+                 max_payload: int = MAX_PAYLOAD, fsync: bool = True) -> None:
+        self.state_dir = state_dir
+        self.kind = kind
+        self.validate = validate
+        self.dry_run = dry_run
+        self.switch = switch
+        self.healthy = healthy
+        self.hold_s = hold_s
+        self.check_every_s = check_every_s
+        self.clock = clock or SystemClock()
+        self.max_payload = max_payload
+        self.fsync = fsync
+        self.counters = ControlCounters()
+        self.trust = load_trust(state_dir)
+        self.journal = self._load_journal()
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ files
+
+    @property
+    def good_path(self) -> Path:
+        """Where the last known good payload is kept."""
+        return self.state_dir / f"{self.kind}.good"
+
+    @property
+    def trial_path(self) -> Path:
+        """Where the payload on trial is kept."""
+        return self.state_dir / f"{self.kind}.trial"
+
+    def _load_journal(self) -> Journal:
+        path = self.state_dir / f"{self.kind}-{JOURNAL_FILE}"
+        try:
+            return Journal.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return Journal()
+
+    def _save_journal(self, journal: Journal) -> None:
+        data = json.dumps(journal.to_json(), sort_keys=True).encode()
+        atomic_write(self.state_dir / f"{self.kind}-{JOURNAL_FILE}", data, fsync=self.fsync)
+        self.journal = journal
+
+    def _save_trust(self, trust: TrustedState) -> None:
+        save_trust(self.state_dir, trust, fsync=self.fsync)
+        self.trust = trust
+
+    # ------------------------------------------------------------------ public
+
+    def boot(self) -> tuple[bytes | None, dict[str, Any] | None]:
+        """Recover after a restart: the good payload to run (None: the local config) and a
+        report for the fleet if an apply was interrupted."""
+        journal, report = recover(self.journal)
+        if report is not None:
+            self._save_journal(journal)
+            report = self._report(report["version"], Result(report["result"]), report["reason"])
+        good = self.good_path.read_bytes() if self.good_path.exists() else None
+        return good, report
+
+    def status(self) -> dict[str, Any]:
+        """Committed version and the trial, for the reported topic and health."""
+        t = self.journal.trial
+        return {"kind": self.kind, "committed": self.trust.floor(self.kind),
+                "good": self.journal.good_version,
+                "trial": None if t is None else {"version": t.version, "stage": str(t.stage)}}
+
+    async def offer(self, blob: bytes, current: C | None) -> dict[str, Any]:
+        """Run one bundle through every stage; the report to publish. ``current`` is the config
+        running now (switched back to on a revert)."""
+        async with self._lock:
+            self.counters.offered += 1
+            report = await self._offer(blob, current)
+            result = str(report["result"])
+            self.counters.by_result[result] = self.counters.by_result.get(result, 0) + 1
+            return report
+
+    # ------------------------------------------------------------------ stages
+
+    def _report(self, version: int | None, result: Result, reason: str) -> dict[str, Any]:
+        return {"kind": self.kind, "version": version, "result": str(result), "reason": reason,
+                "committed": self.trust.floor(self.kind), "ts": int(self.clock.now() * 1000)}
+
+    async def _offer(self, blob: bytes, current: C | None) -> dict[str, Any]:
+        verdict = verify_bundle(blob, self.trust, self.kind, self.clock.now(),
+                                max_payload=self.max_payload)
+        if verdict.code == CURRENT:
+            return self._report(self.trust.floor(self.kind), Result.CURRENT, verdict.reason)
+        if verdict.code != ACCEPTED or verdict.bundle is None:
+            log.warning("bundle rejected, nothing changed: %s", verdict.reason)
+            # The version is the bundle's unverified claim, so the fleet can attribute it.
+            return self._report(claimed_version(blob), Result.REJECTED, verdict.reason)
+        bundle = verdict.bundle
+        # An authentic newer root (rotation, revocation) is kept even if the config fails.
+        if verdict.trust.root != self.trust.root:
+            self._save_trust(replace(self.trust, root=verdict.trust.root))
+        earlier = self.journal.already_failed(bundle)
+        if earlier is not None:
+            return self._report(bundle.version, Result.REJECTED,
+                                f"v{bundle.version} already failed here: {earlier}")
+        if bundle.sha256 == self.journal.good_sha256:
+            # Same config under a new version (a re-signed rollback, or a commit cut short by
+            # a crash): nothing to switch, only the floor moves.
+            self._save_journal(Journal(bundle.version, bundle.sha256))
+            self._save_trust(self.trust.committed(self.kind, bundle.version, bundle.sha256,
+                                                  bundle.issued))
+            return self._report(bundle.version, Result.APPLIED, "same config, version advanced")
+        return await self._apply(bundle, current)
+
+    async def _apply(self, bundle: Bundle, current: C | None) -> dict[str, Any]:
+        journal = self.journal.advance(Stage.VERIFIED, bundle)
+        try:
+            config = self.validate(bundle.payload)
+        except EdgeError as exc:
+            return self._failed(journal, Stage.FAILED, Result.INVALID, f"invalid config: {exc}")
+        journal = journal.advance(Stage.VALIDATED)
+        try:
+            await self.dry_run(config)
+        except EdgeError as exc:
+            return self._failed(journal, Stage.FAILED, Result.DRY_RUN_FAILED,
+                                f"dry run failed: {exc}")
+        journal = journal.advance(Stage.DRY_RUN_OK)
+        # Persist before switching: from here a restart must revert.
+        atomic_write(self.trial_path, bundle.payload, fsync=self.fsync)
+        self._save_journal(journal.advance(Stage.SWITCHED))
+        try:
+            await self.switch(config)
+            ok, why = await self._health_gate()
+        except EdgeError as exc:
+            ok, why = False, f"switch failed: {exc}"
+        if not ok:
+            if current is not None:
+                await self.switch(current)
+            return self._failed(self.journal, Stage.REVERTED, Result.REVERTED,
+                                f"health gate failed: {why}; reverted to v"
+                                f"{self.journal.good_version}")
+        # Commit: good payload, then journal, then the floor (see the module docstring).
+        atomic_write(self.good_path, bundle.payload, fsync=self.fsync)
+        self._save_journal(self.journal.commit())
+        self._save_trust(self.trust.committed(self.kind, bundle.version, bundle.sha256,
+                                              bundle.issued))
+        return self._report(bundle.version, Result.APPLIED,
+                            f"committed after {self.hold_s:g} s healthy")
+
+    def _failed(self, journal: Journal, stage: Stage, result: Result,
+                reason: str) -> dict[str, Any]:
+        t = journal.trial
+        assert t is not None
+        self._save_journal(journal.fail(stage, reason))
+        log.warning("%s v%d not applied: %s", self.kind, t.version, reason)
+        return self._report(t.version, result, reason)
+
+    async def _health_gate(self) -> tuple[bool, str]:
+        """Healthy at every check for ``hold_s`` (at least one check)."""
+        deadline = self.clock.monotonic() + self.hold_s
+        checks = 0
+        while True:
+            ok, why = await self.healthy()
+            checks += 1
+            if not ok:
+                return False, f"check {checks}: {why}"
+            if self.clock.monotonic() >= deadline:
+                return True, f"{checks} checks passed"
+            await self.clock.sleep(min(self.check_every_s,
+                                       max(0.0, deadline - self.clock.monotonic())))

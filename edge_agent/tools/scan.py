@@ -1,0 +1,234 @@
+"""``edge-agent scan PORT``: find the devices on an RS-485 line of unknown speed and addresses.
+
+For each candidate setting (most common first) every unit id gets one short probe with a
+timeout from the timing model (``drivers/scan.py``); present devices are recognised by
+the shipped profiles' registers, and a draft site config is written. The sweep stops at
+the first setting that finds devices unless ``--all`` is given (one line has one setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from edge_agent.drivers.modbus.scan import (
+    COMMON_BAUDS,
+    DEFAULT_SCAN_TURNAROUND_S,
+    FEW_SECONDS_PER_100,
+    PROBE_ADDRESS,
+    PROBE_TABLE,
+    Answer,
+    Found,
+    ScanSetting,
+    candidate_settings,
+    draft_site,
+    parse_framing,
+    parse_ids,
+    per_hundred_s,
+    probe_timeout_s,
+    rank_profiles,
+    recognised,
+    recognition_reads,
+    sweep_estimate_s,
+)
+from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
+from edge_agent.tools.commission import port_in_use, serial_setting_error
+
+USB_ADAPTER_LATENCY_S = 0.016  # FTDI-style adapters hand bytes over in ~16 ms batches
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """One setting's sweep: who answered and how long it took."""
+
+    setting: ScanSetting
+    ids: int
+    present: list[int]
+    elapsed_s: float
+    estimate_s: float
+    error: str = ""
+
+
+async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: float,
+                progress: Callable[[int, int], None] | None = None) -> SweepResult:
+    """Probe every id once at ``setting``; an exception reply counts as present."""
+    transport = BusTransport(setting.bus(port, timeout_s))
+    present: list[int] = []
+    started = time.monotonic()
+    try:
+        for uid in ids:
+            try:
+                reply = await transport.read(uid, PROBE_TABLE, PROBE_ADDRESS, 1, attempts=1)
+            except Exception as exc:  # termios.error from a port refusing the setting
+                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
+                                   f"cannot open {port} at {setting.label()}: {exc}")
+            if reply.error is not None and reply.error.startswith("cannot open"):
+                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
+                                   reply.error)
+            if reply.ok or reply.exception_code is not None:
+                present.append(uid)
+            if progress is not None:
+                progress(uid, len(present))
+    finally:
+        await transport.close()
+    return SweepResult(setting, len(ids), present, time.monotonic() - started, 0)
+
+
+async def identify(setting: ScanSetting, port: str, unit_ids: Sequence[int],
+                   profiles: Sequence[DeviceProfile]) -> list[Found]:
+    """Read every shipped profile's registers from each present device and rank the fits."""
+    transport = BusTransport(setting.bus(port))  # the normal, derived timeout
+    reads = recognition_reads(profiles)
+    found: list[Found] = []
+    try:
+        for uid in unit_ids:
+            answers = {}
+            for table, address, count in reads:
+                r = await transport.read(uid, table, address, count, attempts=2)
+                answers[(table, address, count)] = Answer(
+                    tuple(int(v) for v in r.data) if r.data is not None else None,
+                    r.exception_code)
+            ranking = rank_profiles(profiles, answers)
+            best = recognised(ranking)
+            close = tuple(f"{m.profile} {m.matched}/{m.total}" for m in ranking[:3] if m.matched)
+            found.append(Found(uid, best.profile if best else None, () if best else close))
+    finally:
+        await transport.close()
+    return found
+
+
+def _verdict(res: SweepResult) -> str:
+    """One line on the sweep's speed against the promise and the timing model."""
+    per100 = per_hundred_s(res.elapsed_s, res.ids)
+    model100 = per_hundred_s(res.estimate_s, res.ids)
+    text = (f"{res.setting.label()}: {res.ids} ids in {res.elapsed_s:.1f} s "
+            f"({per100:.1f} s per 100 ids; timing model {model100:.1f} s); "
+            f"{len(res.present)} answered" + (f": {res.present}" if res.present else ""))
+    if per100 > FEW_SECONDS_PER_100:
+        if model100 > FEW_SECONDS_PER_100:
+            text += (f"\n  cannot sweep in a few seconds per 100 ids at {res.setting.baudrate}"
+                     " baud: the line itself is that slow")
+        else:
+            text += ("\n  slower than a healthy line allows: suspect noise, missing "
+                     "termination, or a slow USB adapter (try --adapter-latency-ms 16)")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="edge-agent scan",
+        description="Find Modbus RTU devices on a serial line: tries baud rates and framings, "
+                    "unit ids 1-247, recognises shipped profiles, writes a draft site config.")
+    ap.add_argument("port", help="serial port, e.g. /dev/serial/by-id/usb-...")
+    ap.add_argument("--bauds", default=",".join(map(str, COMMON_BAUDS)),
+                    help="baud rates to try, in order (default: %(default)s)")
+    ap.add_argument("--framings", default="8E1,8N1,8N2,8O1",
+                    help="framings to try per baud rate (default: %(default)s)")
+    ap.add_argument("--ids", default="1-247", help="unit ids to probe (default: %(default)s)")
+    ap.add_argument("--turnaround-ms", type=float, default=DEFAULT_SCAN_TURNAROUND_S * 1000,
+                    help="longest device turnaround to wait for (default: %(default)g)")
+    ap.add_argument("--adapter-latency-ms", type=float, default=None,
+                    help="extra wait for USB adapters (default: 16 for USB ports, else 0)")
+    ap.add_argument("--all", action="store_true",
+                    help="sweep every setting, not just until devices are found")
+    ap.add_argument("--no-recognise", action="store_true", help="skip profile recognition")
+    ap.add_argument("--out", type=Path, default=Path("site-draft.toml"),
+                    help="where to write the draft site config (default: %(default)s)")
+    ap.add_argument("--gateway-id", default="CHANGE-ME", help="gateway id for the draft")
+    return ap
+
+
+def _settings(args: argparse.Namespace) -> list[ScanSetting]:
+    bauds = [int(b) for b in args.bauds.split(",") if b.strip()]
+    framings = [parse_framing(f) for f in args.framings.split(",") if f.strip()]
+    return candidate_settings(bauds, framings)
+
+
+async def _scan(args: argparse.Namespace, out: TextIO, err_console: Console) -> int:
+    ids = parse_ids(args.ids)
+    turnaround = args.turnaround_ms / 1000
+    adapter = (args.adapter_latency_ms / 1000 if args.adapter_latency_ms is not None
+               else USB_ADAPTER_LATENCY_S if "usb" in args.port.lower() else 0.0)
+    results: list[SweepResult] = []
+    for setting in _settings(args):
+        problem = serial_setting_error(args.port, setting.bus(args.port))
+        if problem:
+            print(f"{setting.label()}: skipped: {problem}", file=out, flush=True)
+            continue
+        timeout = probe_timeout_s(setting, turnaround, adapter)
+        estimate = sweep_estimate_s(setting, len(ids), turnaround, adapter)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("found {task.fields[found]}"), TimeRemainingColumn(),
+                      console=err_console, transient=True) as progress:
+            task: TaskID = progress.add_task(f"{setting.label()} (timeout {timeout * 1000:.0f} ms)",
+                                             total=len(ids), found=0)
+
+            def advance(_uid: int, n: int, t: TaskID = task) -> None:
+                progress.update(t, advance=1, found=n)
+
+            res = await sweep(setting, args.port, ids, timeout, advance)
+        res.estimate_s = estimate
+        if res.error:
+            print(f"{setting.label()}: skipped: {res.error}", file=out, flush=True)
+            continue
+        print(_verdict(res), file=out, flush=True)
+        results.append(res)
+        if res.present and not args.all:
+            break
+    hits = [r for r in results if r.present]
+    if not hits:
+        print("no device answered at any setting tried; check wiring (A/B swapped?), "
+              "termination and power, or widen --bauds/--framings/--ids", file=out)
+        return 1
+    best = max(hits, key=lambda r: len(r.present))
+    for other in hits:
+        if other is not best:
+            print(f"note: {len(other.present)} device(s) also answered at "
+                  f"{other.setting.label()}; one line runs one setting: reconfigure them",
+                  file=out)
+    if args.no_recognise:
+        found = [Found(uid, None, ()) for uid in best.present]
+    else:
+        profiles = [load_profile(name) for name in shipped_profiles()]
+        found = await identify(best.setting, args.port, best.present, profiles)
+    for f in found:
+        what = f.profile or ("unrecognised" + (f" (closest: {', '.join(f.candidates)})"
+                                               if f.candidates else ""))
+        print(f"unit {f.unit_id}: {what}", file=out)
+    args.out.write_text(draft_site(args.port, best.setting, found, gateway_id=args.gateway_id))
+    print(f"draft site config written to {args.out}", file=out)
+    return 0
+
+
+def scan_main(argv: list[str], out: TextIO | None = None) -> int:
+    """``edge-agent scan``: returns 0 when devices were found, 1 when none, 2 on errors."""
+    args = _parser().parse_args(argv)
+    out = out or sys.stdout
+    try:
+        _settings(args)
+        parse_ids(args.ids)
+    except ValueError as exc:
+        print(f"edge-agent scan: {exc}", file=sys.stderr)
+        return 2
+    holder = port_in_use(args.port)
+    if holder:
+        print(f"edge-agent scan: {holder}", file=sys.stderr)
+        return 2
+    return asyncio.run(_scan(args, out, Console(stderr=True)))

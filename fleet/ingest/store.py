@@ -1,0 +1,245 @@
+"""Where the cloud ingest writes: SQLite (default) or PostgreSQL, through the same SQL.
+
+One transaction per group of batches: each batch is claimed by inserting its identity
+(gateway, epoch, seq) with ON CONFLICT DO NOTHING, so a duplicate adds nothing, even when
+several ingest workers race on PostgreSQL. Readings keep their value's type exactly (bools and
+ints up to int64 as integers, floats as float64, the rest as text). Gaps are derived from the
+batches table with a window query and recorded with when they opened and closed.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.codecs.batch import DataBatch
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.readings import Reading
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+# One schema, two dialects: SQLite's INTEGER is already 64-bit and its INTEGER PRIMARY KEY
+# auto-increments; PostgreSQL needs BIGINT, BIGSERIAL and DOUBLE PRECISION spelt out.
+_DDL_TEMPLATE = """
+CREATE TABLE IF NOT EXISTS batches (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    seq {big} NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    received_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch, seq));
+CREATE TABLE IF NOT EXISTS readings (id {serial} PRIMARY KEY, gateway TEXT NOT NULL,
+    epoch {big} NOT NULL, seq {big} NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
+    ts_ms {big} NOT NULL, quality TEXT NOT NULL, exception_code INTEGER, kind TEXT NOT NULL,
+    value_int {big}, value_real {real}, value_text TEXT);
+CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, point, ts_ms);
+CREATE TABLE IF NOT EXISTS streams (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    batches {big} NOT NULL, readings {big} NOT NULL, duplicates {big} NOT NULL,
+    max_seq {big} NOT NULL, last_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch));
+CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    seq_from {big} NOT NULL, seq_to {big} NOT NULL, detected_ms {big} NOT NULL,
+    closed_ms {big}, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
+CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT NULL,
+    bytes INTEGER NOT NULL, error TEXT NOT NULL);
+"""
+DDL = {
+    "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL"),
+    "postgresql": _DDL_TEMPLATE.format(big="BIGINT", serial="BIGSERIAL",
+                                       real="DOUBLE PRECISION"),
+}
+
+CLAIM = ("INSERT INTO batches (gateway, epoch, seq, readings, bytes, received_ms) "
+         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+INSERT_READING = ("INSERT INTO readings (gateway, epoch, seq, device, point, ts_ms, quality, "
+                  "exception_code, kind, value_int, value_real, value_text) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+STREAM = ("INSERT INTO streams (gateway, epoch, batches, readings, duplicates, max_seq, last_ms) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, epoch) DO UPDATE SET "
+          "batches = streams.batches + excluded.batches, "
+          "readings = streams.readings + excluded.readings, "
+          "duplicates = streams.duplicates + excluded.duplicates, "
+          "max_seq = CASE WHEN excluded.max_seq > streams.max_seq THEN excluded.max_seq "
+          "ELSE streams.max_seq END, last_ms = excluded.last_ms")
+# Missing seqs between received ones, and before the first (seqs count from 0 per epoch).
+CURRENT_GAPS = ("SELECT gateway, epoch, prev + 1, seq - 1 FROM (SELECT gateway, epoch, seq, "
+                "LAG(seq, 1, -1) OVER (PARTITION BY gateway, epoch ORDER BY seq) AS prev "
+                "FROM batches) AS t WHERE seq > prev + 1")
+
+
+def value_columns(value: object) -> tuple[str, int | None, float | None, str | None]:
+    """(kind, value_int, value_real, value_text) holding ``value`` exactly."""
+    if value is None:
+        return "n", None, None, None
+    if isinstance(value, bool):
+        return "b", int(value), None, None
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return "i", value, None, None
+        return "I", None, None, str(value)  # beyond int64 (uint64 counters): exact as text
+    if isinstance(value, float):
+        return "f", None, value, None
+    return "s", None, None, str(value)
+
+
+def value_from(kind: str, vi: int | None, vr: float | None, vt: str | None) -> object:
+    """The value stored by ``value_columns``."""
+    if kind == "b":
+        return bool(vi)
+    if kind == "I":
+        return int(vt) if vt is not None else None
+    return {"n": None, "i": vi, "f": vr, "s": vt}[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One data message as the broker delivered it."""
+
+    topic: str
+    payload: bytes
+    batch: DataBatch | None   # None when it could not be decoded
+    error: str | None = None
+
+
+class IngestStore:
+    """A connection to the ingest database and the few statements the ingest needs."""
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = url
+        self.dialect = "postgresql" if url.startswith(("postgresql://", "postgres://")) else \
+            "sqlite"
+        if self.dialect == "postgresql":
+            try:
+                import psycopg
+            except ImportError as exc:
+                raise ConfigError(f"--db {url}: PostgreSQL needs psycopg "
+                                  "(pip install 'edge-agent[ingest-pg]')") from exc
+            self.conn: Any = psycopg.connect(url, autocommit=False)
+            if schema:
+                if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+                    raise ConfigError(f"--db-schema {schema!r}: expected a lower-case SQL name")
+                self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                self.conn.execute(f"SET search_path TO {schema}")
+            self.conn.execute(DDL["postgresql"])
+            self.conn.commit()
+        else:
+            path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+            if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
+                raise ConfigError(f"--db {url}: expected sqlite:///path/to/file.db")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")  # acked to the broker after commit
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            self.conn.executescript(DDL["sqlite"])
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    def _begin(self) -> Any:
+        if self.dialect == "sqlite":
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn.cursor()
+        return self.conn.cursor()
+
+    def _commit(self) -> None:
+        if self.dialect == "sqlite":
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.commit()
+
+    def _rollback(self) -> None:
+        if self.dialect == "sqlite":
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        else:
+            self.conn.rollback()
+
+    def record(self, messages: Sequence[Received], now_ms: int | None = None) -> tuple[int, int]:
+        """Store a group of messages in one transaction; (new batches, duplicates)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        new = dups = 0
+        cur = self._begin()
+        try:
+            for m in messages:
+                b = m.batch
+                if b is None:
+                    cur.execute(self._sql("INSERT INTO rejected (topic, received_ms, bytes, error) "
+                                          "VALUES (?, ?, ?, ?)"),
+                                (m.topic, now_ms, len(m.payload), m.error or "undecodable"))
+                    continue
+                cur.execute(self._sql(CLAIM), (b.gateway, b.epoch, b.seq, len(b.readings),
+                                               len(m.payload), now_ms))
+                fresh = cur.rowcount == 1
+                if fresh:
+                    new += 1
+                    cur.executemany(self._sql(INSERT_READING), list(_rows(b)))
+                else:
+                    dups += 1
+                cur.execute(self._sql(STREAM), (b.gateway, b.epoch, int(fresh),
+                                                len(b.readings) if fresh else 0, int(not fresh),
+                                                b.seq, now_ms))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return new, dups
+
+    def scan_gaps(self, now_ms: int | None = None) -> list[tuple[str, int, int, int]]:
+        """Record gaps that opened and close the ones filled since; the open gaps."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cur = self._begin()
+        try:
+            cur.execute(CURRENT_GAPS)
+            current = {tuple(r) for r in cur.fetchall()}
+            cur.execute("SELECT gateway, epoch, seq_from, seq_to FROM gaps "
+                        "WHERE closed_ms IS NULL")
+            recorded = {tuple(r) for r in cur.fetchall()}
+            for g in sorted(recorded - current):
+                cur.execute(self._sql("UPDATE gaps SET closed_ms = ? WHERE gateway = ? AND "
+                                      "epoch = ? AND seq_from = ? AND seq_to = ?"), (now_ms, *g))
+            for g in sorted(current - recorded):
+                cur.execute(self._sql("INSERT INTO gaps (gateway, epoch, seq_from, seq_to, "
+                                      "detected_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO "
+                                      "NOTHING"), (*g, now_ms))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return sorted(current)
+
+    def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (``?`` placeholders in both dialects)."""
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        rows = [tuple(r) for r in cur.fetchall()]
+        if self.dialect == "postgresql":
+            self.conn.rollback()  # end the implicit read transaction
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """Totals per gateway and epoch, and the open gaps."""
+        streams = self.query("SELECT gateway, epoch, batches, readings, duplicates, max_seq "
+                             "FROM streams ORDER BY gateway, epoch")
+        gaps = self.query("SELECT gateway, epoch, seq_from, seq_to FROM gaps "
+                          "WHERE closed_ms IS NULL ORDER BY gateway, epoch, seq_from")
+        rejected = self.query("SELECT count(*) FROM rejected")[0][0]
+        return {"streams": streams, "open_gaps": gaps, "rejected": rejected}
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+def _rows(b: DataBatch) -> Iterable[tuple[object, ...]]:
+    for r in b.readings:
+        yield (b.gateway, b.epoch, b.seq, r.device, r.point, r.ts_ms, str(r.quality),
+               r.exception_code, *value_columns(r.value))
+
+
+def reading_from(row: Sequence[Any]) -> Reading:
+    """A Reading from (device, point, ts_ms, quality, exception_code, kind, vi, vr, vt)."""
+    from edge_agent.protocol.readings import Quality
+
+    device, point, ts, quality, code, kind, vi, vr, vt = row
+    return Reading(device, point, int(ts), value_from(kind, vi, vr, vt), Quality(quality), code)

@@ -1,0 +1,133 @@
+"""The MQTT topic scheme: builders for every topic a gateway uses, and a parser back.
+
+The scheme (docs/topics.md has the payloads)::
+
+    {prefix}/{gateway}/state              retained JSON online/offline (offline is the will)
+    {prefix}/{gateway}/data               QoS 1 data batches (edge_agent.codecs.batch)
+    {prefix}/{gateway}/health             JSON health, periodic
+    {prefix}/{gateway}/desired/{kind}     retained signed bundle from the fleet
+    {prefix}/{gateway}/reported           apply results and current versions
+    {prefix}/{gateway}/cmd/{id}           a command to the gateway
+    {prefix}/{gateway}/cmd-result/{id}    its result
+
+The prefix may have several levels ("city/edge"); the gateway id is exactly one level.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+STATE = "state"
+DATA = "data"
+HEALTH = "health"
+DESIRED = "desired"
+REPORTED = "reported"
+CMD = "cmd"
+CMD_RESULT = "cmd-result"
+
+# kinds that take one more level (the bundle kind, the command id) after their name
+KINDS_WITH_ARG = frozenset({DESIRED, CMD, CMD_RESULT})
+KINDS_PLAIN = frozenset({STATE, DATA, HEALTH, REPORTED})
+
+# MQTT 3.1.1 section 4.7: '+' and '#' are wildcards, '/' separates levels; NUL is forbidden.
+_FORBIDDEN = ("/", "+", "#", "\x00")
+
+
+class TopicRef(NamedTuple):
+    """What a topic is about: the gateway, the kind, and the kind's argument ("" if none)."""
+
+    gateway: str
+    kind: str
+    arg: str = ""
+
+
+def check_level(what: str, name: str) -> str:
+    """Return ``name`` if it is usable as one topic level, else raise ValueError saying why."""
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    bad = [c for c in _FORBIDDEN if c in name]
+    if bad:
+        raise ValueError(f"{what} {name!r} must not contain {' or '.join(map(repr, bad))}")
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if each of its '/'-separated levels is a valid level, else ValueError.
+
+    Levels must be non-empty and free of wildcards and NUL (MQTT 3.1.1, 4.7.1); a leading '$'
+    is reserved for the broker's own topics (4.7.2).
+    """
+    if prefix.startswith("$"):
+        raise ValueError(f"topic prefix {prefix!r} must not start with '$' (broker topics)")
+    for level in prefix.split("/"):
+        check_level(f"topic prefix {prefix!r}: level", level)
+    return prefix
+
+
+def _topic(prefix: str, gateway: str, *levels: str) -> str:
+    return "/".join((check_prefix(prefix), check_level("gateway id", gateway), *levels))
+
+
+def state_topic(prefix: str, gateway: str) -> str:
+    """The retained online/offline state topic."""
+    return _topic(prefix, gateway, STATE)
+
+
+def data_topic(prefix: str, gateway: str) -> str:
+    """The data batch topic (QoS 1)."""
+    return _topic(prefix, gateway, DATA)
+
+
+def health_topic(prefix: str, gateway: str) -> str:
+    """The periodic health topic."""
+    return _topic(prefix, gateway, HEALTH)
+
+
+def desired_topic(prefix: str, gateway: str, kind: str) -> str:
+    """The retained desired-state topic for one bundle kind (config, software)."""
+    return _topic(prefix, gateway, DESIRED, check_level("desired kind", kind))
+
+
+def reported_topic(prefix: str, gateway: str) -> str:
+    """The reported-state topic (apply results, current versions)."""
+    return _topic(prefix, gateway, REPORTED)
+
+
+def cmd_topic(prefix: str, gateway: str, cmd_id: str) -> str:
+    """The topic a command with this id is sent on."""
+    return _topic(prefix, gateway, CMD, check_level("command id", cmd_id))
+
+
+def cmd_result_topic(prefix: str, gateway: str, cmd_id: str) -> str:
+    """The topic a command's result is published on."""
+    return _topic(prefix, gateway, CMD_RESULT, check_level("command id", cmd_id))
+
+
+def subscription(prefix: str, kind: str, gateway: str = "+") -> str:
+    """A topic filter for one kind on one gateway or, with gateway "+", on all of them.
+
+    Kinds with an argument (desired, cmd, cmd-result) get a trailing "+" level.
+    """
+    if gateway != "+":
+        check_level("gateway id", gateway)
+    if kind in KINDS_WITH_ARG:
+        return f"{check_prefix(prefix)}/{gateway}/{kind}/+"
+    if kind in KINDS_PLAIN:
+        return f"{check_prefix(prefix)}/{gateway}/{kind}"
+    raise ValueError(f"unknown topic kind {kind!r}: expected one of "
+                     f"{sorted(KINDS_PLAIN | KINDS_WITH_ARG)}")
+
+
+def parse_topic(topic: str, prefix: str = "edge") -> TopicRef | None:
+    """Split a topic of this scheme into (gateway, kind, arg); None if it is not one."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    levels = topic[len(head):].split("/")
+    if any(not level or level in ("+", "#") for level in levels):
+        return None
+    if len(levels) == 2 and levels[1] in KINDS_PLAIN:
+        return TopicRef(levels[0], levels[1])
+    if len(levels) == 3 and levels[1] in KINDS_WITH_ARG:
+        return TopicRef(levels[0], levels[1], levels[2])
+    return None
