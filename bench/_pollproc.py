@@ -23,8 +23,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.tools.procs import stop_process
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 
 PY = [sys.executable, "-m", "edge_agent"]
 
@@ -36,42 +37,23 @@ def simulator(site: Path, log_path: Path, control: Path | None = None,
     args = [*PY, "simulate", str(site), "--seed", str(seed)]
     if control is not None:
         args += ["--control", str(control)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-        try:
-            assert proc.stdout is not None
-            lines: list[bytes] = []
-            while True:
-                line = proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"simulator {site} exited: {b''.join(lines)[-2000:]!r} "
-                                       f"{log_path.read_text()[-2000:]}")
-                lines.append(line)
-                if line.strip() == b"simulator ready":
-                    break
-            # Keep draining stdout so the simulator can never block on a full pipe.
-            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-            yield proc
-        finally:
-            stop_process(proc)
-
-
-def _drain(stream: Any) -> None:
-    while stream.read(65536):
-        pass
+    # a big site takes a while to open hundreds of servers
+    proc = spawn_until_ready(args, log_path, "simulator ready", timeout_s=120,
+                             what=f"simulator {site}")
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 @contextlib.contextmanager
 def agent(site: Path, broker_url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``edge-agent run SITE --broker URL`` with its output in ``log_path``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*PY, "run", str(site), "--broker", broker_url],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc
-        finally:
-            stop_process(proc)
+    proc = spawn_until_ready([*PY, "run", str(site), "--broker", broker_url], log_path)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 def cpu_s(p: psutil.Process) -> float:
@@ -132,7 +114,7 @@ class HealthWatch:
     def __post_init__(self) -> None:
         self._proc = psutil.Process(self.pid)
         self._cond = threading.Condition()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", self.port)
         self._client.subscribe("edge/gw-bench/health", qos=0)

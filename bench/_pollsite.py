@@ -100,8 +100,9 @@ def tcp_site_text(devices: list[tuple[str, int]], profile: Path, opts: SiteOptio
 def pty_site_text(port: Path, n_devices: int, profile: Path, opts: SiteOptions) -> str:
     """A site with one PTY serial bus, no inter-frame gap, and ``n_devices`` on it."""
     lines = _header(opts)
-    # PTYs ignore the baud rate (LIBRARY_NOTES); inter_frame_gap_ms = 0 removes the only
-    # pacing the transport adds, so the bus runs as fast as the two ends answer.
+    # Linux PTYs ignore the baud rate (a socat pair moves bytes as fast as both ends read);
+    # inter_frame_gap_ms = 0 removes the only pacing the transport adds, so the bus runs as
+    # fast as the two ends answer.
     lines += ["[buses.pty]", 'type = "serial"', f'port = "{port}"', "baudrate = 115200",
               'parity = "N"', "inter_frame_gap_ms = 0", "timeout_ms = 1000", "retries = 0"]
     for i in range(1, n_devices + 1):

@@ -1,12 +1,16 @@
 """Reading codec benchmark: size against msgpack, msgpack+zstd, pcodec and Gorilla; speed.
 
 Data: (a) a simulated day of every shipped device profile, polled on a 10 s grid, each value
-passed through its register encoding and decoding as the agent would read it; (b) the real
-readings in ../shared/corpus/. Batches hold every series of one device (or the corpus
+passed through its register encoding and decoding as the agent would read it; (b) real readings,
+if ``--corpus DIR`` (or $EDGE_BENCH_CORPUS) names a folder of CSV files of (ISO time, value)
+rows: simulators alone flatter a codec. The corpus figures in README.md used the water-flow
+series shipped in the PyPI package river 0.26.1 (``river/datasets/water-flow.csv``,
+BSD-3-Clause): 1,268 hourly readings of an industrial pipeline's flow in l/s, two decimals, with
+gaps, March to May 2022. Batches hold every series of one device (or the corpus
 series) for 100 or 1000 consecutive points. Sizes are bytes per point (timestamp and value
 together, series names included for every format). Speeds are millions of points per
 second, medians of several runs. Needs the bench extras: pip install -e '.[bench]'.
-Usage: python bench/codec_bench.py [--runs 5] [--hours 24]
+Usage: python bench/codec_bench.py [--runs 5] [--hours 24] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import os
 import statistics
 import sys
 import time
@@ -33,7 +38,6 @@ import gorilla
 from edge_agent import codecs
 from edge_agent.codecs import reference
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 POLL_S = 10
 T0_S = 1_767_225_600  # 2026-01-01 00:00 UTC
 Batch = dict[str, tuple[list[int], list[Any]]]
@@ -72,10 +76,14 @@ def _one_type(vals: list[Any]) -> list[Any]:
     return vals
 
 
-def corpus() -> dict[str, Batch]:
-    """Every CSV in the corpus as one series of (ms timestamp, float)."""
+def corpus(folder: Path | None) -> dict[str, Batch]:
+    """Every CSV in the corpus folder as one series of (ms timestamp, float); none without one."""
     out: dict[str, Batch] = {}
-    for path in sorted(CORPUS.glob("*.csv")):
+    if folder is None:
+        return out
+    if not folder.is_dir():
+        raise SystemExit(f"codec_bench: --corpus {folder}: not a folder")
+    for path in sorted(folder.glob("*.csv")):
         ts: list[int] = []
         vals: list[Any] = []
         with path.open() as f:
@@ -169,10 +177,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hours", type=int, default=24)
+    env_corpus = os.environ.get("EDGE_BENCH_CORPUS")
+    ap.add_argument("--corpus", type=Path, default=Path(env_corpus) if env_corpus else None,
+                    help="folder of CSV files of real readings (default: $EDGE_BENCH_CORPUS)")
     args = ap.parse_args()
     print(f"implementation active: {codecs.IMPLEMENTATION}; runs {args.runs}; "
-          f"simulated {args.hours} h at {POLL_S} s polls")
-    sources = {"simulated": simulated_day(args.hours), "corpus": corpus()}
+          f"simulated {args.hours} h at {POLL_S} s polls; corpus "
+          f"{args.corpus or 'none (--corpus DIR adds real readings)'}")
+    sources = {"simulated": simulated_day(args.hours), "corpus": corpus(args.corpus)}
     cols = ["ours", "ours+zstd", "msgpack", "msgpack+zstd", "pcodec", "gorilla"]
     print("\nbytes per point (timestamp + value)")
     print(f"{'data':<26}{'pts/series':>10}" + "".join(f"{c:>13}" for c in cols)

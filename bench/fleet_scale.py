@@ -25,6 +25,10 @@ from pathlib import Path
 
 import psutil
 
+# Run as a script, Python puts bench/ first on sys.path, not the repository root where the
+# test harness shared with the tests (tests.support) lives.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
 from edge_agent.fleet.registry import Registry

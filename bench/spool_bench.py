@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.uplink import Uplink
 from edge_agent.tools.devbroker import Mosquitto
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 
 SEED = 99
 PER_BATCH = 100
@@ -81,8 +81,8 @@ async def fill(path: Path, batches: list[bytes]) -> tuple[int, int]:
 async def replay(path: Path, url: str, n: int) -> float:
     """Readings per second from the spool's backlog to the broker (PUBACKed), unpaced."""
     spool = await Spool.open(path, SpoolConfig(max_bytes=1 << 30))
-    uplink = Uplink(parse_broker_url(url), "gw-bench", 1, "bench", SystemClock())
-    uplink.set_store(spool, RatePacer(0, 0))
+    uplink = Uplink(parse_broker_url(url), "gw-bench", 1, "bench", SystemClock(), store=spool,
+                    pacer=RatePacer(0, 0))
     t0 = time.perf_counter()
     task = asyncio.create_task(uplink.run())
     ok = await uplink.drain(timeout_s=600)
@@ -98,13 +98,10 @@ def ingest_rate(path: Path, broker: Mosquitto, n: int, work: Path) -> float:
     """Readings per second from the spool through the broker into the ingest's SQLite."""
     db = work / "ingest.db"
     db.unlink(missing_ok=True)
-    log = (work / "ingest.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "ingest", "--broker",
-                             broker.url, "--db", str(db), "--client-id", "bench"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn_until_ready([sys.executable, "-m", "edge_agent.fleet.cli", "ingest",
+                              "--broker", broker.url, "--db", str(db), "--client-id", "bench"],
+                             work / "ingest.log", "ingest subscribed", what="ingest")
     try:
-        while b"ingest subscribed" not in (work / "ingest.log").read_bytes():
-            time.sleep(0.05)
         t0 = time.perf_counter()
         asyncio.run(replay(path, broker.url, n))
         store = IngestStore(str(db))
@@ -115,9 +112,7 @@ def ingest_rate(path: Path, broker: Mosquitto, n: int, work: Path) -> float:
             store.close()
         return n * PER_BATCH / (time.perf_counter() - t0)
     finally:
-        proc.terminate()
-        proc.wait()
-        log.close()
+        stop_process(proc)
 
 
 def main() -> None:

@@ -21,14 +21,27 @@ of readings across series is normalised to grouped order (see ``grouped``).
 
 msgpack is imported only when a version 1 batch is met, so a cloud consumer decodes version 2
 with the standard library alone.
+
+Limits (``BatchLimits``, FORMAT.md "Limits"): msgpack is told the longest string, array and map
+a valid body holds, so it refuses bigger ones while parsing; readings are counted against the
+batch's budget before each series is built; names follow the shared name rules.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.codecs.batch_model import CODE_QUALITY, DataBatch
+from edge_agent.codecs.batch_model import (
+    CODE_QUALITY,
+    DEFAULT_LIMITS,
+    MAX_NAME,
+    BatchLimits,
+    DataBatch,
+    check_readings,
+    name_problem,
+)
 from edge_agent.protocol.errors import CodecError
+from edge_agent.protocol.jsonsafe import show
 from edge_agent.protocol.readings import Quality, Reading
 
 VERSION_MSGPACK = 1
@@ -50,15 +63,16 @@ def _list(where: str, obj: object, min_len: int = 0) -> list[Any]:
     return obj
 
 
-def _str(where: str, obj: object) -> str:
-    if not isinstance(obj, str) or not obj:
-        raise _bad(where, f"expected a non-empty string, got {obj!r}")
-    return obj
+def _name(where: str, obj: object, *, point: bool) -> str:
+    problem = name_problem(obj, point=point)
+    if problem is not None:
+        raise _bad(where, f"name {show(obj)}: {problem}")
+    return obj  # type: ignore[return-value]
 
 
 def _int(where: str, obj: object, lo: int, hi: int) -> int:
     if isinstance(obj, bool) or not isinstance(obj, int) or not lo <= obj <= hi:
-        raise _bad(where, f"expected an int in {lo}..{hi}, got {obj!r}")
+        raise _bad(where, f"expected an int in {lo}..{hi}, got {show(obj)}")
     return obj
 
 
@@ -79,12 +93,15 @@ def _flags(where: str, obj: object, n: int) -> dict[int, tuple[Quality, int | No
     return out
 
 
-def _decode_series(where: str, device: str, obj: object, base: int) -> list[Reading]:
+def _decode_series(where: str, device: str, obj: object, base: int, used: int, nbytes: int,
+                   limits: BatchLimits) -> list[Reading]:
     series = _list(where, obj, 3)
     if len(series) > 4:
         raise _bad(where, f"expected [point, ts, values(, flags)], got {len(series)} items")
-    point = _str(f"{where}[0] point", series[0])
+    point = _name(f"{where}[0] point", series[0], point=True)
     deltas = _list(f"{where}[1] ts", series[1], 1)
+    # Counted before a Reading is built for any of them.
+    check_readings(used + len(deltas), nbytes, limits, f"data batch v1: {where}")
     values = _list(f"{where}[2] values", series[2])
     if len(values) != len(deltas):
         raise _bad(where, f"{len(values)} values for {len(deltas)} timestamps")
@@ -98,16 +115,27 @@ def _decode_series(where: str, device: str, obj: object, base: int) -> list[Read
         if not (value is None or isinstance(value, bool | int | float | str)):
             raise _bad(f"{where}[2][{i}]", f"value of type {type(value).__name__} "
                        "is not bool, int, float, str or nil")
+        if isinstance(value, str) and len(value) > limits.max_text:
+            raise _bad(f"{where}[2][{i}]", f"text of {len(value)} characters exceeds the limit "
+                       f"of {limits.max_text}")
         quality, exc = flags.get(i, (Quality.GOOD, None))
         out.append(Reading(device, point, ts, value, quality, exc))
     return out
 
 
-def decode_v1(body: bytes) -> DataBatch:
+def decode_v1(body: bytes, limits: BatchLimits = DEFAULT_LIMITS) -> DataBatch:
+    """Decode a version 1 body (after the version byte); CodecError for anything malformed."""
     import msgpack
 
+    nbytes = len(body) + 1  # limits count the whole batch, version byte included
+    budget = limits.budget(nbytes)
     try:
-        doc = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        # Bounds while parsing: the longest string is a text value or a name (UTF-8: 4 bytes
+        # a character), the longest array a series' flag triples, the only map the body.
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True,
+                              max_str_len=4 * max(limits.max_text, MAX_NAME),
+                              max_bin_len=0, max_ext_len=0, max_map_len=4,
+                              max_array_len=max(3 * budget, limits.max_series, 4))
     except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
         raise CodecError(f"data batch v1: body is not valid msgpack: "
                          f"{type(exc).__name__}: {exc}") from None
@@ -115,18 +143,23 @@ def decode_v1(body: bytes) -> DataBatch:
         raise _bad("body", f"expected a map, got {type(doc).__name__}")
     if set(doc) != {"g", "e", "s", "r"}:
         raise _bad("body", f"expected keys g, e, s, r, got {sorted(map(str, doc))}")
-    gateway = _str("g (gateway)", doc["g"])
+    gateway = _name("g (gateway)", doc["g"], point=False)
     epoch = _int("e (epoch)", doc["e"], 0, _INT64_MAX)
     seq = _int("s (seq)", doc["s"], 0, _INT64_MAX)
     readings: list[Reading] = []
     base = 0
+    nseries = 0
     for d, entry in enumerate(_list("r", doc["r"])):
         pair = _list(f"r[{d}]", entry, 2)
         if len(pair) != 2:
             raise _bad(f"r[{d}]", f"expected [device, series], got {len(pair)} items")
-        device = _str(f"r[{d}][0] device", pair[0])
+        device = _name(f"r[{d}][0] device", pair[0], point=False)
         for p, series in enumerate(_list(f"r[{d}][1]", pair[1], 1)):
+            nseries += 1
+            if nseries > limits.max_series:
+                raise _bad("r", f"more than {limits.max_series} series")
             first = len(readings)
-            readings += _decode_series(f"r[{d}][1][{p}] ({device})", device, series, base)
+            readings += _decode_series(f"r[{d}][1][{p}] ({device})", device, series, base,
+                                       first, nbytes, limits)
             base = readings[first].ts_ms
     return DataBatch(gateway, epoch, seq, readings, VERSION_MSGPACK)

@@ -1,1 +1,6 @@
-"""Field protocols: Modbus transport, read planning, register decoding, profiles, simulators."""
+"""Field protocols: bus and device types, profiles shipped as data, Modbus, simulators.
+
+A protocol-neutral ``transport`` interface (one request at a time per bus), with each field
+protocol in a room of its own (``modbus/``). May import ``edge_agent.protocol`` only: the
+gateway's runtime drives the drivers, never the other way round.
+"""

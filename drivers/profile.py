@@ -3,6 +3,10 @@
 A profile file has a ``[profile]`` table (name, description) and one ``[points.NAME]``
 table per point. Addresses are 0-based protocol addresses: "40001" in a data sheet is
 holding register 0 (Modbus application protocol V1.1b3, 4.4).
+
+Profile files are read through the same bounded intake as site configs
+(``protocol.tomlcheck.load_toml``: UTF-8, at most 1 MiB, 16 levels of nesting, any parser
+failure a ConfigError naming the file), since a config from the fleet may name one.
 """
 
 from __future__ import annotations
@@ -174,7 +178,11 @@ def load_profile(ref: str, base_dir: Path | None = None) -> DeviceProfile:
         path = Path(ref)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        if not path.exists():
+        try:
+            found = path.exists()
+        except OSError:  # a name too long for the file system, say: no such file either
+            found = False
+        if not found:
             raise ConfigError(
                 f"profile {ref!r}: neither a shipped profile ({', '.join(shipped)}) "
                 f"nor a file at {path}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.shell import run_until_signal, setup_logging
+from edge_agent.protocol.shell import check_broker_url, run_cli, run_until_signal, setup_logging
 
 USAGE = """edge-agent COMMAND [options]
 
@@ -21,7 +21,8 @@ commands:
   simulate SITE.toml               simulate every device a site config names
   tail [--broker URL]              print readings, state and health as they arrive
   decode FILE|-                    decode a data batch (a file or standard input)
-  ingest --broker URL --db URL     store every gateway's readings once, recording gaps
+  ingest --broker URL --db URL     alias of `edge-fleet ingest` (the operations centre's
+                                   ingest: every gateway's readings stored once, gaps noted)
   enroll --fleet URL --token T     enrol this gateway with the fleet service
   scan PORT                        find the devices on a serial bus; write a draft config
   read -c SITE.toml DEVICE POINT   read one point now
@@ -47,12 +48,9 @@ def cmd_run(argv: list[str]) -> int:
     from edge_agent.config.loader import load_config
     from edge_agent.control.gateway import Gateway
 
-    try:
-        load_config(args.config, broker_url=args.broker)  # fail before starting anything
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+    if args.broker is not None:
+        check_broker_url(args.broker)  # the login comes from the config, never the URL
+    load_config(args.config, broker_url=args.broker)  # fail before starting anything
 
     async def main(stop: asyncio.Event) -> None:
         # pymodbus clients bind to the running loop, so the agent is built inside it.
@@ -101,8 +99,7 @@ def cmd_decode(argv: list[str]) -> int:
     try:
         batch = decode_batch(blob)
     except CodecError as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
-        return 2
+        raise CodecError(f"{args.file}: {exc}") from exc
     print(f"gateway {batch.gateway} epoch {batch.epoch} seq {batch.seq}: "
           f"{len(batch.readings)} readings")
     for r in batch.readings:
@@ -113,17 +110,22 @@ def cmd_decode(argv: list[str]) -> int:
 
 
 def cmd_ingest(argv: list[str]) -> int:
-    """``edge-agent ingest``: the deduplicating cloud ingest."""
-    from edge_agent.fleet.ingest.consumer import ingest_main
+    """``edge-agent ingest``: an alias that becomes ``edge-fleet ingest`` (never returns).
 
-    return ingest_main(argv)
+    The ingest belongs to the operations centre, which the gateway never imports: the alias
+    replaces this process with the fleet's command line, so scripts that call it keep working.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "edge_agent.fleet.cli", "ingest", *argv])
 
 
 def _lazy(module: str, name: str) -> Callable[[list[str]], int]:
     """A command's entry point, imported only when that command runs."""
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    entry: Callable[[list[str]], int] = getattr(importlib.import_module(module), name)
+    return entry
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"edge-agent: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return command(args[1:])
+    return run_cli(f"edge-agent {args[0]}", command, args[1:])
 
 
 if __name__ == "__main__":

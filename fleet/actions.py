@@ -19,8 +19,8 @@ from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle, root_signed, sign_envelope, split_bundle
 from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.ids import check_gateway_id, check_site, check_tag
 from edge_agent.protocol.keys import PrivateKey, PublicKey
-from edge_agent.protocol.topics import check_level
 from edge_agent.protocol.verify import count_signatures, role_keys, update_root
 
 DAY_S = 86_400
@@ -70,14 +70,25 @@ def rotate_root(registry: Registry, root_keys: Sequence[PublicKey], threshold: i
     return env
 
 
+def check_identity(gateway: object, site: object,
+                   tags: Sequence[object]) -> tuple[str, str, list[str]]:
+    """(gateway, site, tags) if each follows the id rule (edge_agent.protocol.ids), else
+    ConfigError naming the bad value and the rule."""
+    try:
+        return check_gateway_id(gateway), check_site(site), [check_tag(t) for t in tags]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def issue_token(registry: Registry, gateway: str, site: str, tags: Sequence[str], *,
                 ttl_s: int = 3600, now_ms: int | None = None) -> str:
     """A new single-use enrolment token for ``gateway`` (returned once, stored hashed)."""
-    check_level("gateway id", gateway)
-    check_level("site", site)
+    if isinstance(tags, str):  # ("lamps") for ("lamps",): one tag per character otherwise
+        raise ConfigError(f"tags must be a list of names, got the string {tags!r}")
+    gateway, site, tag_list = check_identity(gateway, site, tags)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     token = secrets.token_urlsafe(24)
-    registry.add_token(token, gateway, site, tags, now + ttl_s * 1000)
+    registry.add_token(token, gateway, site, tag_list, now + ttl_s * 1000)
     return token
 
 
@@ -87,6 +98,9 @@ def enroll(registry: Registry, token: str, *, broker_url: str, prefix: str = "ed
     now = int(time.time() * 1000) if now_ms is None else now_ms
     root = registry.latest_root()
     gateway, site, tags = registry.redeem_token(token, now)
+    # Tokens issued before ids were checked may name anything: such a token is spent, and
+    # its gateway refused before it gets broker credentials.
+    gateway, site, tags = check_identity(gateway, site, tags)
     password = secrets.token_urlsafe(24)
     registry.add_gateway(gateway, site, tags, now, mosquitto_hash(password))
     return {"gateway_id": gateway, "site": site, "tags": tags,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -17,10 +16,11 @@ from typing import Any
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
 from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
+from edge_agent.fleet.ingest.consumer import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
-from edge_agent.protocol.errors import ConfigError, EdgeError
+from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.keys import (
     PrivateKey,
     load_private,
@@ -28,12 +28,21 @@ from edge_agent.protocol.keys import (
     write_private,
     write_public,
 )
+from edge_agent.protocol.shell import (
+    add_broker_login,
+    broker_password,
+    check_broker_url,
+    opened,
+    run_cli,
+    run_until_signal,
+    setup_logging,
+)
 
 DEFAULT_DB = "sqlite:///fleet.db"
 
 
 def _db(args: argparse.Namespace) -> Registry:
-    return Registry(args.db)
+    return opened("--db", args.db, lambda: Registry(args.db))
 
 
 def _when(ms: int | None) -> str:
@@ -48,7 +57,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
     if priv.exists():
-        raise ConfigError(f"{priv} exists; refusing to overwrite a key")
+        raise CommandError(f"{priv} exists; refusing to overwrite a key")
     write_private(priv, key)
     write_public(pub, key.public)
     print(f"{priv} (private, 0600)\n{pub} keyid {key.public.keyid}")
@@ -70,7 +79,7 @@ def cmd_root(args: argparse.Namespace) -> int:
                   + " ".join(k[:12] for k in spec["keyids"]))
         return 0
     if not args.root_key or not args.release_key or not args.sign:
-        raise ConfigError(f"root {args.action} needs --root-key, --release-key and --sign")
+        raise CommandError(f"root {args.action} needs --root-key, --release-key and --sign")
     fn = ops.init_root if args.action == "init" else ops.rotate_root
     env = fn(reg, [load_public(p) for p in args.root_key], args.threshold,
              [load_public(p) for p in args.release_key], args.release_threshold,
@@ -126,7 +135,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     store = RolloutStore(reg)
     if args.action == "start":
         if not args.config or not args.target or not args.key:
-            raise ConfigError("rollout start needs --config FILE, --target SEL and --key FILE")
+            raise CommandError("rollout start needs --config FILE, --target SEL and --key FILE")
         state = ops.start_rollout(
             reg, args.config.read_bytes(), args.target, [load_private(p) for p in args.key],
             waves=ops.parse_waves(args.waves), abort_above_pct=args.abort_above,
@@ -150,43 +159,64 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 return 0
             time.sleep(args.interval_s)
     if not args.id:
-        raise ConfigError(f"rollout {args.action} needs a rollout id")
+        raise CommandError(f"rollout {args.action} needs a rollout id")
     try:
         store.command(args.id, args.action, args.reason)
     except KeyError:
-        raise ConfigError(f"no rollout {args.id!r}") from None
+        raise CommandError(f"no rollout {args.id!r}") from None
     print(f"rollout {args.id}: {args.action} queued (applied by the service on its next tick)")
     return 0
+
+
+def _http_endpoint(args: argparse.Namespace) -> tuple[str | None, int, ssl.SSLContext | None]:
+    """(host, port, TLS context) of ``serve``'s enrolment endpoint; CommandError if the options
+    would serve it over plain HTTP without ``--insecure-http``, or contradict each other."""
+    from edge_agent.fleet.httpd import server_tls_context
+
+    if not args.http:
+        if args.tls_cert or args.tls_key or args.insecure_http:
+            raise CommandError("--tls-cert, --tls-key and --insecure-http need --http HOST:PORT")
+        return None, 0, None
+    host, _, p = args.http.rpartition(":")
+    if not host or not p.isdigit() or int(p) > 65535:
+        raise CommandError(f"--http {args.http!r}: expected HOST:PORT")
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise CommandError("--tls-cert FILE and --tls-key FILE go together")
+        if args.insecure_http:
+            raise CommandError("--insecure-http contradicts --tls-cert/--tls-key: choose one")
+        return host, int(p), server_tls_context(args.tls_cert, args.tls_key)
+    if not args.insecure_http:
+        raise CommandError(f"--http {args.http}: enrolment hands out broker passwords and takes "
+                           "tokens, so it is served over TLS: give --tls-cert FILE --tls-key FILE "
+                           "(PEM), or --insecure-http for plain HTTP on loopback or behind a "
+                           "TLS-terminating proxy")
+    return host, int(p), None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the fleet service until SIGINT/SIGTERM."""
     from edge_agent.fleet.service import FleetService
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    password = args.password_file.read_text().strip() if args.password_file else None
-    host = port = None
-    if args.http:
-        host, _, p = args.http.rpartition(":")
-        port = int(p)
-    svc = FleetService(_db(args), args.broker, username=args.username, password=password,
-                       prefix=args.prefix, tick_s=args.tick_s, lease_s=args.lease_s,
-                       http_host=host, http_port=port or 0, public_broker_url=args.public_broker,
-                       owner=args.instance)
+    setup_logging(args.verbose)
+    password = broker_password(args.username, args.password_file)
+    host, port, tls = _http_endpoint(args)
+    public = check_broker_url(args.public_broker, "--public-broker") if args.public_broker \
+        else None
+    svc = FleetService(_db(args), check_broker_url(args.broker), username=args.username,
+                       password=password, prefix=args.prefix, tick_s=args.tick_s,
+                       lease_s=args.lease_s, http_host=host, http_port=port,
+                       public_broker_url=public, owner=args.instance, http_tls=tls,
+                       http_insecure=args.insecure_http)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         task = asyncio.create_task(svc.run(stop))
         await svc.http_ready.wait()
         if svc.http_host is not None:
-            print(f"enrolment http://{svc.http_host}:{svc.http_port}", flush=True)
+            print(f"enrolment {svc.http_scheme}://{svc.http_host}:{svc.http_port}", flush=True)
         await task
 
-    asyncio.run(main())
+    run_until_signal(main)
     return 0
 
 
@@ -275,11 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(action=verb)
 
     p = sub.add_parser("serve", parents=[common], help="run the fleet service")
-    p.add_argument("--broker", required=True)
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path)
+    p.add_argument("--broker", required=True, help="broker URL; no credentials in it")
+    add_broker_login(p)
     p.add_argument("--prefix", default="edge")
-    p.add_argument("--http", help="HOST:PORT of the enrolment endpoint")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve enrolment (HTTPS) here")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="PEM certificate (chain) of the enrolment endpoint")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve enrolment over plain HTTP: tokens and broker passwords in clear "
+                        "(loopback or behind a TLS-terminating proxy only)")
     p.add_argument("--public-broker", help="broker URL handed to gateways at enrolment")
     p.add_argument("--tick-s", type=float, default=0.5)
     p.add_argument("--lease-s", type=float, default=10.0)
@@ -293,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-user", default="fleet")
     p.add_argument("--fleet-password-file", type=Path)
     p.set_defaults(fn=cmd_broker_config)
+
+    # its own --db: the readings database is not the registry
+    p = sub.add_parser("ingest", help="store every gateway's readings once, noting gaps",
+                       description="Store every gateway's readings once, noting gaps.")
+    add_ingest_arguments(p)
+    p.set_defaults(fn=ingest_command)
     return ap
 
 
@@ -300,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-fleet`` console script."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
-    try:
-        return fn(args)
-    except (EdgeError, ValueError, OSError) as exc:
-        print(f"edge-fleet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(f"edge-fleet {args.command}", fn, args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,16 @@ SQLite by default (``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a ba
 PostgreSQL with ``postgresql://...`` through psycopg 3, with the same SQL: only '?'
 placeholders are rewritten to '%s'. Times are integer milliseconds (BIGINT in both). Every
 write is its own short transaction.
+
+The database holds the gateways' broker password hashes: a SQLite file is created 0600 (its
+-wal and -shm files take the same mode from it), and an existing one readable by others is
+narrowed to 0600 when opened. Gateway ids, sites and tags are checked on the way in
+(``edge_agent.protocol.ids``) and gateway ids again on the way out to the broker's files.
+
+Gateways' reports, health and state are untrusted: ``record_*`` check every field's type and
+integer range (``edge_agent.fleet.intake``) before a statement runs, a health document is
+stored whole or refused (never cut), and ``gateways()`` reads stored JSON back tolerantly, so
+one gateway's bad row shows as that gateway's error and never breaks the listing.
 """
 
 from __future__ import annotations
@@ -12,44 +22,23 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.fleet.intake import (
+    HEALTH_LIMITS,
+    IntakeError,
+    health_text,
+    parse_report,
+    read_stored_json,
+)
+from edge_agent.fleet.registry_schema import SCHEMA
+from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS sites (
-        id TEXT PRIMARY KEY, created_ms BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS gateways (
-        id TEXT PRIMARY KEY, site TEXT NOT NULL REFERENCES sites(id),
-        broker_password_hash TEXT, enrolled_ms BIGINT,
-        last_seen_ms BIGINT, online INTEGER NOT NULL DEFAULT 0, health TEXT,
-        config_version BIGINT NOT NULL DEFAULT 0,
-        result TEXT, result_version BIGINT, result_reason TEXT, result_ms BIGINT,
-        desired_bundle TEXT)""",
-    """CREATE TABLE IF NOT EXISTS gateway_tags (
-        gateway TEXT NOT NULL REFERENCES gateways(id), tag TEXT NOT NULL,
-        PRIMARY KEY (gateway, tag))""",
-    """CREATE TABLE IF NOT EXISTS tokens (
-        token_sha256 TEXT PRIMARY KEY, gateway TEXT NOT NULL, site TEXT NOT NULL,
-        tags TEXT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)""",
-    """CREATE TABLE IF NOT EXISTS roots (
-        version BIGINT PRIMARY KEY, envelope TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS bundles (
-        id TEXT PRIMARY KEY, kind TEXT NOT NULL, version BIGINT NOT NULL,
-        payload_sha256 TEXT NOT NULL, blob BYTEA NOT NULL, created_ms BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS versions (
-        kind TEXT PRIMARY KEY, last BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS rollouts (
-        id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, state TEXT NOT NULL,
-        rev BIGINT NOT NULL, owner TEXT, lease_until_ms BIGINT NOT NULL DEFAULT 0,
-        command TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS rollout_targets (
-        rollout TEXT NOT NULL REFERENCES rollouts(id), gateway TEXT NOT NULL,
-        PRIMARY KEY (rollout, gateway))""",
-]
+from edge_agent.protocol.ids import check_gateway_id, check_site, check_tag
+from edge_agent.protocol.jsonsafe import INT64_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +55,57 @@ class GatewayRow:
     result_version: int | None
     result_reason: str | None
     health: dict[str, Any] | None
+    health_error: str | None = None  # why the stored health did not read back, if it did not
 
 
 def token_hash(token: str) -> str:
     """Tokens are stored hashed: a copy of the database does not enrol anyone."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_ms(now_ms: int) -> None:
+    if type(now_ms) is not int or not 0 <= now_ms <= INT64_MAX:
+        raise ValueError(f"now_ms {now_ms!r} is not a time in ms within int64")
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if type(value) is int else None
+
+
+def _gateway_row(r: Sequence[Any], tags: tuple[str, ...]) -> GatewayRow:
+    """One listing row from its columns, tolerant of what an older version or a hand stored.
+
+    The health column is read like a message (``intake.read_stored_json``): a row from before
+    documents were refused whole (cut at 20,000 characters) shows as an error for that gateway.
+    """
+    health: dict[str, Any] | None = None
+    error: str | None = None
+    if r[8] is not None:
+        try:
+            health = read_stored_json(r[8], HEALTH_LIMITS)
+        except IntakeError as exc:
+            error = f"stored health document does not read back: {exc}"
+    return GatewayRow(str(r[0]), str(r[1]), tags, bool(r[2]), _int_or_none(r[3]),
+                      _int_or_none(r[4]) or 0, None if r[5] is None else str(r[5]),
+                      _int_or_none(r[6]), None if r[7] is None else str(r[7]), health, error)
+
+
+def _identity(gateway: str, site: str, tags: Sequence[str]) -> None:
+    if isinstance(tags, str):
+        raise ValueError(f"tags must be a list of names, got the string {tags!r}")
+    check_gateway_id(gateway)
+    check_site(site)
+    for tag in tags:
+        check_tag(tag)
+
+
+def _selector_problem(what: str, name: str) -> str:
+    check = {"gw": check_gateway_id, "site": check_site, "tag": check_tag}[what]
+    try:
+        check(name)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 class Registry:
@@ -96,6 +131,7 @@ class Registry:
             if path.startswith(("sqlite:", "postgres")) or not path:
                 raise ConfigError(f"registry URL {url!r}: expected sqlite:///PATH, a file path "
                                   "or postgresql://...")
+            create_private_sqlite(path)
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -146,7 +182,9 @@ class Registry:
 
     def add_gateway(self, gateway: str, site: str, tags: Sequence[str], now_ms: int,
                     password_hash: str | None = None) -> None:
-        """Create or update a gateway, its site and its tags."""
+        """Create or update a gateway, its site and its tags (ValueError if a name breaks the
+        id rule of edge_agent.protocol.ids)."""
+        _identity(gateway, site, tags)
         with self.transaction():
             self.execute("INSERT INTO sites (id, created_ms) VALUES (?, ?) "
                          "ON CONFLICT (id) DO NOTHING", (site, now_ms))
@@ -161,15 +199,14 @@ class Registry:
                              (gateway, tag))
 
     def gateways(self) -> list[GatewayRow]:
-        """Every gateway, by id."""
+        """Every gateway, by id; a row that does not read back shows its error, never raises."""
         tags: dict[str, list[str]] = {}
         for gw, tag in self.fetchall("SELECT gateway, tag FROM gateway_tags ORDER BY tag"):
             tags.setdefault(gw, []).append(tag)
         rows = self.fetchall(
             "SELECT id, site, online, last_seen_ms, config_version, result, result_version, "
             "result_reason, health FROM gateways ORDER BY id")
-        return [GatewayRow(r[0], r[1], tuple(tags.get(r[0], ())), bool(r[2]), r[3], int(r[4]),
-                           r[5], r[6], r[7], json.loads(r[8]) if r[8] else None) for r in rows]
+        return [_gateway_row(r, tuple(tags.get(r[0], ()))) for r in rows]
 
     def select_gateways(self, selectors: Sequence[str]) -> list[str]:
         """Gateway ids matching any selector: 'gw:ID', 'site:NAME', 'tag:NAME' or 'all'."""
@@ -178,6 +215,9 @@ class Registry:
             what, _, name = sel.partition(":")
             if sel == "all":
                 rows = self.fetchall("SELECT id FROM gateways")
+            elif what in ("gw", "site", "tag") and (problem := _selector_problem(what, name)):
+                # A name no gateway can have would match nothing, silently.
+                raise ConfigError(f"target {sel!r}: {problem}")
             elif what == "gw":
                 rows = self.fetchall("SELECT id FROM gateways WHERE id = ?", (name,))
                 if not rows:
@@ -192,37 +232,65 @@ class Registry:
         return sorted(out)
 
     def password_hashes(self) -> list[tuple[str, str]]:
-        """(gateway, mosquitto password hash) for every gateway that has broker credentials."""
-        return [(r[0], r[1]) for r in self.fetchall(
+        """(gateway, mosquitto password hash) for every gateway that has broker credentials.
+
+        ConfigError if a stored id breaks the id rule (a row from before ids were checked):
+        written into the broker's files as is, it could be read as a fleet user or a new line.
+        """
+        rows = [(str(r[0]), str(r[1])) for r in self.fetchall(
             "SELECT id, broker_password_hash FROM gateways WHERE broker_password_hash "
             "IS NOT NULL ORDER BY id")]
+        bad: list[str] = []
+        for gw, _ in rows:
+            try:
+                check_gateway_id(gw)
+            except ValueError as exc:
+                bad.append(str(exc))
+        if bad:
+            raise ConfigError([f"registry: {b}; remove or rename that gateway" for b in bad])
+        return rows
 
-    def record_report(self, gateway: str, doc: dict[str, Any], now_ms: int) -> bool:
-        """Store a gateway's apply report; False if the gateway is unknown."""
-        version = doc.get("version")
-        committed = doc.get("committed")
+    def record_report(self, gateway: str, doc: Mapping[str, Any], now_ms: int) -> bool:
+        """Store a gateway's apply report; False if the gateway is unknown.
+
+        IntakeError (before the database is touched) if a field has the wrong type or an
+        integer is outside 0..2^63-1 (``edge_agent.fleet.intake.parse_report``).
+        """
+        report = parse_report(doc)
+        _check_ms(now_ms)
+        # A report without "committed" (a failure before anything was read) leaves the
+        # committed version as it was rather than claiming 0.
         return self.execute(
             "UPDATE gateways SET result = ?, result_version = ?, result_reason = ?, "
-            "result_ms = ?, config_version = ?, last_seen_ms = ? WHERE id = ?",
-            (str(doc.get("result")), version if isinstance(version, int) else None,
-             str(doc.get("reason", ""))[:500], now_ms,
-             committed if isinstance(committed, int) else 0, now_ms, gateway)) == 1
+            "result_ms = ?, config_version = COALESCE(?, config_version), last_seen_ms = ? "
+            "WHERE id = ?",
+            (report.result, report.version, report.reason, now_ms, report.committed, now_ms,
+             check_gateway_id(gateway))) == 1
 
-    def record_health(self, gateway: str, doc: dict[str, Any], now_ms: int) -> bool:
-        """Store a gateway's latest health document."""
+    def record_health(self, gateway: str, doc: Mapping[str, Any], now_ms: int) -> bool:
+        """Store a gateway's latest health document whole; False if the gateway is unknown.
+
+        IntakeError if it is too large or breaks the intake limits: it is never stored cut.
+        """
+        text = health_text(doc)
+        _check_ms(now_ms)
         return self.execute("UPDATE gateways SET health = ?, last_seen_ms = ?, online = 1 "
-                            "WHERE id = ?", (json.dumps(doc)[:20000], now_ms, gateway)) == 1
+                            "WHERE id = ?", (text, now_ms, check_gateway_id(gateway))) == 1
 
     def record_state(self, gateway: str, online: bool, now_ms: int) -> bool:
-        """Store a gateway's online/offline state."""
+        """Store a gateway's online/offline state; False if the gateway is unknown."""
+        if type(online) is not bool:
+            raise IntakeError("field_type", f"online {online!r} is not a bool")
+        _check_ms(now_ms)
         return self.execute("UPDATE gateways SET online = ?, last_seen_ms = ? WHERE id = ?",
-                            (1 if online else 0, now_ms, gateway)) == 1
+                            (1 if online else 0, now_ms, check_gateway_id(gateway))) == 1
 
     # ------------------------------------------------------------------ enrolment tokens
 
     def add_token(self, token: str, gateway: str, site: str, tags: Sequence[str],
                   expires_ms: int) -> None:
-        """Store a single-use enrolment token (hashed)."""
+        """Store a single-use enrolment token (hashed); ValueError if a name breaks the id rule."""
+        _identity(gateway, site, tags)
         self.execute("INSERT INTO tokens (token_sha256, gateway, site, tags, expires_ms) "
                      "VALUES (?, ?, ?, ?, ?)",
                      (token_hash(token), gateway, site, json.dumps(sorted(tags)), expires_ms))

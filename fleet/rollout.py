@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,15 +134,10 @@ def _next_wave(state: dict[str, Any], plan: Plan, now_ms: int) -> dict[str, Any]
     return state
 
 
-def observe(state: dict[str, Any], gateway: str, version: int | None, result: str,
-            reason: str, now_ms: int) -> dict[str, Any]:
-    """Feed one gateway report (idempotent: the same report twice changes nothing)."""
-    return observe_all(state, [(gateway, version, result, reason)], now_ms)
-
-
-def observe_all(state: dict[str, Any], reports: list[tuple[str, int | None, str, str]],
+def observe_all(state: dict[str, Any], reports: Sequence[tuple[str, int | None, str, str]],
                 now_ms: int) -> dict[str, Any]:
-    """Feed many (gateway, version, result, reason) reports at once (one copy of the state)."""
+    """Feed (gateway, version, result, reason) reports, idempotently (the same report twice
+    changes nothing; an unchanged state is returned as is)."""
     plan = plan_of(state)
     changes: dict[str, tuple[str, str | None]] = {}
     for gateway, version, result, reason in reports:

@@ -5,6 +5,10 @@ instance holding its lease (a conditional UPDATE: exactly one instance wins it),
 state write is also conditional on the row's revision, so even two instances that both believe
 they hold the lease cannot both write. Operators' pause/resume/abort are queued in the row's
 ``command`` column and applied by the lease holder, which is then the only writer of state.
+
+A rollout whose stored state does not read back (or that the state machine cannot step) is
+set aside on its own: logged once, listed in ``RolloutDriver.broken`` (the service's health),
+and the other rollouts go on being driven.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from typing import Any
 
 from edge_agent.fleet import rollout as ro
 from edge_agent.fleet.registry import Registry
+from edge_agent.protocol.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("pause", "resume", "abort")
 Publish = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
+
+
+class CorruptRolloutError(ConfigError):
+    """A stored rollout row does not read back as a rollout state."""
 
 
 class RolloutStore:
@@ -49,7 +58,17 @@ class RolloutStore:
                                (rollout_id,))
         if row is None:
             raise KeyError(rollout_id)
-        return json.loads(row[0]), int(row[1]), row[2]
+        try:
+            state = json.loads(row[0])
+            rev = int(row[1])
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CorruptRolloutError(f"rollout {rollout_id}: stored state does not read back: "
+                                      f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        if not isinstance(state, dict):
+            raise CorruptRolloutError(f"rollout {rollout_id}: stored state is "
+                                      f"{type(state).__name__}, not an object")
+        command = row[2] if isinstance(row[2], str) else None
+        return state, rev, command
 
     def save(self, rollout_id: str, state: dict[str, Any], rev: int, now_ms: int) -> bool:
         """Write a state if the row is still at ``rev``; False if someone else wrote first."""
@@ -125,6 +144,7 @@ class RolloutDriver:
         self.lease_ms = int(lease_s * 1000)
         self.offers_published = 0
         self.conflicts = 0
+        self.broken: dict[str, str] = {}  # rollout id -> why it cannot be driven now
         self._blobs: dict[str, bytes] = {}
 
     async def step(self, now_ms: int) -> int:
@@ -134,8 +154,23 @@ class RolloutDriver:
             if not self.store.acquire(rid, self.owner, now_ms, self.lease_ms):
                 continue
             driven += 1
-            await self._drive(rid, now_ms)
+            try:
+                await self._drive(rid, now_ms)
+            except (CorruptRolloutError, KeyError, TypeError, ValueError) as exc:
+                # This rollout's row is bad, not the database or the broker (those propagate
+                # to the tick loop): the others must still be driven.
+                self._set_aside(rid, exc)
+            else:
+                if self.broken.pop(rid, None) is not None:
+                    log.info("rollout %s: can be driven again", rid)
         return driven
+
+    def _set_aside(self, rid: str, exc: Exception) -> None:
+        why = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if rid not in self.broken:  # once per rollout, not once per tick
+            log.error("rollout %s cannot be driven and is set aside: %s", rid, why,
+                      exc_info=exc)
+        self.broken[rid] = why
 
     async def _drive(self, rid: str, now_ms: int) -> None:
         state, rev, command = self.store.load(rid)

@@ -32,7 +32,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from edge_agent.drivers.profile import DeviceProfile, load_profile
 from edge_agent.drivers.sim import sim_control_sync
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.tomlcheck import Checker, load_toml
-from edge_agent.tools.procs import stop_process
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -222,17 +221,6 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         stop_process(p)
 
 
-def _wait_for(what: str, ready: Any, proc: subprocess.Popen[bytes], log: Path,
-              timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout_s:g} s: {log.read_text()}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def simulated_bench(spec: BenchSpec, workdir: Path, seed: int | None = None) -> Iterator[Bench]:
     """Run the simulators and the line emulator for ``spec`` until the context exits."""
@@ -240,29 +228,24 @@ def simulated_bench(spec: BenchSpec, workdir: Path, seed: int | None = None) -> 
     print(f"bench {spec.name}: seed {seed} (simulators and line faults)", flush=True)
     site = _sim_site(spec, workdir)
     sim_sock, line_sock, port = workdir / "sim.sock", workdir / "line.sock", workdir / "line"
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
+    # the line emulator is a module of hil_tests, found from the repository root
+    env = dict(os.environ,
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
         stack.callback(_stop_all, procs)
-        sim_log = stack.enter_context((workdir / "sim.log").open("wb"))
-        sim = subprocess.Popen(
+        procs.append(spawn_until_ready(
             [sys.executable, "-m", "edge_agent", "simulate", str(site), "--control",
-             str(sim_sock), "--seed", str(seed)], stdout=sim_log, stderr=subprocess.STDOUT,
-            env=env)
-        procs.append(sim)
-        _wait_for("simulator", sim_sock.exists, sim, workdir / "sim.log")
-        line_log = stack.enter_context((workdir / "line.log").open("wb"))
+             str(sim_sock), "--seed", str(seed)], workdir / "sim.log", sim_sock.exists,
+            env=env, what="simulator"))
         drops = [f"--drop={d.name}={workdir / ('drop-' + d.name)}" for d in spec.devices]
-        emu = subprocess.Popen(
+        procs.append(spawn_until_ready(
             [sys.executable, "-m", "hil_tests.linemu", "--line", str(port), *drops,
              "--control", str(line_sock), "--baud", str(spec.baudrate),
              "--parity", spec.parity.value, "--stopbits", str(spec.stopbits),
              "--seed", str(seed), "--latency-ms", str(spec.turnaround_ms)],
-            stdout=line_log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        procs.append(emu)
-        _wait_for("line emulator", lambda: line_sock.exists() and port.exists(), emu,
-                  workdir / "line.log")
+            workdir / "line.log", lambda: line_sock.exists() and port.exists(), env=env,
+            cwd=REPO, what="line emulator"))
         yield Bench(spec, str(port), workdir, line_sock=line_sock, sim_sock=sim_sock)
 
 

@@ -31,6 +31,7 @@ from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.model import ReadRequest, Table
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.store import MemoryStore
 from edge_agent.tools.commission import read_main, write_main
 from edge_agent.tools.scan import scan_main
 from hil_tests.conftest import LONG
@@ -251,7 +252,7 @@ def test_an_unplugged_device_goes_offline_alone_and_is_back_within_two_cycles(
     print(f"unplug: scheduler back-off seed {backoff_seed}")
 
     async def run() -> Any:
-        agent = Agent(cfg)  # the agent's own transport and scheduler settings
+        agent = Agent(cfg, MemoryStore())  # the agent's own transport and scheduler settings
         sched = agent.schedulers["line"]
         marks["cap_s"] = sched.devices[victim].backoff.cap_s
         sched.sink = lambda rs: readings.extend((time.time(), r) for r in rs)

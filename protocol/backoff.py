@@ -29,7 +29,7 @@ class BackoffPolicy:
     def ceiling(self, failures: int) -> float:
         """The largest delay after ``failures`` consecutive failures (>= 1)."""
         # cap the exponent, not only the result: 2 ** 10_000 would overflow a float
-        return min(self.cap_s, self.base_s * 2 ** min(max(0, failures - 1), 60))
+        return min(self.cap_s, self.base_s * float(2 ** min(max(0, failures - 1), 60)))
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """Seconds to wait after ``failures`` consecutive failures, jittered."""

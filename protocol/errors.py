@@ -35,3 +35,15 @@ class UplinkError(EdgeError):
 
 class VerificationError(EdgeError):
     """A signed bundle or command failed verification."""
+
+
+class CommandError(EdgeError):
+    """A command line asks for something the command cannot do; ``status`` is its exit status.
+
+    2 (the default) means the arguments were wrong; a command whose failure is an outcome
+    rather than a usage mistake (a broker that does not answer) chooses 1.
+    """
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        self.status = status
+        super().__init__(message)

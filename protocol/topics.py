@@ -10,12 +10,16 @@ The scheme (docs/topics.md has the payloads)::
     {prefix}/{gateway}/cmd/{id}           a command to the gateway
     {prefix}/{gateway}/cmd-result/{id}    its result
 
-The prefix may have several levels ("city/edge"); the gateway id is exactly one level.
+The prefix may have several levels ("city/edge"); the gateway id is exactly one level and
+follows the id rule of ``edge_agent.protocol.ids`` (checked by every builder here, and by
+``parse_topic``, which does not recognise a topic whose gateway level breaks it).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from edge_agent.protocol.ids import check_gateway_id
 
 STATE = "state"
 DATA = "data"
@@ -48,6 +52,10 @@ def check_level(what: str, name: str) -> str:
     bad = [c for c in _FORBIDDEN if c in name]
     if bad:
         raise ValueError(f"{what} {name!r} must not contain {' or '.join(map(repr, bad))}")
+    # MQTT 3.1.1, 1.5.3: no control characters. A newline would also start a new line in
+    # the broker's ACL file, which quotes the prefix.
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        raise ValueError(f"{what} {name!r} must not contain control characters")
     return name
 
 
@@ -65,7 +73,7 @@ def check_prefix(prefix: str) -> str:
 
 
 def _topic(prefix: str, gateway: str, *levels: str) -> str:
-    return "/".join((check_prefix(prefix), check_level("gateway id", gateway), *levels))
+    return "/".join((check_prefix(prefix), check_gateway_id(gateway), *levels))
 
 
 def state_topic(prefix: str, gateway: str) -> str:
@@ -109,7 +117,7 @@ def subscription(prefix: str, kind: str, gateway: str = "+") -> str:
     Kinds with an argument (desired, cmd, cmd-result) get a trailing "+" level.
     """
     if gateway != "+":
-        check_level("gateway id", gateway)
+        check_gateway_id(gateway)
     if kind in KINDS_WITH_ARG:
         return f"{check_prefix(prefix)}/{gateway}/{kind}/+"
     if kind in KINDS_PLAIN:
@@ -119,12 +127,20 @@ def subscription(prefix: str, kind: str, gateway: str = "+") -> str:
 
 
 def parse_topic(topic: str, prefix: str = "edge") -> TopicRef | None:
-    """Split a topic of this scheme into (gateway, kind, arg); None if it is not one."""
+    """Split a topic of this scheme into (gateway, kind, arg); None if it is not one.
+
+    A gateway level that is not a valid gateway id makes it not one: no gateway can have
+    published it, and callers would otherwise store rows under a name nothing else accepts.
+    """
     head = prefix + "/"
     if not topic.startswith(head):
         return None
     levels = topic[len(head):].split("/")
     if any(not level or level in ("+", "#") for level in levels):
+        return None
+    try:
+        check_gateway_id(levels[0])
+    except ValueError:
         return None
     if len(levels) == 2 and levels[1] in KINDS_PLAIN:
         return TopicRef(levels[0], levels[1])

@@ -3,35 +3,55 @@
 Checks, in the order they run (cheapest and least trusting first; fleet/BUNDLES.md explains each):
 
 1. size: the whole message against envelope cap + payload cap, before parsing anything;
-2. framing: magic, envelope length under its cap, envelope JSON without repeated keys;
+2. framing: magic, envelope length under its cap; the envelope JSON read strictly (size,
+   depth, items, string lengths, UTF-8, no lone surrogates, integers only and in range, no
+   repeated keys), then every field's name, type and range against the documents' schemas;
 3. root chain: each newer root must be version+1, signed by a threshold of the previous root's
    root keys AND of its own (TUF specification 5.3.4), and the newest root must not be expired;
 4. signatures: a threshold of the release role's distinct keys over the canonical bytes of
    "signed" (a key counts once however often it signed; an unknown or revoked key counts zero);
-5. type, spec and kind; 6. targets: this gateway's id, site or one of its tags;
+5. kind (type and spec: with the schema); 6. targets: this gateway's id, site or one of its tags;
 7. expiry with a clock-skew allowance, against max(gateway clock, latest issued time verified);
 8. version: above the floor (equal with the committed hash is "current": nothing to do);
 9. payload: declared length under the cap before hashing, actual length, SHA-256.
 
-Any failure returns the trusted state unchanged with the reason.
+Any failure returns the trusted state unchanged with the reason. The verifier is total: any
+byte string ends in a Verdict, never in an exception, because no field is used before step 2
+proved its type and range (``edge_agent.protocol.bundle``); a backstop turns anything that
+would still escape into a rejection marked ``FAULT``, which tests and fuzzers count as a bug.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edge_agent.protocol.bundle import SPEC, split_bundle
+from edge_agent.protocol.bundle import (
+    KINDS,
+    MAX_ROOTS,
+    ROLES,
+    check_root_envelope,
+    check_root_signed,
+    check_signatures,
+    read_envelope,
+    split_bundle,
+)
 from edge_agent.protocol.canonical import canonical_bytes
 from edge_agent.protocol.errors import VerificationError
+from edge_agent.protocol.jsonsafe import show
 from edge_agent.protocol.keys import KEYTYPE, PublicKey, key_id
 from edge_agent.protocol.trust import TrustedState
 
 CLOCK_SKEW_S = 300          # a gateway clock may be this far ahead before a bundle looks expired
 MAX_ENVELOPE = 256 * 1024   # signed envelope plus root chain
 MAX_PAYLOAD = 1024 * 1024   # a site config is kilobytes; a megabyte is generous
+
+# The reason's prefix when the backstop turned an unexpected exception into a rejection; tests
+# and fuzzers assert it never appears (every input must be refused by a check).
+FAULT = "verifier fault, bundle refused"
 
 ACCEPTED = "accepted"
 CURRENT = "current"
@@ -66,60 +86,43 @@ class Verdict:
         return self.code == ACCEPTED
 
 
-def _int(doc: dict[str, Any], key: str, what: str) -> int:
-    value = doc.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise VerificationError(f"{what}: {key} is {value!r}, expected an integer")
-    return value
-
-
-def role_keys(root: dict[str, Any], role: str) -> tuple[dict[str, PublicKey], int]:
+def role_keys(root: Any, role: str) -> tuple[dict[str, PublicKey], int]:
     """The keys (by id) and threshold of a role in a root's signed part, checked for shape."""
-    roles = root.get("roles")
-    keys = root.get("keys")
-    if not isinstance(roles, dict) or not isinstance(keys, dict):
-        raise VerificationError("root: roles and keys must be objects")
-    spec = roles.get(role)
-    if not isinstance(spec, dict) or not isinstance(spec.get("keyids"), list):
-        raise VerificationError(f"root: role {role!r} missing or malformed")
-    threshold = _int(spec, "threshold", f"root role {role}")
+    doc = check_root_signed(root)
+    if role not in ROLES:
+        raise VerificationError(f"root: no role {show(role)}; roles are {ROLES}")
+    spec = doc["roles"][role]
+    threshold: int = spec["threshold"]
     out: dict[str, PublicKey] = {}
     for kid in spec["keyids"]:
-        entry = keys.get(kid) if isinstance(kid, str) else None
-        if not isinstance(entry, dict) or entry.get("keytype") != KEYTYPE:
-            raise VerificationError(f"root: role {role} names key {kid!r} that is not an "
+        entry = doc["keys"].get(kid)
+        if entry is None:
+            raise VerificationError(f"root: role {role} names key {kid[:12]}... that is not an "
                                     f"{KEYTYPE} key in 'keys'")
-        try:
-            raw = bytes.fromhex(str(entry.get("public")))
-        except ValueError as exc:
-            raise VerificationError(f"root: key {kid!r} is not hex") from exc
+        raw = bytes.fromhex(entry["public"])  # 64 hex digits: the schema checked
         # The id is recomputed from the key, so one key cannot hide under two ids.
-        if len(raw) != 32 or key_id(raw) != kid:
-            raise VerificationError(f"root: key id {kid!r} does not match its public key")
+        if key_id(raw) != kid:
+            raise VerificationError(f"root: key id {kid[:12]}... does not match its public key")
         out[kid] = PublicKey(raw)
     if not 1 <= threshold <= len(out):
         raise VerificationError(f"root: role {role} threshold {threshold} with {len(out)} keys")
     return out, threshold
 
 
-def count_signatures(envelope: dict[str, Any], keys: dict[str, PublicKey]) -> int:
+def count_signatures(envelope: Any, keys: dict[str, PublicKey]) -> int:
     """How many distinct keys of ``keys`` validly signed the envelope's canonical bytes."""
-    signed = envelope.get("signed")
-    sigs = envelope.get("signatures")
-    if not isinstance(signed, dict) or not isinstance(sigs, list):
-        raise VerificationError("envelope needs 'signed' (object) and 'signatures' (list)")
+    signed = envelope.get("signed") if isinstance(envelope, dict) else None
+    if not isinstance(signed, dict) or set(envelope) - {"signed", "signatures", "roots"}:
+        raise VerificationError("envelope needs 'signed' (object) and 'signatures' (list), "
+                                "and only 'roots' besides")
+    sigs = check_signatures(envelope.get("signatures"), "envelope")
     message = canonical_bytes(signed)
     good: set[str] = set()
     for sig in sigs:
-        if not isinstance(sig, dict):
-            continue
-        kid, value = sig.get("keyid"), sig.get("sig")
-        if kid in good or kid not in keys or not isinstance(value, str):
+        kid, value = sig["keyid"], sig["sig"]
+        if kid in good or kid not in keys:
             continue  # a key counts once; keys outside the role count zero
-        try:
-            raw_sig = bytes.fromhex(value)
-        except ValueError:
-            continue
+        raw_sig = bytes.fromhex(value)  # 128 hex digits: the schema checked
         if raw_sig.hex() != value:
             continue  # one spelling only (lowercase hex), so a signature is never malleable
         if keys[kid].verify(raw_sig, message):
@@ -127,28 +130,16 @@ def count_signatures(envelope: dict[str, Any], keys: dict[str, PublicKey]) -> in
     return len(good)
 
 
-def _check_type(signed: Any, type_: str) -> dict[str, Any]:
-    if not isinstance(signed, dict) or signed.get("_type") != type_:
-        got = signed.get("_type") if isinstance(signed, dict) else type(signed).__name__
-        raise VerificationError(f"metadata type is {got!r}, expected {type_!r}")
-    if signed.get("spec") != SPEC:
-        raise VerificationError(f"{type_}: spec {signed.get('spec')!r}, expected {SPEC}")
-    return signed
-
-
-def update_root(trusted_root: dict[str, Any], chain: Any) -> dict[str, Any]:
+def update_root(trusted_root: Any, chain: Any) -> dict[str, Any]:
     """Walk a root chain from the trusted root; the newest root reached (pure)."""
+    current: dict[str, Any] = check_root_envelope(trusted_root, "trusted root")
     if chain is None:
-        return trusted_root
-    if not isinstance(chain, list):
-        raise VerificationError("roots must be a list of root envelopes")
-    current = trusted_root
-    for env in chain:
-        if not isinstance(env, dict):
-            raise VerificationError("roots: an entry is not an envelope")
-        new = _check_type(env.get("signed"), "root")
-        cur_version = _int(current["signed"], "version", "trusted root")
-        version = _int(new, "version", "root")
+        return current
+    for i, env in enumerate(_checked_list(chain, "roots", MAX_ROOTS)):
+        check_root_envelope(env, f"roots[{i}]")
+        new = env["signed"]
+        cur_version: int = current["signed"]["version"]
+        version: int = new["version"]
         if version <= cur_version:
             continue  # already trusted (the fleet sends the whole chain)
         if version != cur_version + 1:
@@ -170,51 +161,85 @@ def update_root(trusted_root: dict[str, Any], chain: Any) -> dict[str, Any]:
     return current
 
 
-def _is_target(targets: Any, trust: TrustedState) -> bool:
-    if not isinstance(targets, dict):
-        raise VerificationError("bundle targets must be an object")
-    lists = {k: targets.get(k, []) for k in ("gateways", "sites", "tags")}
-    if any(not isinstance(v, list) for v in lists.values()):
-        raise VerificationError("bundle targets must be lists")
-    return (trust.gateway_id in lists["gateways"] or trust.site in lists["sites"]
-            or bool(set(trust.tags) & set(lists["tags"])))
+def check_self_signed_root(root: Any, where: str = "root") -> dict[str, Any]:
+    """A root envelope of the documented shape that a threshold of its own root keys signed.
+
+    What enrolment pins (``edge_agent.tools.enroll``); VerificationError, only, otherwise.
+    """
+    env = check_root_envelope(root, where)
+    keys, threshold = role_keys(env["signed"], "root")
+    role_keys(env["signed"], "release")
+    got = count_signatures(env, keys)
+    if got < threshold:
+        raise VerificationError(f"root v{env['signed']['version']} has {got} of {threshold} "
+                                "signatures from its own root keys")
+    return env
 
 
-def claimed_version(blob: bytes) -> int | None:
+def _checked_list(value: Any, where: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise VerificationError(f"{where} must be a list of root envelopes")
+    if len(value) > max_items:
+        raise VerificationError(f"{where} has {len(value)} entries, the limit is {max_items}")
+    return value
+
+
+def _is_target(targets: dict[str, list[str]], trust: TrustedState) -> bool:
+    return (trust.gateway_id in targets.get("gateways", ())
+            or trust.site in targets.get("sites", ())
+            or bool(set(trust.tags) & set(targets.get("tags", ()))))
+
+
+def claimed_version(blob: bytes | bytearray | memoryview) -> int | None:
     """The version a bundle claims, unverified, for reports only (None if unreadable)."""
     try:
-        env, _ = split_bundle(blob, MAX_ENVELOPE)
-        version = env["signed"]["version"]
-    except (VerificationError, KeyError, TypeError, RecursionError):
+        env, _ = read_envelope(blob, MAX_ENVELOPE)
+        signed = env.get("signed") if isinstance(env, dict) else None
+        version = signed.get("version") if isinstance(signed, dict) else None
+    except Exception:
+        # VerificationError, or (backstop) a bug: this runs while a rejection is reported,
+        # so it must not raise either.
         return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+    return version if type(version) is int else None
 
 
-def verify_bundle(blob: bytes, trust: TrustedState, kind: str, now: float, *,
-                  skew_s: int = CLOCK_SKEW_S, max_envelope: int = MAX_ENVELOPE,
+def verify_bundle(blob: bytes | bytearray | memoryview, trust: TrustedState, kind: str,
+                  now: float, *, skew_s: int = CLOCK_SKEW_S, max_envelope: int = MAX_ENVELOPE,
                   max_payload: int = MAX_PAYLOAD) -> Verdict:
     """Verify wire bytes of a bundle of ``kind`` for this gateway at wall time ``now``."""
     try:
         return _verify(blob, trust, kind, now, skew_s, max_envelope, max_payload)
     except VerificationError as exc:
         return Verdict(REJECTED, str(exc), trust)
-    except RecursionError:
-        return Verdict(REJECTED, "envelope JSON nested too deeply", trust)
+    except Exception as exc:
+        # Totality backstop. Every input is meant to end in a VerificationError above (strict
+        # reading, schemas); reaching here is a verifier bug, and a gateway that let it
+        # propagate would crash-loop on a retained message. Refuse, and say it is a bug.
+        return Verdict(REJECTED, f"{FAULT}: {type(exc).__name__}: {show(str(exc))}", trust)
 
 
-def _verify(blob: bytes, trust: TrustedState, kind: str, now: float, skew_s: int,
-            max_envelope: int, max_payload: int) -> Verdict:
+def _verify(blob: bytes | bytearray | memoryview, trust: TrustedState, kind: str, now: float,
+            skew_s: int, max_envelope: int, max_payload: int) -> Verdict:
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise VerificationError(f"a bundle is bytes, got {type(blob).__name__}")
+    if not isinstance(blob, bytes):
+        blob = bytes(blob)  # a memoryview of any layout: its bytes, so len() counts bytes
     # 1. A size cap before anything is parsed or hashed (TUF's "endless data" attack).
     if len(blob) > max_envelope + max_payload + 8:
         raise VerificationError(f"message of {len(blob)} bytes exceeds the cap of "
                                 f"{max_envelope + max_payload + 8} bytes")
+    if kind not in KINDS:
+        raise VerificationError(f"bundle kind {show(kind)} asked for: expected one of {KINDS}")
+    if not isinstance(now, int | float) or not math.isfinite(now):
+        raise VerificationError(f"gateway clock reads {show(now)}, not a time")
+    # 2. Framing, strict JSON within limits, and every field's name, type and range.
     env, payload_view = split_bundle(blob, max_envelope)
     # 3. Root rotation first: the bundle must verify against the newest trusted root.
     root = update_root(trust.root, env.get("roots"))
     root_signed = root["signed"]
     # A wrong (slow) clock is bounded below by the latest issued time already verified.
     effective_now = max(int(now), trust.time_floor)
-    root_expires = _int(root_signed, "expires", "root")
+    root_expires: int = root_signed["expires"]
     if effective_now > root_expires + skew_s:
         raise VerificationError(f"root v{root_signed['version']} expired at {root_expires} "
                                 f"(gateway time {effective_now}): the fleet must re-sign root")
@@ -224,15 +249,15 @@ def _verify(blob: bytes, trust: TrustedState, kind: str, now: float, skew_s: int
     if got < threshold:
         raise VerificationError(f"bundle has {got} valid signatures from release keys of root "
                                 f"v{root_signed['version']}, needs {threshold}")
-    # 5. Type and kind: a root or a software bundle is not a config.
-    signed = _check_type(env["signed"], "bundle")
-    if signed.get("kind") != kind:
-        raise VerificationError(f"bundle kind is {signed.get('kind')!r}, expected {kind!r}")
-    version = _int(signed, "version", "bundle")
-    issued = _int(signed, "issued", "bundle")
-    expires = _int(signed, "expires", "bundle")
+    # 5. Kind: a software bundle is not a config (type and spec: checked with the schema).
+    signed: dict[str, Any] = env["signed"]
+    if signed["kind"] != kind:
+        raise VerificationError(f"bundle kind is {signed['kind']!r}, expected {kind!r}")
+    version: int = signed["version"]
+    issued: int = signed["issued"]
+    expires: int = signed["expires"]
     # 6. Replay of another gateway's bundle.
-    if not _is_target(signed.get("targets"), trust):
+    if not _is_target(signed["targets"], trust):
         raise VerificationError(f"bundle {kind} v{version} does not target gateway "
                                 f"{trust.gateway_id!r} (site {trust.site!r}, tags "
                                 f"{list(trust.tags)})")
@@ -242,29 +267,26 @@ def _verify(blob: bytes, trust: TrustedState, kind: str, now: float, skew_s: int
                                 f"is {effective_now} (allowance {skew_s} s)")
     # 8. Rollback: never below the committed version; equal is a re-delivery.
     floor = trust.floor(kind)
-    pay = signed.get("payload")
-    if not isinstance(pay, dict) or not isinstance(pay.get("sha256"), str):
-        raise VerificationError("bundle payload must be {length, sha256}")
-    sha = pay["sha256"]
+    sha: str = signed["payload"]["sha256"]
     if version < floor:
         raise VerificationError(f"bundle {kind} v{version} is older than the committed "
                                 f"v{floor} (rollback)")
     if version == floor:
-        if hmac.compare_digest(sha, trust.committed_sha256.get(kind, "")):
+        if hmac.compare_digest(sha.encode(), trust.committed_sha256.get(kind, "").encode()):
             return Verdict(CURRENT, f"{kind} v{version} is already committed", trust)
         raise VerificationError(f"bundle {kind} v{version} has the committed version but a "
                                 "different payload")
     # 9. Payload: declared size against the cap BEFORE hashing, then length, then hash.
-    length = _int(pay, "length", "bundle payload")
+    length: int = signed["payload"]["length"]
     if length > max_payload:
         raise VerificationError(f"payload declares {length} bytes, cap is {max_payload}")
     if len(payload_view) != length:
         raise VerificationError(f"payload has {len(payload_view)} bytes, the bundle declares "
                                 f"{length}")
     payload = bytes(payload_view)
-    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), sha):
+    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), sha.encode()):
         raise VerificationError(f"payload SHA-256 does not match bundle {kind} v{version}")
     new_trust = replace(trust, root=root, time_floor=max(trust.time_floor, issued,
-                                                         _int(root_signed, "issued", "root")))
+                                                         root_signed["issued"]))
     return Verdict(ACCEPTED, f"{kind} v{version} verified ({got} of {threshold} signatures)",
                    new_trust, Bundle(kind, version, issued, expires, sha, payload, signed))

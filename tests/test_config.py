@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from edge_agent.drivers.model import DataType, Table
 from edge_agent.drivers.profile import shipped_profiles
 from edge_agent.protocol.broker import MqttConfig
 from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.ids import ID_RULE
 from edge_agent.tools.checkconfig import check_config_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,6 +28,9 @@ DATA = Path(__file__).resolve().parent / "data" / "configs"
 METER = DATA / "profiles" / "meter.toml"
 LAMP = DATA / "profiles" / "lamp.toml"
 BROKEN = DATA / "profiles" / "broken.toml"
+# Configs name files only in their own directory or the state dir: write() copies the test
+# profiles beside each config, which names them by these relative paths.
+METER_REF, LAMP_REF, BROKEN_REF = "meter.toml", "lamp.toml", "broken.toml"
 
 BASE = f"""
 [gateway]
@@ -39,14 +46,17 @@ port = "/dev/ttyUSB0"
 [devices.meter1]
 bus = "rs485"
 unit_id = 1
-profile = "{METER}"
+profile = "{METER_REF}"
 poll_interval_s = 10
 """
 
 
 def write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
-    """Write a config into tmp_path and return its path."""
+    """Write a config into tmp_path, the test profiles beside it, and return its path."""
     path = tmp_path / name
+    for profile in (METER, LAMP, BROKEN):
+        if not (path.parent / profile.name).exists():
+            shutil.copyfile(profile, path.parent / profile.name)
     path.write_text(text)
     return path
 
@@ -199,7 +209,8 @@ def test_unknown_keys_in_known_tables(tmp_path: Path, old: str, new: str, key_pa
      "devices.meter1.poll_interval_s = '10s': expected a number of seconds >= 0.05"),
     ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaudrate = 9600.0',
      "buses.rs485.baudrate = 9600.0: expected one of 1200, 2400"),
-    ('id = "gw-01"', "id = 1", "gateway.id = 1: expected 1-64 letters, digits"),
+    ('id = "gw-01"', "id = 1", "gateway.id = 1: expected a gateway id: 1-64 characters of "
+     "lowercase"),
     ('[devices.meter1]', '[devices.meter1]\npoints = 3',
      "devices.meter1.points = 3: expected a table"),
 ])
@@ -241,7 +252,7 @@ METER2 = f"""
 [devices.meter2]
 bus = "rs485"
 unit_id = 1
-profile = "{METER}"
+profile = "{METER_REF}"
 poll_interval_s = 10
 """
 
@@ -314,7 +325,7 @@ def test_bad_override_values(tmp_path: Path, override: str, fragment: str) -> No
 
 
 def test_scale_on_a_bool_point_is_rejected(tmp_path: Path) -> None:
-    text = BASE.replace(str(METER), str(LAMP)) + "[devices.meter1.points.lamp_fault]\nscale=2\n"
+    text = BASE.replace(METER_REF, LAMP_REF) + "[devices.meter1.points.lamp_fault]\nscale=2\n"
     one(tmp_path, text, "devices.meter1.points.lamp_fault.scale = 2.0: expected no scale on a "
         "bool point")
 
@@ -364,17 +375,65 @@ def test_bad_serial_settings(tmp_path: Path, setting: str, fragment: str) -> Non
 
 
 @pytest.mark.parametrize("port", ["socket://10.1.1.1:4001", "rfc2217://conv.local:2217",
-                                  "/dev/serial/by-id/usb-FTDI-if00-port0", "COM3",
-                                  "spy:///dev/ttyUSB0", "hwgrep://0403:6001"])
+                                  "socket://[fd00::7]:4001", "/dev/ttyAMA0", "/dev/null",
+                                  "/dev/serial/by-id/usb-FTDI-if00-port0"])
 def test_serial_port_forms(tmp_path: Path, port: str) -> None:
     bus = load_config(write(tmp_path, BASE.replace("/dev/ttyUSB0", port))).buses["rs485"]
     assert isinstance(bus, SerialBus) and bus.port == port
 
 
-@pytest.mark.parametrize("port", ["ttyUSB0", "socket://host", "tcp://h:1", ""])
+def test_a_serial_port_may_be_a_link_to_a_device_or_not_there_yet(tmp_path: Path) -> None:
+    # The simulator (and the demo) link a PTY at a path of their own: pyserial never creates
+    # a file at a port, so a link not made yet is harmless; once there it must be a device.
+    link = tmp_path / "rs485"
+    assert load_config(write(tmp_path, BASE.replace("/dev/ttyUSB0", str(link)))).buses
+    link.symlink_to("/dev/null")
+    assert load_config(write(tmp_path, BASE.replace("/dev/ttyUSB0", str(link)))).buses
+    # Left dangling by a simulator that was killed: nothing to open, nothing pyserial creates.
+    link.unlink()
+    link.symlink_to("/dev/pts/999999")
+    assert load_config(write(tmp_path, BASE.replace("/dev/ttyUSB0", str(link)))).buses
+
+
+@pytest.mark.parametrize("port", ["ttyUSB0", "socket://host", "tcp://h:1", "", "COM3",
+                                  "dev/ttyUSB0", "./ttyUSB0"])
 def test_bad_serial_ports(tmp_path: Path, port: str) -> None:
     one(tmp_path, BASE.replace("/dev/ttyUSB0", port),
         f"buses.rs485.port = {port!r}: expected a device path")
+
+
+@pytest.mark.parametrize(("port", "why"), [
+    # pyserial schemes with powers no bus needs: spy:// writes (truncates) the file it names.
+    ("spy:///dev/ttyUSB0?file=/var/lib/edge-agent/trust.json", "scheme 'spy://' is not allowed"),
+    ("spy:///dev/ttyUSB0", "scheme 'spy://' is not allowed"),
+    ("SPY:///dev/ttyUSB0", "scheme 'spy://' is not allowed"),
+    ("loop://", "scheme 'loop://' is not allowed"),
+    ("alt:///dev/ttyUSB0?class=PosixPollSerial", "scheme 'alt://' is not allowed"),
+    ("hwgrep://0403:6001", "scheme 'hwgrep://' is not allowed"),
+    ("cp2110://0001:0004:00", "scheme 'cp2110://' is not allowed"),
+    ("socket://10.0.0.5:502?logging=debug", "no path or options"),
+    ("rfc2217://conv:2217/x", "no path or options"),
+    ("SOCKET://10.0.0.5:502", "lowercase"),
+    ("socket://10.0.0.5:70000", "a port from 1 to 65535"),
+    ("/dev/../etc/passwd", "no '..'"),
+    ("/dev//ttyUSB0", "no '..', '.' or empty components"),
+    ("/dev/ttyUSB0\x00", "no NUL or control characters"),
+    ("/etc/passwd", "/etc/passwd is not a device: it resolves to /etc/passwd"),
+])
+def test_serial_ports_pyserial_would_misuse_are_refused(tmp_path: Path, port: str,
+                                                         why: str) -> None:
+    text = BASE.replace('"/dev/ttyUSB0"', json.dumps(port))
+    message = one(tmp_path, text, "buses.rs485.port = ", "expected a device path such as "
+                  "/dev/serial/by-id/... (absolute, or a link to a device) or a pyserial URL "
+                  "socket://host:port or rfc2217://host:port (", why)
+    assert "\x00" not in message  # shown escaped, never raw
+
+
+def test_a_port_linked_to_a_state_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "trust.json").write_text("{}")
+    (tmp_path / "port").symlink_to(tmp_path / "trust.json")
+    one(tmp_path, BASE.replace("/dev/ttyUSB0", str(tmp_path / "port")),
+        f"it resolves to {os.path.realpath(tmp_path / 'trust.json')}, not a character device")
 
 
 @pytest.mark.parametrize(("setting", "fragment"), [
@@ -392,11 +451,34 @@ def test_bad_bus_type(tmp_path: Path) -> None:
         "buses.rs485.type = 'rs485': expected 'serial' or 'tcp'")
 
 
-@pytest.mark.parametrize(("gid", "fragment"), [("gw/01", "'gw/01'"), ("gw 01", "'gw 01'"),
-                                               ("", "''"), ("x" * 65, "'xxxx")])
-def test_gateway_id_must_be_a_safe_topic_segment(tmp_path: Path, gid: str, fragment: str) -> None:
+@pytest.mark.parametrize(("gid", "why"), [
+    ("gw/01", "it must not contain '/'"), ("gw 01", "it must not contain ' '"),
+    ("", "it is empty"), ("x" * 65, "it has 65 characters"),
+    ("GW-01", "it has uppercase letters (did you mean 'gw-01'?)"),
+    ("-gw", "it must not start with '-'"), ("$gw", "it must not start with '$'"),
+])
+def test_gateway_id_follows_the_one_id_rule(tmp_path: Path, gid: str, why: str) -> None:
+    # protocol.ids.check_gateway_id: the rule the fleet's enrolment and broker files use too.
     one(tmp_path, BASE.replace('id = "gw-01"', f'id = "{gid}"'),
-        f"gateway.id = {fragment}", "expected 1-64 letters, digits, '-' or '_'")
+        f": gateway.id: gateway id '{gid[:40]}", f"is not valid: {why}", f"expected {ID_RULE}")
+
+
+@pytest.mark.parametrize("gid", ["fleet", "ingest", "fleet-north", "admin"])
+def test_gateway_id_of_the_operations_centre_is_refused(tmp_path: Path, gid: str) -> None:
+    one(tmp_path, BASE.replace('id = "gw-01"', f'id = "{gid}"'),
+        f": gateway.id: gateway id {gid!r} is reserved")
+
+
+@pytest.mark.parametrize("gid", ["CHANGE-ME", "change-me"])
+def test_the_scan_drafts_placeholder_id_is_refused_clearly(tmp_path: Path, gid: str) -> None:
+    one(tmp_path, BASE.replace('id = "gw-01"', f'id = "{gid}"'),
+        f"gateway.id = {gid!r}: expected this gateway's own id, not the placeholder of a draft "
+        "config (edge-agent scan)")
+
+
+def test_the_site_is_free_text(tmp_path: Path) -> None:
+    text = BASE.replace('id = "gw-01"', 'id = "gw-01"\nsite = "Harbour Rd / Mill St #7, Ü"')
+    assert load_config(write(tmp_path, text)).site == "Harbour Rd / Mill St #7, Ü"
 
 
 @pytest.mark.parametrize("prefix", ["a/+/b", "edge/#", "/edge", "edge/", "$SYS"])
@@ -418,8 +500,7 @@ def test_missing_devices_table(tmp_path: Path) -> None:
 def test_missing_required_keys(tmp_path: Path) -> None:
     path, found = problems(tmp_path, "[devices.m]\nbus='x'\nprofile='nope'\n")
     assert found == [
-        f"{path}: gateway.id: missing; expected 1-64 letters, digits, '-' or '_' (a safe MQTT "
-        "topic segment)",
+        f"{path}: gateway.id: missing; expected a gateway id: {ID_RULE}",
         f"{path}: mqtt.url: missing; expected mqtt://host[:port], mqtts://host[:port] or "
         "unix:///path/to/socket",
         f"{path}: devices.m.bus = 'x': expected the name of a bus under [buses] (none is "
@@ -438,22 +519,23 @@ def test_missing_required_keys(tmp_path: Path) -> None:
 def test_profile_by_path_relative_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "m.toml").write_text(METER.read_text())
-    cfg = load_config(write(tmp_path, BASE.replace(str(METER), "profiles/m.toml")))
+    cfg = load_config(write(tmp_path, BASE.replace(METER_REF, "profiles/m.toml")))
     assert cfg.devices[0].profile.name == "test_meter"
 
 
 def test_profile_errors_name_the_profile_file_and_key(tmp_path: Path) -> None:
-    path, found = problems(tmp_path, BASE.replace(str(METER), str(BROKEN)))
+    path, found = problems(tmp_path, BASE.replace(METER_REF, BROKEN_REF))
+    broken = os.path.realpath(tmp_path / BROKEN_REF)
     assert found == [
-        f"{path}: devices.meter1.profile: profile {str(BROKEN)!r} is invalid: {BROKEN}: "
+        f"{path}: devices.meter1.profile: profile {BROKEN_REF!r} is invalid: {broken}: "
         "points.far.address = 70000: expected an integer address from 0 to 65535",
-        f"{path}: devices.meter1.profile: profile {str(BROKEN)!r} is invalid: {BROKEN}: "
+        f"{path}: devices.meter1.profile: profile {BROKEN_REF!r} is invalid: {broken}: "
         "points.miscounted.count = 3: expected 2 (registers of type float32)",
     ]
 
 
 def test_a_broken_profile_shared_by_devices_is_reported_once(tmp_path: Path) -> None:
-    text = (BASE + METER2.replace("unit_id = 1", "unit_id = 2")).replace(str(METER), str(BROKEN))
+    text = (BASE + METER2.replace("unit_id = 1", "unit_id = 2")).replace(METER_REF, BROKEN_REF)
     _, found = problems(tmp_path, text)
     assert len(found) == 2 and all("devices.meter1.profile" in p for p in found)
 
@@ -461,7 +543,7 @@ def test_a_broken_profile_shared_by_devices_is_reported_once(tmp_path: Path) -> 
 # --- MQTT credentials and TLS -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tls_made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed CA-style certificate with its key, and a second unrelated key."""
     d = tmp_path_factory.mktemp("tls")
     for stem in ("client", "other"):
@@ -471,6 +553,14 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
              "-subj", f"/CN={stem}", "-days", "2"],
             check=True, capture_output=True, timeout=60)
     (d / "garbage.pem").write_text("not a certificate\n")
+    return d
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path, tls_made: Path) -> Path:
+    """The TLS files copied into the test's directory, where its config may name them."""
+    d = tmp_path / "tls"
+    shutil.copytree(tls_made, d)
     return d
 
 
@@ -518,9 +608,9 @@ def test_missing_ca_file(tmp_path: Path) -> None:
 
 
 def test_ca_file_that_is_not_pem(tmp_path: Path, tls_files: Path) -> None:
-    one(tmp_path, tls_config("mqtts://b", ca_file=str(tls_files / "garbage.pem")),
-        f"mqtt.ca_file = {str(tls_files / 'garbage.pem')!r}: expected a PEM file of CA "
-        "certificates")
+    assert tls_files == tmp_path / "tls"
+    one(tmp_path, tls_config("mqtts://b", ca_file="tls/garbage.pem"),
+        "mqtt.ca_file = 'tls/garbage.pem': expected a PEM file of CA certificates")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -562,6 +652,171 @@ def test_password_combinations(tmp_path: Path, keys: dict[str, str], fragment: s
     (tmp_path / "pw").write_text("x")
     (tmp_path / "empty").write_text("\n")
     one(tmp_path, tls_config("mqtt://b", **keys), fragment)
+
+
+# --- files a config names: only its directory and the state dir ---------------------------
+
+def pw_config(name: str, extra: str = "") -> str:
+    """BASE logging in with a password file called ``name``."""
+    return BASE.replace('url = "mqtt://broker.example"\n',
+                        f'url = "mqtt://broker.example"\nusername = "gw"\n'
+                        f"password_file = {json.dumps(name)}\n") + extra
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "../outside/pw", "/etc/passwd",
+                                  "sub/../../outside/pw"])
+def test_a_password_file_outside_the_config_and_state_dirs_is_refused(tmp_path: Path,
+                                                                      name: str) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "pw").write_text("stolen\n")
+    (tmp_path / "site" / "sub").mkdir(parents=True)
+    message = one(tmp_path / "site", pw_config(name),
+                  f"mqtt.password_file = {name!r}: expected a file in the config's directory or "
+                  f"the state dir, {os.path.realpath(tmp_path / 'site')} or /var/lib/edge-agent",
+                  "files elsewhere are not read")
+    assert "stolen" not in message
+
+
+def test_a_symlink_out_of_the_config_dir_is_judged_by_its_target(tmp_path: Path) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "pw").write_text("stolen\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "pw").symlink_to(tmp_path / "outside" / "pw")
+    one(site, pw_config("pw"), "mqtt.password_file = 'pw': expected a file in the config's",
+        f"(pw resolves to {os.path.realpath(tmp_path / 'outside' / 'pw')})")
+
+
+def test_files_in_the_state_dir_and_inner_links_are_allowed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "mqtt.password").write_text("from-enrolment\n")
+    site = tmp_path / "etc"
+    site.mkdir()
+    (site / "pw").symlink_to(state / "mqtt.password")
+    text = pw_config(str(state / "mqtt.password")).replace(
+        "[gateway]", f"[gateway]\nstate_dir = {json.dumps(str(state))}")
+    assert load_config(write(site, text)).mqtt.password == "from-enrolment"
+    text = pw_config("pw").replace("[gateway]", "[gateway]\nstate_dir = '../state'")
+    assert load_config(write(site, text)).mqtt.password == "from-enrolment"
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("line one\nline two\n", "a file holding the password on one line (it has several lines)"),
+    ("x" * 5000, "a file of at most 4096 bytes"),
+    ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n", "on one line"),
+])
+def test_a_password_file_is_one_short_line(tmp_path: Path, content: str, fragment: str) -> None:
+    # A key, a certificate or a config is never a password: refused without showing it.
+    (tmp_path / "pw").write_text(content)
+    message = one(tmp_path, pw_config("pw"), "mqtt.password_file = ", fragment)
+    assert "line one" not in message and "MIGH" not in message
+
+
+def test_a_password_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pw")
+    one(tmp_path, pw_config("pw"), "mqtt.password_file = 'pw': expected a readable file (Not a "
+        "regular file")
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
+def test_tls_files_outside_are_refused(tmp_path: Path, key: str) -> None:
+    _, found = problems(tmp_path, tls_config("mqtts://b", **{key: "/etc/ssl/../passwd"}))
+    assert any(f"mqtt.{key} = '/etc/ssl/../passwd': expected a file in the config's directory"
+               in p for p in found), found
+
+
+@pytest.mark.parametrize("ref", ["../profiles/meter.toml", str(METER)])
+def test_a_profile_file_outside_is_refused(tmp_path: Path, ref: str) -> None:
+    one(tmp_path, BASE.replace(METER_REF, ref),
+        "devices.meter1.profile = ", "expected a shipped profile or a profile file: "
+        "a file in the config's directory or the state dir")
+
+
+def test_a_state_dir_with_a_nul_is_refused(tmp_path: Path) -> None:
+    one(tmp_path, BASE.replace("[gateway]", '[gateway]\nstate_dir = "a\\u0000b"'),
+        "gateway.state_dir = 'a\\x00b': expected a directory path")
+
+
+# --- intake: encoding, size, nesting, parser failures -------------------------------------
+
+LATIN1 = BASE.encode() + "[devices.meter1.points.voltage_l1]\nunit = \"°C\"\n".encode("latin-1")
+
+
+def test_a_latin1_config_names_the_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    write(tmp_path, "")
+    path.write_bytes(LATIN1)
+    offset = LATIN1.index(b"\xb0")
+    line = LATIN1[:offset].count(b"\n") + 1
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}: not UTF-8: byte 0xb0 at offset {offset} (line {line}, column 9) is not valid "
+        "UTF-8; expected a UTF-8 file (re-save it as UTF-8; Latin-1 and other 8-bit encodings "
+        "are not read)"]
+
+
+def test_check_config_on_a_latin1_file_prints_one_numbered_problem_and_exits_2(
+        tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(LATIN1)
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config_main(str(path), out=out, err=err) == 2
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith(f"1. {path}: not UTF-8: byte 0xb0 at offset "), lines
+    assert lines[1] == f"1 problem found in {path}; nothing was changed"
+    # The real command, as the unit's ExecStartPre runs it: exit 2, no traceback.
+    res = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res
+    assert "Traceback" not in res.stderr and "not UTF-8: byte 0xb0" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("tail", "fragment"), [
+    # inline arrays and tables: tomllib recurses per level (RecursionError inside it)
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply; expected at most 16 levels"),
+    ("x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", "nested too deeply"),
+    # within the recursion limit, and dotted keys, which nest without recursing
+    ("x = " + "[" * 30 + "]" * 30 + "\n", "nested more than 16 levels deep"),
+    (".".join(["k"] * 5000) + " = 1\n", "nested more than 16 levels deep"),
+])
+def test_deep_nesting_is_refused(tmp_path: Path, tail: str, fragment: str) -> None:
+    path, found = problems(tmp_path, "[planner]\n" + tail)
+    assert len(found) == 1 and found[0].startswith(f"{path}: "), found
+    assert fragment in found[0], found
+
+
+def test_a_config_over_1_mib_is_refused(tmp_path: Path) -> None:
+    path, found = problems(tmp_path, BASE + "# " + "x" * (1024 * 1024) + "\n")
+    assert found == [f"{path}: larger than 1048576 bytes (1 MiB); expected a config of at most "
+                     "that size"]
+
+
+def test_parser_failures_beyond_syntax_are_problems_of_the_file(tmp_path: Path) -> None:
+    # tomllib raises plain ValueError past Python's 4300-digit integer limit.
+    path, found = problems(tmp_path, BASE + "[planner]\nmax_gap = " + "9" * 5000 + "\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}: not valid TOML: ValueError: "), found
+
+
+def test_an_integer_too_large_for_a_float_is_a_bad_value(tmp_path: Path) -> None:
+    big = "9" * 400
+    one(tmp_path, BASE.replace("poll_interval_s = 10", f"poll_interval_s = {big}"),
+        "devices.meter1.poll_interval_s = 9999", "expected a number of seconds >= 0.05")
+
+
+def test_control_characters_in_key_names_are_shown_escaped(tmp_path: Path) -> None:
+    text = BASE.replace('id = "gw-01"', 'id = "gw-01"\n"a\\nb\\u001b[2J" = 1')
+    message = one(tmp_path, text, "gateway.a\\nb\\x1b[2J: unknown key")
+    assert "\n" not in message and "\x1b" not in message
+
+
+def test_a_config_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: cannot read: Not a regular file"]
 
 
 # --- all problems at once; purity ---------------------------------------------------------
@@ -665,10 +920,10 @@ def test_check_config_budgets_serial_lines_and_fails_over_capacity(
     # reply = 17 characters (19.48 ms) + 2 x 3.5 characters of silence (8.02 ms) + 10 ms of
     # device turnaround = 37.5 ms, every 50 ms: 75 % of the line per device.
     (tmp_path / "one.toml").write_text(ONE_POINT)
-    text = BASE.replace(str(METER), "one.toml").replace("poll_interval_s = 10",
+    text = BASE.replace(METER_REF, "one.toml").replace("poll_interval_s = 10",
                                                          "poll_interval_s = 0.05")
     text += "".join(METER2.replace("meter2", f"m{i}").replace("unit_id = 1", f"unit_id = {i}")
-                    .replace(str(METER), "one.toml").replace("= 10", "= 0.05")
+                    .replace(METER_REF, "one.toml").replace("= 10", "= 0.05")
                     for i in range(2, devices + 1))
     out, err = io.StringIO(), io.StringIO()
     assert check_config_main(str(write(tmp_path, text)), out=out, err=err) == code

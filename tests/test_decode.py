@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, seed, settings
@@ -225,7 +226,7 @@ def test_registers_outside_16_bits_are_a_decode_failure() -> None:
     (pt(DataType.BOOL, table=COIL), 2, r"expected a bool"),
     (pt(DataType.STRING, count=2), 12, r"expected a string"),
 ])
-def test_encode_rejects_values_it_cannot_represent(p: Point, value: object,
+def test_encode_rejects_values_it_cannot_represent(p: Point, value: Any,
                                                    message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encode_point(p, value)

@@ -4,13 +4,16 @@ reason and nothing changes on the gateway; a genuine bundle afterwards still app
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
@@ -33,14 +36,18 @@ print(f"test_fleet_attacks: key seed {SEED}")
 GW = "gw-x"
 
 
+def _rollout_is(reg: Registry, rollout_id: str, status: str) -> bool:
+    return bool(RolloutStore(reg).load(rollout_id)[0]["status"] == status)
+
+
 class Attacker:
     """A plain MQTT client: publishes retained bundles to the gateway, reads its reports."""
 
     def __init__(self, port: int) -> None:
-        self.reports: list[dict] = []
+        self.reports: list[dict[str, Any]] = []
         self.desired: list[bytes] = []
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.subscribe([(f"edge/{GW}/reported", 1), (f"edge/{GW}/desired/config", 1)])
@@ -53,7 +60,7 @@ class Attacker:
             else:
                 self.desired.append(bytes(msg.payload))
 
-    def send(self, blob: bytes) -> dict:
+    def send(self, blob: bytes) -> dict[str, Any]:
         n = len(self.reports)
         self.c.publish(f"edge/{GW}/desired/config", blob, qos=1, retain=True).wait_for_publish(10)
         wait_until(lambda: len(self.reports) > n, 20, "the gateway's report")
@@ -85,8 +92,8 @@ def test_attack_list_over_mqtt(tmp_path: Path, own_broker: Mosquitto) -> None:
             for rid, body in (("r1", b"# genuine one\n"), ("r2", b"# genuine two\n")):
                 ops.start_rollout(reg, body, [f"gw:{GW}"], pki.release_keys, rollout_id=rid,
                                   waves=[100])
-                wait_until(lambda rid=rid: RolloutStore(reg).load(rid)[0]["status"]
-                           == ro.SUCCEEDED, 30, f"rollout {rid}")
+                wait_until(functools.partial(_rollout_is, reg, rid, ro.SUCCEEDED), 30,
+                           f"rollout {rid}")
             wait_until(lambda: len(attacker.desired) >= 2, 10, "captured bundles")
             captured_v1 = attacker.desired[0]
             before = snapshot(state_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
@@ -39,7 +40,7 @@ class DesiredCounter:
     def __init__(self, port: int) -> None:
         self.counts: Counter[tuple[str, bytes]] = Counter()
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.subscribe("edge/+/desired/config", qos=1)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.registry import Registry, token_hash
 from edge_agent.fleet.rollout_driver import RolloutDriver, RolloutStore
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.keys import PrivateKey
@@ -126,7 +127,7 @@ def test_two_drivers_never_double_drive(db_url: str) -> None:
                       waves=[5, 10, 20, 40, 60, 80, 100], abort_above_pct=50)
     published: list[tuple[str, str]] = []
 
-    def publisher(name: str):
+    def publisher(name: str) -> Callable[[list[tuple[str, bytes]]], Awaitable[None]]:
         async def publish(offers: list[tuple[str, bytes]]) -> None:
             published.extend((name, gw) for gw, _ in offers)
         return publish
@@ -180,4 +181,78 @@ def test_queued_commands_are_applied_by_the_lease_holder(db_url: str) -> None:
     assert store.load("r-c")[0]["status"] == ro.ABORTED  # nothing to restore: done at once
     with pytest.raises(KeyError):
         store.command("nope", "pause")
+    reg.close()
+
+
+# ------------------------------------------------------------------ file modes and identities
+
+def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    # The database holds broker password hashes; sqlite3 alone would make it 0644.
+    old = os.umask(0o022)
+    try:
+        reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+        reg.add_gateway("gw-1", "north", [], T0, "$7$101$c2FsdA==$aGFzaA==")
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["fleet.db", "fleet.db-shm", "fleet.db-wal"], names
+        for p in tmp_path.iterdir():
+            assert p.stat().st_mode & 0o777 == 0o600, p.name
+        reg.close()
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_readable_database_is_narrowed(tmp_path: Path) -> None:
+    db = tmp_path / "fleet.db"
+    Registry(str(db)).close()
+    for p in tmp_path.iterdir():
+        p.chmod(0o644)
+    Registry(str(db)).close()
+    for p in tmp_path.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o600, p.name
+
+
+@pytest.mark.parametrize(("gateway", "site", "tags", "fragment"), [
+    ("fleet", "north", [], "gateway id 'fleet' is reserved"),
+    ("gw-1\nfleet:$7$", "north", [], r"gateway id 'gw-1\\nfleet:\$7\$' is not valid"),
+    ("gw 1", "north", [], "must not contain ' '"),
+    ("x" * 300, "north", [], "has 300 characters"),
+    ("gw-1", "no/rth", [], "site 'no/rth'"),
+    ("gw-1", "north", ["lamps", "a:b"], "tag 'a:b'"),
+])
+def test_ids_are_checked_at_intake(db_url: str, gateway: str, site: str, tags: list[str],
+                                   fragment: str) -> None:
+    reg = fleet(db_url, 0)
+    with pytest.raises(ConfigError, match=fragment):
+        ops.issue_token(reg, gateway, site, tags)
+    with pytest.raises(ValueError, match=fragment):
+        reg.add_gateway(gateway, site, tags, T0)
+    with pytest.raises(ValueError, match=fragment):
+        reg.add_token("t", gateway, site, tags, T0)
+    assert reg.gateways() == [] and reg.fetchall("SELECT 1 FROM tokens") == []
+    reg.close()
+
+
+def test_targets_naming_impossible_gateways_are_refused(db_url: str) -> None:
+    reg = fleet(db_url, 2)
+    for sel, fragment in (("site:North", "uppercase"), ("gw:fleet", "reserved"),
+                          ("tag:a b", "must not contain ' '")):
+        with pytest.raises(ConfigError, match=fragment):
+            reg.select_gateways([sel])
+    reg.close()
+
+
+def test_rows_from_before_the_checks_never_reach_the_broker(db_url: str) -> None:
+    """A token or gateway stored before ids were checked: enrolment refuses it, and the
+    broker's password file is not written from it."""
+    reg = fleet(db_url, 0)
+    reg.execute("INSERT INTO tokens (token_sha256, gateway, site, tags, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?)", (token_hash("old"), "fleet", "north", "[]", T0 + 1))
+    with pytest.raises(ConfigError, match="reserved"):
+        ops.enroll(reg, "old", broker_url="mqtt://b:1883", now_ms=T0)
+    assert reg.gateways() == []
+    reg.execute("INSERT INTO sites (id, created_ms) VALUES ('north', 0)")
+    reg.execute("INSERT INTO gateways (id, site, broker_password_hash) VALUES (?, ?, ?)",
+                ("gw-1\nfleet", "north", "$7$101$c2FsdA==$aGFzaA=="))
+    with pytest.raises(ConfigError, match=r"registry: gateway id 'gw-1\\nfleet'.*remove"):
+        reg.password_hashes()
     reg.close()

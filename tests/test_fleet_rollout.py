@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from edge_agent.fleet import rollout as ro
 T0 = 1_700_000_000_000
 
 
-def plan(n: int = 100, waves: list[int] | None = None, **kw) -> ro.Plan:
+def plan(n: int = 100, waves: list[int] | None = None, **kw: Any) -> ro.Plan:
     gws = [f"gw-{i:03d}" for i in range(n)]
     kw.setdefault("revert", {g: "old-bundle" for g in gws})
     return ro.Plan(id="r1", kind="config", version=10, bundle_id="new-bundle", gateways=gws,
@@ -21,8 +22,8 @@ def plan(n: int = 100, waves: list[int] | None = None, **kw) -> ro.Plan:
                    abort_min_count=kw.pop("abort_min_count", 5), revert_version=11, **kw)
 
 
-def report_all(state: dict, result: str = "applied", version: int = 10,
-               only: set[str] | None = None) -> dict:
+def report_all(state: dict[str, Any], result: str = "applied", version: int = 10,
+               only: set[str] | None = None) -> dict[str, Any]:
     reports = [(gw, version, result, "") for gw, st in state["gw"].items()
                if st == ro.OFFERED and (only is None or gw in only)]
     return ro.observe_all(state, reports, T0)
@@ -102,7 +103,7 @@ def test_silent_gateways_fail_at_the_wave_deadline() -> None:
     assert s["wave"] == 2 and all(s["gw"][g] == ro.FAILED for g in quiet)
     assert "no report within 60 s" in s["reasons"][sorted(quiet)[0]]
     # a late "applied" still counts
-    s = ro.observe(s, sorted(quiet)[0], 10, "applied", "", T0 + 61_000)
+    s = ro.observe_all(s, [(sorted(quiet)[0], 10, "applied", "")], T0 + 61_000)
     assert s["gw"][sorted(quiet)[0]] == ro.APPLIED
 
 
@@ -125,10 +126,10 @@ def test_pause_resume_and_abort_by_hand() -> None:
 def test_reports_are_idempotent_and_stale_versions_ignored() -> None:
     s = ro.start(plan(10), T0)
     gw = s["outbox"][0][0]
-    assert ro.observe(s, gw, 9, "applied", "", T0) is s       # an older version's report
-    assert ro.observe(s, "gw-unknown", 10, "applied", "", T0) is s
-    s2 = ro.observe(s, gw, 10, "applied", "", T0)
-    assert ro.observe(s2, gw, 10, "applied", "", T0) is s2
+    assert ro.observe_all(s, [(gw, 9, "applied", "")], T0) is s  # an older version's report
+    assert ro.observe_all(s, [("gw-unknown", 10, "applied", "")], T0) is s
+    s2 = ro.observe_all(s, [(gw, 10, "applied", "")], T0)
+    assert ro.observe_all(s2, [(gw, 10, "applied", "")], T0) is s2
 
 
 def test_random_outcomes_never_break_the_invariants() -> None:

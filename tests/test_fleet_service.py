@@ -1,17 +1,26 @@
 """The fleet service end to end: real mosquitto, ``edge-fleet serve`` and simulated gateways
 (real verifier, control plane and files) as subprocesses. A rollout with injected failures
 aborts at its threshold and the previous config is restored; a gateway killed with -9 during
-apply comes back on its last known good config."""
+apply comes back on its last known good config. One gateway's poison message (retained) costs
+only that message, before and after a restart; a dying task is restarted and shows in health."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.control.truststore import load_trust
 from edge_agent.fleet import actions as ops
@@ -35,7 +44,7 @@ GOOD = b'[gateway]\nsite = "north"\n# config A: good\n'
 BROKEN = b'[gateway]\nsite = "north"\n# config B: broken on some gateways\n'
 
 
-def status(reg: Registry, rid: str) -> dict:
+def status(reg: Registry, rid: str) -> dict[str, Any]:
     return RolloutStore(reg).load(rid)[0]
 
 
@@ -90,9 +99,9 @@ def test_rollout_with_injected_failures_aborts_and_restores(tmp_path: Path,
     reg.close()
 
 
-def _journal(state_dir: Path) -> dict:
+def _journal(state_dir: Path) -> dict[str, Any]:
     path = state_dir / "config-control.json"
-    return json.loads(path.read_bytes()) if path.exists() else {}
+    return dict(json.loads(path.read_bytes())) if path.exists() else {}
 
 
 def test_gateway_killed_during_apply_comes_back_on_its_good_config(
@@ -135,3 +144,134 @@ def test_gateway_killed_during_apply_comes_back_on_its_good_config(
     assert "gateway restarted during apply (stage switched)" in log3
     reg.close()
     time.sleep(0)  # keep the with-blocks' teardown before the leftovers check
+
+
+# ------------------------------------------------------------------ nothing stops silently
+
+def _publish_retained(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish retained at QoS 1 and wait for every PUBACK."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        for info in [c.publish(t, p, qos=1, retain=True) for t, p in messages]:
+            info.wait_for_publish(10)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def _health(log_path: Path) -> dict[str, Any]:
+    port = re.findall(r"enrolment http://127\.0\.0\.1:(\d+)", log_path.read_text())[-1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def _report(version: int) -> bytes:
+    return json.dumps({"kind": "config", "version": version, "result": "applied",
+                       "committed": version, "ts": 1, "reason": "",
+                       "status": {"kind": "config", "committed": version}}).encode()
+
+
+def _reported(reg: Registry, gw: str, version: int) -> bool:
+    return {g.id: g for g in reg.gateways()}[gw].result_version == version
+
+
+def _listing(db: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", "gateways", "--db", db],
+                          capture_output=True, text=True, timeout=60)
+
+
+# Each observed poison, on the topic it came on (retained, as gateways publish reported).
+POISONS = {
+    "version-overflow": ("reported", json.dumps({"version": 10**30}).encode(),
+                         "reported:int_range"),
+    "deep-nesting": ("reported", b"[" * 100_000, "reported:too_large"),
+    "oversize-health": ("health", json.dumps({"devices": {f"d{i}": {"pad": "x" * 1000}
+                                                          for i in range(300)}}).encode(),
+                        "health:too_large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POISONS))
+def test_a_poison_message_costs_only_itself(case: str, tmp_path: Path,
+                                            own_broker: Mosquitto) -> None:
+    kind, poison, reason = POISONS[case]
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    reg = Registry(db)
+    for gw in ("gw-evil", "gw-good"):
+        reg.add_gateway(gw, "north", [], 0)
+    _publish_retained(own_broker.port, [(f"edge/gw-evil/{kind}", poison)])
+    log = tmp_path / "serve.log"
+    args = serve_args(db, own_broker.url, "--http", "127.0.0.1:0", "--insecure-http")
+    # The over-20,000-character health that used to be stored cut: stored whole now.
+    big_health = json.dumps({"devices": {f"d{i}": {"status": "online", "pad": "y" * 900}
+                                         for i in range(30)}}).encode()
+    for run, version in ((1, 3), (2, 4)):  # the second run: a restart, the poison retained
+        with running(args, log, ready="enrolment http://") as proc:
+            _publish_retained(own_broker.port, [("edge/gw-good/reported", _report(version)),
+                                                ("edge/gw-good/health", big_health)])
+            wait_until(functools.partial(_reported, reg, "gw-good", version), 30,
+                       f"gw-good's report v{version} (run {run})")
+            wait_until(lambda: _health(log)["consumer"]["rejected"].get(reason, 0) >= 1, 30,
+                       f"the {reason} rejection (run {run})")
+            health = _health(log)
+            assert proc.poll() is None
+            assert health["connected"] is True and health["ok"] is True, health
+            assert health["consumer"]["last_message_ms"] is not None
+            assert all(t["state"] == "running" and t["restarts"] == 0
+                       for t in health["tasks"].values()), health["tasks"]
+    rows = {g.id: g for g in reg.gateways()}
+    assert rows["gw-good"].health == json.loads(big_health)
+    assert rows["gw-evil"].result is None and rows["gw-evil"].health is None
+    listing = _listing(db)
+    assert listing.returncode == 0 and "2 gateways" in listing.stdout, listing.stderr
+    text = log.read_text()
+    assert text.count(f"rejected ({reason})") == 2  # once per run, with the topic named
+    assert "edge/gw-evil/" in text
+    reg.close()
+
+
+def test_a_cut_health_row_from_before_does_not_break_the_listing(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    reg = Registry(db)
+    for gw in ("gw-a", "gw-b"):
+        reg.add_gateway(gw, "north", [], 0)
+    reg.record_health("gw-a", {"uptime_s": 1.0}, 1)
+    reg.execute("UPDATE gateways SET health = ? WHERE id = 'gw-b'",
+                (json.dumps({"pad": "z" * 30_000})[:20_000],))
+    reg.close()
+    listing = _listing(db)
+    assert listing.returncode == 0, listing.stderr
+    assert "gw-a" in listing.stdout and "gw-b" in listing.stdout
+    assert "2 gateways" in listing.stdout
+
+
+def test_a_dying_task_is_restarted_and_shows_in_health(tmp_path: Path,
+                                                       own_broker: Mosquitto) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    reg = Registry(db)
+    reg.add_gateway("gw-good", "north", [], 0)
+    log = tmp_path / "serve.log"
+    with running(serve_args(db, own_broker.url, "--http", "127.0.0.1:0", "--insecure-http",
+                            "--tick-s", "0.1"), log, ready="enrolment http://") as proc:
+        wait_until(lambda: _health(log)["connected"], 30, "the service to connect")
+        # Pull the rollout tables from under the tick loop: each step now raises.
+        reg.execute("DROP TABLE rollout_targets")
+        reg.execute("DROP TABLE rollouts")
+        wait_until(lambda: _health(log)["tasks"]["fleet-tick"]["restarts"] >= 1, 30,
+                   "the tick loop's restart to show in health")
+        health = _health(log)
+        tick = health["tasks"]["fleet-tick"]
+        assert health["ok"] is False and "no such table" in tick["last_error"], health
+        # The consumer goes on meanwhile.
+        _publish_retained(own_broker.port, [("edge/gw-good/reported", _report(7))])
+        wait_until(lambda: reg.gateways()[0].result_version == 7, 30, "the report")
+        Registry(db).close()  # puts the tables back
+        wait_until(lambda: _health(log)["tasks"]["fleet-tick"]["state"] == "running"
+                   and _health(log)["ok"], 60, "the tick loop to run again")
+        assert proc.poll() is None
+    text = log.read_text()
+    assert text.count("task fleet-tick died; restarting") == 1
+    assert text.count("Traceback") == 1  # logged once with its traceback, then one line each
+    reg.close()

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.fleet.registry import Registry
 from edge_agent.protocol.bundle import make_bundle
@@ -50,7 +51,7 @@ class Reports:
     def __init__(self, port: int) -> None:
         self.items: list[dict] = []  # type: ignore[type-arg]
         self._lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.c.on_message = self._on
         self.c.connect("127.0.0.1", port)
         self.c.subscribe(f"edge/{GW}/reported", qos=1)

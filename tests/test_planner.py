@@ -10,8 +10,16 @@ import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from edge_agent.drivers.modbus.planner import BadRanges, plan_reads, requests_per_cycle
+from edge_agent.drivers.modbus.planner import (
+    ILLEGAL_DATA_ADDRESS,
+    BadRanges,
+    FollowUp,
+    after_reply,
+    plan_reads,
+    requests_per_cycle,
+)
 from edge_agent.drivers.model import TYPE_LAYOUT, DataType, Point, ReadRequest, Table
+from edge_agent.drivers.transport import Reply
 
 SEED = 20240611  # fixed hypothesis / random seed, printed by the property tests
 IR, HR, COIL = Table.INPUT_REGISTER, Table.HOLDING_REGISTER, Table.COIL
@@ -277,16 +285,72 @@ def run_cycle(device: Device, points: list[Point], bad: BadRanges, max_gap: int 
         sent += 1
         if device.rejects(req):
             rejected += 1
-            parts = bad.split_after_illegal(req)
-            if parts:
-                pending[:0] = parts
-            else:  # already marked bad by split_after_illegal
-                outcome.update({p.name: "exc2" for p in req.points})
+            follow = after_reply(bad, req, EXC2)
+            pending[:0] = follow.resend
+            outcome.update({p.name: "exc2" for p in follow.rejected})
         else:
             if report_ok:
-                bad.record_ok(req)
+                assert after_reply(bad, req, data_for(req)) == FollowUp()
             outcome.update({p.name: "good" for p in req.points})
     return sent, rejected, outcome
+
+
+EXC2 = Reply(exception_code=ILLEGAL_DATA_ADDRESS)
+
+
+def data_for(req: ReadRequest) -> Reply:
+    return Reply(data=[0] * req.count)
+
+
+def test_after_reply_resends_the_halves_of_a_rejected_read_first() -> None:
+    bad = BadRanges()
+    whole = plan_reads([pt(0, name="a"), pt(1, name="b"), pt(9, name="c")])[0]
+    follow = after_reply(bad, whole, EXC2)
+    assert follow.rejected == ()
+    assert spans(follow.resend) == [("holding_register", 0, 2), ("holding_register", 9, 1)]
+    assert [p.name for r in follow.resend for p in r.points] == ["a", "b", "c"]
+    # Both halves answered: the hole between them is what the device rejected.
+    for half in follow.resend:
+        assert after_reply(bad, half, data_for(half)) == FollowUp()
+    assert bad.ranges(HR) == [(2, 9)]
+
+
+def test_after_reply_reports_one_rejected_points_registers_and_remembers_them() -> None:
+    bad = BadRanges()
+    single = plan_reads([pt(4, DataType.FLOAT32, name="f")])[0]
+    follow = after_reply(bad, single, EXC2)
+    assert follow.resend == () and [p.name for p in follow.rejected] == ["f"]
+    assert bad.ranges(HR) == [(4, 6)]
+    assert plan_reads(single.points, bad=bad) == []
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(exception_code=4),       # device failure: its state, not its address map
+    Reply(exception_code=0x0B),    # a gateway's serial device did not answer
+    Reply(error="no reply"),
+], ids=["exception-4", "gateway-0x0B", "silence"])
+def test_after_reply_learns_nothing_from_other_outcomes(reply: Reply) -> None:
+    bad = BadRanges()
+    whole = plan_reads([pt(0), pt(5)])[0]
+    assert after_reply(bad, whole, reply) == FollowUp()
+    assert bad.empty
+
+
+def test_after_reply_to_a_request_without_points_learns_nothing() -> None:
+    bad = BadRanges()
+    assert after_reply(bad, ReadRequest(HR, 0, 3, ()), EXC2) == FollowUp()
+    assert bad.empty
+
+
+def test_a_rejected_half_drops_the_isolation_it_belonged_to() -> None:
+    bad = BadRanges()
+    left, right = after_reply(bad, plan_reads([pt(0), pt(1), pt(8), pt(9)])[0], EXC2).resend
+    after_reply(bad, left, data_for(left))
+    deeper = after_reply(bad, right, EXC2).resend  # the culprit is in the right half
+    assert spans(deeper) == [("holding_register", 8, 1), ("holding_register", 9, 1)]
+    assert after_reply(bad, deeper[0], data_for(deeper[0])) == FollowUp()
+    assert after_reply(bad, deeper[1], data_for(deeper[1])) == FollowUp()
+    assert bad.ranges(HR) == [] and bad.walls(HR) == [9]  # not the unproven hole 2..8
 
 
 def test_bad_address_in_a_coalesced_hole_is_learned_in_one_cycle() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 
 import pytest
 
 from edge_agent.drivers.modbus.decode import decode_point, encode_point
 from edge_agent.drivers.model import DataType, Point, Table, WordOrder
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
+from edge_agent.protocol.errors import ConfigError
 
 REQUIRED = {"streetlight", "energy_meter", "water_meter", "pipe_sensor", "signal_cabinet",
             "env_monitor"}
@@ -114,3 +117,46 @@ def test_write_limits_are_read_from_profiles_and_checked() -> None:
                             "min": 5, "max": 1}}}
     with pytest.raises(ConfigError, match=r"points\.x\.min = 5\.0: expected a minimum"):
         parse_profile(bad, "bad.toml")
+
+
+# --- intake limits: a profile file is read like a config (UTF-8, 1 MiB, 16 levels) ---------
+
+PROFILE_HEAD = '[profile]\nname = "p"\n[points.t]\ntable = "input_register"\naddress = 0\n' \
+               'type = "int16"\n'
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(path))
+    assert len(info.value.problems) == 1, info.value.problems
+    problem = info.value.problems[0]
+    assert problem.startswith(f"{path}: "), problem
+    return problem
+
+
+def test_a_latin1_profile_names_the_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    data = PROFILE_HEAD.encode() + 'unit = "°C"\n'.encode("latin-1")
+    path.write_bytes(data)
+    offset = data.index(b"\xb0")
+    assert f"not UTF-8: byte 0xb0 at offset {offset} (line 7, column 9)" in _refused(path)
+
+
+def test_a_deeply_nested_profile_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(PROFILE_HEAD + "description = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in _refused(path)
+    path.write_text(PROFILE_HEAD + ".".join(["x"] * 100) + " = 1\n")
+    assert "nested more than 16 levels deep" in _refused(path)
+
+
+def test_a_profile_over_1_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(PROFILE_HEAD + "#" * (1024 * 1024) + "\n")
+    assert "larger than 1048576 bytes" in _refused(path)
+
+
+def test_a_profile_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    os.mkfifo(path)
+    assert _refused(path) == f"{path}: cannot read: Not a regular file"

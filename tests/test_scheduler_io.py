@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edge_agent.config.loader import load_config
+from edge_agent.drivers.bus import TcpBus
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.sim import run_site
 from edge_agent.protocol.clock import SystemClock
@@ -35,10 +37,15 @@ poll_interval_s = 0.2
     return path
 
 
-async def _with_scheduler(tmp: Path, body, extra: str = "") -> list[Reading]:  # type: ignore[no-untyped-def]
+Body = Callable[[BusScheduler, list[Reading]], Awaitable[None]]
+
+
+async def _with_scheduler(tmp: Path, body: Body, extra: str = "") -> list[Reading]:
     sim_cfg = load_config(_site(tmp))
+    lan = sim_cfg.buses["lan"]
+    assert isinstance(lan, TcpBus)
     # The agent may know points the simulated device lacks.
-    cfg = load_config(_site(tmp, extra, sim_cfg.buses["lan"].port)) if extra else sim_cfg  # type: ignore[union-attr]
+    cfg = load_config(_site(tmp, extra, lan.port)) if extra else sim_cfg
     stop = asyncio.Event()
     ready = asyncio.Event()
     sim = asyncio.create_task(run_site(sim_cfg, control_path=None, stop=stop,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,8 +19,14 @@ from edge_agent.tools.service import (
     UnitSpec,
     install_service_main,
     render_unit,
+    state_directory,
+    unit_word,
     user_commands,
 )
+
+# The highest `systemd-analyze security` exposure the unit may have (it rates 1.5 on systemd
+# 252; the unit before the sandbox rated 8.5, "EXPOSED").
+MAX_EXPOSURE = 2.0
 
 
 @pytest.fixture
@@ -104,3 +111,97 @@ def test_dry_run_prints_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / UNIT_NAME).exists()
     assert "would run: systemctl enable --now edge-agent.service" in out.getvalue()
     assert "would run: useradd" in out.getvalue()
+
+
+def service_section(text: str) -> dict[str, list[str]]:
+    """[Service] directives of a unit: key -> values in order (keys may repeat)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+HARDENING = {
+    "CapabilityBoundingSet": [""], "AmbientCapabilities": [""], "NoNewPrivileges": ["yes"],
+    "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+    "SystemCallFilter": ["@system-service", "~@privileged @resources"],
+    "SystemCallErrorNumber": ["EPERM"], "SystemCallArchitectures": ["native"],
+    "ProtectKernelTunables": ["yes"], "ProtectKernelModules": ["yes"],
+    "ProtectKernelLogs": ["yes"], "ProtectControlGroups": ["yes"], "ProtectClock": ["yes"],
+    "ProtectHostname": ["yes"], "MemoryDenyWriteExecute": ["yes"], "LockPersonality": ["yes"],
+    "RestrictRealtime": ["yes"], "RestrictSUIDSGID": ["yes"], "RestrictNamespaces": ["yes"],
+    "PrivateTmp": ["yes"], "PrivateMounts": ["yes"], "ProtectHome": ["yes"],
+    "ProtectSystem": ["strict"], "ReadWritePaths": ["/var/lib/edge-agent"],
+    "StateDirectory": ["edge-agent"], "StateDirectoryMode": ["0700"], "UMask": ["0077"],
+    "DevicePolicy": ["closed"], "ProtectProc": ["invisible"], "RemoveIPC": ["yes"],
+    # kept from before the sandbox
+    "Type": ["notify"], "NotifyAccess": ["main"], "WatchdogSec": ["30"], "Restart": ["always"],
+    "SupplementaryGroups": ["dialout"], "User": ["edge-agent"], "Group": ["edge-agent"],
+}
+
+
+def test_unit_is_sandboxed() -> None:
+    unit = service_section(render_unit(UnitSpec(exec_start=["/usr/local/bin/edge-agent"],
+                                                config=Path("/etc/edge-agent/site.toml"))))
+    for key, values in HARDENING.items():
+        assert unit.get(key) == values, (key, unit.get(key))
+    # pyserial opens these; /dev/null, urandom... are in DevicePolicy=closed's base set.
+    for group in ("ttyUSB", "ttyACM", "ttyS", "ttyAMA"):
+        assert f"char-{group} rw" in unit["DeviceAllow"], group
+    # Nothing that would hide the serial ports or the network from the agent.
+    for key in ("PrivateDevices", "PrivateNetwork", "IPAddressDeny", "PrivateUsers"):
+        assert key not in unit, key
+
+
+def test_security_score(tmp_path: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is not installed")
+    path = tmp_path / UNIT_NAME
+    path.write_text(render_unit(UnitSpec(exec_start=["/usr/local/bin/edge-agent"],
+                                         config=Path("/etc/edge-agent/site.toml"))))
+    done = subprocess.run([exe, "security", "--offline=yes", "--no-pager", str(path)],
+                          capture_output=True, text=True, check=False)
+    out = done.stdout + done.stderr
+    if "--offline" in out and ("unrecognized" in out or "Unknown" in out):
+        pytest.skip("systemd-analyze security has no --offline mode here (systemd < 250)")
+    found = re.search(rf"Overall exposure level for {re.escape(UNIT_NAME)}: ([0-9.]+)", out)
+    assert found, out
+    print(f"systemd-analyze security: {found.group(1)}")
+    assert float(found.group(1)) <= MAX_EXPOSURE, out
+
+
+def test_state_directory_only_under_var_lib() -> None:
+    assert state_directory(Path("/var/lib/edge-agent")) == "edge-agent"
+    assert state_directory(Path("/var/lib/city/edge")) == "city/edge"
+    assert state_directory(Path("/data/edge")) is None
+    unit = service_section(render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"],
+                                                config=Path("/etc/e.toml"),
+                                                state_dir=Path("/data/edge agent"))))
+    # StateDirectory= would create /var/lib/edge agent, not the configured directory.
+    assert "StateDirectory" not in unit and unit["ReadWritePaths"] == ["'/data/edge agent'"]
+
+
+def test_paths_under_home_keep_homes_readable() -> None:
+    unit = service_section(render_unit(UnitSpec(exec_start=["/home/pi/venv/bin/edge-agent"],
+                                                config=Path("/etc/e.toml"))))
+    assert unit["ProtectHome"] == ["read-only"]
+
+
+def test_values_that_would_break_the_unit_are_refused() -> None:
+    assert unit_word("/opt/50%/edge-agent", exec_line=True) == "/opt/50%%/edge-agent"
+    assert unit_word("/opt/$HOME/x", exec_line=True) == "'/opt/$$HOME/x'"
+    for bad in ("/etc/site.toml\nExecStartPost=/bin/sh", "/a\\b", "/a'b", ""):
+        with pytest.raises(ValueError, match="systemd unit"):
+            unit_word(bad)
+    with pytest.raises(ValueError, match="systemd unit"):
+        render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"],
+                             config=Path("/etc/site.toml\n[Install]")))
+    with pytest.raises(ValueError, match="user"):
+        render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"], config=Path("/etc/s.toml"),
+                             user="edge\nExecStartPre=/bin/sh"))

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -113,12 +114,12 @@ def test_streetlight_schedule_dimming_and_command() -> None:
     assert _values("streetlight", late, dim_command=80)["dim_actual"] == 50
     assert _values("streetlight", noon, relay_on=True)["dim_actual"] == 50
     on, off = _values("streetlight", evening), _values("streetlight", noon)
-    assert on["lamp_power"] > 10 * off["lamp_power"]
+    assert float(on["lamp_power"]) > 10 * float(off["lamp_power"])
 
 
 def test_pressure_follows_a_daily_cycle() -> None:
-    night = [_values("pipe_sensor", MIDNIGHT + 3 * HOUR + s)["pressure"] for s in range(60)]
-    day = [_values("pipe_sensor", MIDNIGHT + 15 * HOUR + s)["pressure"] for s in range(60)]
+    night = [float(_values("pipe_sensor", MIDNIGHT + 3 * HOUR + s)["pressure"]) for s in range(60)]
+    day = [float(_values("pipe_sensor", MIDNIGHT + 15 * HOUR + s)["pressure"]) for s in range(60)]
     assert min(night) > max(day)  # low demand at night: higher pressure, beyond the noise
     assert len(set(night)) > 30  # and it is noisy
 
@@ -143,8 +144,8 @@ def test_signal_groups_follow_the_plan_table() -> None:
 
 
 def test_env_monitor_peaks_at_rush_hour() -> None:
-    rush = [_values("env_monitor", MIDNIGHT + 8 * HOUR + 10 * s)["pm25"] for s in range(30)]
-    night = [_values("env_monitor", MIDNIGHT + 3 * HOUR + 10 * s)["pm25"] for s in range(30)]
+    rush = [float(_values("env_monitor", MIDNIGHT + 8 * HOUR + 10 * s)["pm25"]) for s in range(30)]
+    night = [float(_values("env_monitor", MIDNIGHT + 3 * HOUR + 10 * s)["pm25"]) for s in range(30)]
     assert sum(rush) > 1.5 * sum(night)
 
 
@@ -183,7 +184,8 @@ async def running(cfg: SiteConfig, clock: FakeClock, control: Path | None
     ready: asyncio.Future[list[Served]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_site(cfg, control_path=control, stop=stop, clock=clock,
                                         seed=SEED, site=site, on_ready=ready.set_result))
-    done, _ = await asyncio.wait([task, ready], timeout=15,
+    waiters: list[asyncio.Future[Any]] = [task, ready]
+    done, _ = await asyncio.wait(waiters, timeout=15,
                                  return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises what went wrong
@@ -270,7 +272,7 @@ def test_serial_bus_serves_the_model_over_a_pty(short_dir: Path) -> None:
                 before = decode_point(p, await read_table(client, p.table, p.address, 2, 2))
                 clock.advance(6 * HOUR)
                 after = decode_point(p, await read_table(client, p.table, p.address, 2, 2))
-                assert after > before
+                assert float(after) > float(before)
                 assert await assert_serves_model(client, meter, clock.now()) > 0
                 stats = await sim_control(short_dir / "ctl", {"cmd": "stats",
                                                               "device": "meter1"})
@@ -468,12 +470,13 @@ def test_control_socket_rejects_nonsense(short_dir: Path) -> None:
 
     async def main() -> None:
         async with running(cfg, FakeClock(MIDNIGHT), ctl):
-            for msg, words in [({"cmd": "dance"}, "unknown request"),
-                               ({"cmd": "registers"}, "device"),
-                               ({"device": "lamp1", "fault": "smoke"}, "silent"),
-                               ({"cmd": "set", "device": "lamp1", "point": "nope",
-                                 "value": 1}, "no point"),
-                               ({"cmd": "freeze", "on": "yes"}, "true or false")]:
+            bad: list[tuple[dict[str, Any], str]] = [
+                ({"cmd": "dance"}, "unknown request"),
+                ({"cmd": "registers"}, "device"),
+                ({"device": "lamp1", "fault": "smoke"}, "silent"),
+                ({"cmd": "set", "device": "lamp1", "point": "nope", "value": 1}, "no point"),
+                ({"cmd": "freeze", "on": "yes"}, "true or false")]
+            for msg, words in bad:
                 reply = await sim_control(ctl, msg)
                 assert not reply["ok"] and words in reply["error"], (msg, reply)
             all_stats = await sim_control(ctl, {"cmd": "stats"})
@@ -510,13 +513,13 @@ def test_simulate_command_serves_a_site_file_and_cleans_up(short_dir: Path) -> N
                                     baudrate=9600, parity="N", timeout=2.0, retries=0)
         tcp = ModbusTcpClient("127.0.0.1", port=tcp_port, timeout=2.0, retries=0)
         try:
-            assert serial.connect() and tcp.connect()
+            assert serial.connect() and tcp.connect()  # type: ignore[no-untyped-call]
             assert not serial.read_input_registers(0x48, count=2, device_id=2).isError()
             assert not serial.read_holding_registers(0, count=2, device_id=1).isError()
             assert not tcp.read_input_registers(0, count=5, device_id=5).isError()
         finally:
-            serial.close()
-            tcp.close()
+            serial.close()  # type: ignore[no-untyped-call]  # pymodbus sync client
+            tcp.close()  # type: ignore[no-untyped-call]
         stats = control(sock, {"cmd": "stats", "device": "meter1"})
         assert stats["requests"] == stats["answered"] == 1
     log = (short_dir / "sim.log").read_text()

@@ -17,7 +17,7 @@ from edge_agent.config.model import SpoolConfig, SpoolPolicy, SpoolSync
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import NewBatch, StoredRow, admit, layout, row_cost
-from edge_agent.runtime.spool_db import check_file
+from edge_agent.runtime.spool_file import check_file
 
 SEED = 5150
 print(f"test_spool seed {SEED}")
@@ -297,6 +297,47 @@ def test_an_unwritable_state_directory_is_a_clear_spool_error(tmp_path: Path) ->
         run(Spool.open(blocker / "state" / "spool.db", SpoolConfig()))
 
 
+def test_the_agent_appends_each_batch_to_the_store_it_shares_with_the_uplink(
+        tmp_path: Path) -> None:
+    from edge_agent.config.loader import load_config
+    from edge_agent.protocol.readings import Reading
+    from edge_agent.runtime.agent import Agent, open_store
+    from edge_agent.runtime.store import MemoryStore
+    from tests.support.sitekit import write_site
+
+    devices = [("m", "lan", 1, "energy_meter")]
+    cfg = load_config(write_site(tmp_path, devices))
+
+    async def main(blocked: bool) -> tuple[int, int, dict[str, Any], list[int]]:
+        store = await open_store(cfg)
+        assert isinstance(store, MemoryStore) is blocked and store.durable is not blocked
+        agent = Agent(cfg, store)
+        assert agent.uplink.store is store
+        for ts in (1000, 2000):   # what the bus scheduler hands over, then a batch window
+            agent.schedulers["lan"].sink([Reading("m", "energy_wh", ts, ts)])
+            await agent.flush()
+        health = agent.health()
+        docs = {k: health[k] for k in ("spool", "uplink")}
+        pending, built = store.pending, agent.batches_built
+        seqs = []
+        while (item := await store.take()) is not None:
+            seqs.append(item.seq)
+            await store.ack(item)
+        await store.close()
+        return pending, built, docs, seqs
+
+    pending, built, health, seqs = run(main(blocked=False))
+    assert (pending, built, seqs) == (2, 2, [0, 1])
+    assert health["spool"]["stored_batches"] == 2 and health["uplink"]["dropped_batches"] == 0
+    assert health["uplink"]["pending"] == 2
+    (tmp_path / "state").rename(tmp_path / "state-was")   # a file where the directory should be
+    (tmp_path / "state").write_text("not a directory")
+    pending, built, health, seqs = run(main(blocked=True))
+    assert (pending, built, seqs) == (2, 2, [0, 1])
+    spool = health["spool"]
+    assert spool["memory_only"] is True and "cannot be created" in str(spool["error"])
+
+
 @pytest.mark.parametrize("sync", [SpoolSync.FULL, SpoolSync.NORMAL])
 def test_synchronous_setting_is_applied(tmp_path: Path, sync: SpoolSync) -> None:
     async def main() -> None:
@@ -381,3 +422,65 @@ def test_spool_table_in_the_site_config(tmp_path: Path) -> None:
     assert "spool.policy = 'drop-newest': expected one of 'drop-oldest', 'reject-new'" in text
     assert "spool.replay_msgs_per_s = -1" in text
     assert "spool.speed: unknown key" in text
+
+
+# --- file modes: the state dir 0700, the spool's files 0600, whatever the umask ------------
+
+SPOOL_FILES = ("spool.db", "spool.db-wal", "spool.db-shm", "spool.db.reserve")
+
+
+def _mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_state_dir_is_created_0700_and_spool_files_0600_whatever_the_umask(
+        tmp_path: Path, umask: int) -> None:
+    state = tmp_path / "var" / "state"
+
+    async def main() -> dict[str, int]:
+        spool = await Spool.open(state / "spool.db", SpoolConfig(group_commit_ms=0))
+        await fill(spool, 3)
+        modes = {name: _mode(state / name) for name in SPOOL_FILES}  # all four exist while open
+        await spool.close()
+        return modes
+
+    old = os.umask(umask)
+    try:
+        modes = run(main())
+    finally:
+        os.umask(old)
+    assert _mode(state) == 0o700
+    assert modes == dict.fromkeys(SPOOL_FILES, 0o600)
+
+
+def test_an_open_state_dir_and_open_spool_files_are_narrowed_with_a_log_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state"
+    run(_open_close(state / "spool.db"))
+    state.chmod(0o755)
+    for name in ("spool.db", "spool.db.reserve"):
+        (state / name).chmod(0o644)
+    with caplog.at_level("WARNING", logger="edge_agent.runtime.spool_db"):
+        run(_open_close(state / "spool.db"))
+    assert _mode(state) == 0o700
+    assert _mode(state / "spool.db") == 0o600 and _mode(state / "spool.db.reserve") == 0o600
+    assert any(f"state directory {state} was mode 0755, open to other users: narrowed to 0700"
+               in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def _open_close(path: Path) -> None:
+    spool = await Spool.open(path, SpoolConfig())
+    await spool.close()
+
+
+def test_a_quarantined_spool_directory_is_0700(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"not a database at all" * 100)
+    old = os.umask(0o022)
+    try:
+        run(_open_close(path))
+    finally:
+        os.umask(old)
+    [qdir] = tmp_path.glob("spool-corrupt-*")
+    assert _mode(qdir) == 0o700 and _mode(path) == 0o600

@@ -1,4 +1,4 @@
-"""The spool's pure decisions: file layout, admission under the cap, replay pacing, gaps."""
+"""The spool's pure decisions: file layout, admission under the cap, replay pacing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from edge_agent.runtime.spool_core import (
     RatePacer,
     StoredRow,
     admit,
-    gaps_in,
     integrity_ok,
     layout,
     row_cost,
@@ -143,10 +142,7 @@ def test_pacer_holds_the_byte_rate_and_allows_a_burst_after_idle() -> None:
     assert 100_000 <= sent_bytes <= 112_000, sent_bytes
 
 
-def test_integrity_and_gap_helpers() -> None:
+def test_integrity_and_cost_helpers() -> None:
     assert integrity_ok([("ok",)])
     assert not integrity_ok([("*** in database main ***",), ("Page 5: btreeInitPage error",)])
-    assert gaps_in([0, 1, 2, 5, 6, 9]) == [(3, 4), (7, 8)]
-    assert gaps_in([2]) == [(0, 1)]
-    assert gaps_in([]) == []
     assert row_cost(100) > 100

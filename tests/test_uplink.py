@@ -24,7 +24,8 @@ from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import parse_broker_url
 from edge_agent.protocol.clock import FakeClock, SystemClock
 from edge_agent.protocol.errors import ConfigError, UplinkError
-from edge_agent.runtime.uplink import Outbox, Uplink
+from edge_agent.runtime.store import MemoryStore, StoredBatch
+from edge_agent.runtime.uplink import Uplink
 from tests.support.brokers import Mosquitto
 from tests.support.v1batch import encode_batch_v1
 
@@ -151,19 +152,38 @@ def test_backoff_doubles_to_the_cap_with_full_jitter() -> None:
     assert b.ceiling() == 0.5
 
 
-def test_outbox_drops_oldest_waiting_never_the_one_in_flight() -> None:
-    box = Outbox(3)
-    for p in (b"a", b"b", b"c"):
-        assert not box.put(p)
-    assert box.take() == b"a"
-    assert box.put(b"d")             # full: drops b, not a (in flight)
-    box.release()                    # a not acknowledged: stays first
-    assert box.take() == b"a"
-    box.ack()
-    assert box.take() == b"c"
-    box.ack()
-    assert box.take() == b"d"
-    assert box.put(b"e") is False and len(box) == 2
+def test_memory_store_drops_oldest_waiting_never_the_one_in_flight() -> None:
+    async def main() -> None:
+        store = MemoryStore(3)
+        assert store.readiness.empty.is_set() and not store.readiness.waiting.is_set()
+        for p in (b"a", b"b", b"c"):
+            assert await store.put(p)
+        assert store.dropped_in_memory == 0 and store.readiness.waiting.is_set()
+        a = await store.take()
+        assert a is not None and a.payload == b"a" and store.in_flight
+        assert await store.put(b"d")     # full: drops b, not a (in flight); d is kept
+        assert store.dropped_in_memory == 1
+        store.release(a)                 # a not acknowledged: stays first
+        again = await store.take()
+        assert again == a
+        await store.ack(a)
+        c = await store.take()
+        assert c is not None and c.payload == b"c"
+        await store.ack(c)
+        d = await store.take()
+        assert d is not None and d.payload == b"d"
+        assert await store.put(b"e") and store.pending == 2 and store.dropped_in_memory == 1
+        with pytest.raises(RuntimeError, match="not in flight"):
+            await store.ack(StoredBatch(99, 0, 0, 0, b"x"))
+        await store.ack(d)
+        e = await store.take()
+        assert e is not None
+        await store.ack(e)
+        assert store.readiness.empty.is_set()
+        assert await store.take() is None and not store.readiness.waiting.is_set()
+        assert store.stats_dict() == {"error": None, "memory_only": True}
+
+    run(main())
 
 
 def test_parse_broker_url() -> None:
@@ -183,7 +203,7 @@ def test_backoff_schedule_when_the_broker_is_down(caplog: pytest.LogCaptureFixtu
     """Nothing listens: every connect fails at once, and run() sleeps the backoff schedule."""
     down = Mosquitto()  # only for its free port; never started
     clock = GatedClock(limit=10)
-    uplink = Uplink(parse_broker_url(down.url), "gwdown", 1, "t", clock,
+    uplink = Uplink(parse_broker_url(down.url), "gwdown", 1, "t", clock, store=MemoryStore(),
                     backoff=Backoff(0.5, 30.0, random.Random(SEED)))
 
     async def main() -> None:
@@ -210,14 +230,15 @@ def test_online_state_then_batches_in_order_then_offline_on_cancel(broker: Mosqu
     n = 200
 
     async def main() -> Uplink:
-        uplink = Uplink(parse_broker_url(broker.url), gw, 42, "1.2.3", SystemClock())
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(broker.url), gw, 42, "1.2.3", SystemClock(), store=store)
         async with Collector(broker.url, f"edge/{gw}/#") as sub:
             for i in range(n // 2):          # some queued before the connection exists
-                await uplink.submit(batch(gw, i))
+                await store.put(batch(gw, i))
             task = asyncio.create_task(uplink.run())
             await uplink.connected.wait()
             for i in range(n // 2, n):
-                await uplink.submit(batch(gw, i))
+                await store.put(batch(gw, i))
             assert await uplink.drain(timeout_s=GUARD_S)
             assert uplink.pending == 0 and uplink.stats_dict()["connected"] is True
             await sub.wait_for(lambda _: len(sub.seqs()) >= n)
@@ -236,7 +257,8 @@ def test_online_state_then_batches_in_order_then_offline_on_cancel(broker: Mosqu
 
     uplink = run(main())
     c = uplink.counters
-    assert (c.connects, c.disconnects, c.published_batches, c.dropped_batches) == (1, 1, n, 0)
+    assert (c.connects, c.disconnects, c.published_batches) == (1, 1, n)
+    assert uplink.stats_dict()["dropped_batches"] == 0
     assert c.published_bytes == sum(len(batch(gw, i)) for i in range(n))
     assert uplink.pending == 0
 
@@ -245,8 +267,10 @@ UPLINK_SCRIPT = """
 import asyncio, sys
 from edge_agent.protocol.clock import SystemClock
 from edge_agent.protocol.broker import parse_broker_url
+from edge_agent.runtime.store import MemoryStore
 from edge_agent.runtime.uplink import Uplink
-asyncio.run(Uplink(parse_broker_url(sys.argv[1]), sys.argv[2], 7, "9.9", SystemClock()).run())
+asyncio.run(Uplink(parse_broker_url(sys.argv[1]), sys.argv[2], 7, "9.9", SystemClock(),
+                   store=MemoryStore()).run())
 """
 
 
@@ -284,7 +308,8 @@ def test_broker_restart_loses_and_reorders_nothing() -> None:
     n = 150
 
     async def main() -> Uplink:
-        uplink = Uplink(parse_broker_url(b.url), gw, 42, "t", SystemClock(),
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(b.url), gw, 42, "t", SystemClock(), store=store,
                         backoff=Backoff(0.2, 1.0, random.Random(SEED)))
         async with Collector(b.url, f"edge/{gw}/data", client_id="restart-sub",
                              persistent=True) as sub:
@@ -294,7 +319,7 @@ def test_broker_restart_loses_and_reorders_nothing() -> None:
             async def submit(count: int, pause_s: float) -> None:
                 nonlocal seq
                 for _ in range(count):
-                    await uplink.submit(batch(gw, seq))
+                    await store.put(batch(gw, seq))
                     seq += 1
                     await asyncio.sleep(pause_s)
 
@@ -318,7 +343,7 @@ def test_broker_restart_loses_and_reorders_nothing() -> None:
     finally:
         b.close()
     assert uplink.counters.connects >= 2
-    assert uplink.counters.dropped_batches == 0
+    assert uplink.stats_dict()["dropped_batches"] == 0
     assert uplink.counters.last_error is not None
 
 
@@ -332,25 +357,26 @@ def test_batch_in_flight_when_the_connection_dies_is_sent_again() -> None:
     gw = "gwinflight"
 
     async def main() -> tuple[Uplink, list[int]]:
-        uplink = Uplink(parse_broker_url(b.url), gw, 42, "t", SystemClock(),
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(b.url), gw, 42, "t", SystemClock(), store=store,
                         backoff=Backoff(0.2, 1.0, random.Random(SEED)))
         async with Collector(b.url, f"edge/{gw}/data", client_id="inflight-sub",
                              persistent=True) as sub:
             task = asyncio.create_task(uplink.run())
             for i in range(3):
-                await uplink.submit(batch(gw, i))
+                await store.put(batch(gw, i))
             await sub.wait_for(lambda _: len(sub.seqs()) >= 3)
             while not (b.dir / "mosquitto.db").exists():
                 await asyncio.sleep(0.05)
             assert b.proc is not None
             b.proc.send_signal(signal.SIGSTOP)
-            await uplink.submit(batch(gw, 3))
-            while not uplink._outbox.in_flight:       # written, never acknowledged
+            await store.put(batch(gw, 3))
+            while not store.in_flight:                # written, never acknowledged
                 await asyncio.sleep(0.01)
             b.proc.kill()
             await asyncio.to_thread(b.proc.wait)
             b.proc = None
-            await uplink.submit(batch(gw, 4))
+            await store.put(batch(gw, 4))
             await asyncio.to_thread(b.start)
             await sub.wait_for(lambda _: len(sub.seqs()) >= 5)
             await stop(task)
@@ -374,11 +400,12 @@ def test_unix_socket_broker() -> None:
     gw = "gwunix"
 
     async def main() -> None:
-        uplink = Uplink(parse_broker_url(f"unix://{sock}"), gw, 1, "t", SystemClock())
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(f"unix://{sock}"), gw, 1, "t", SystemClock(), store=store)
         async with Collector(f"unix://{sock}", f"edge/{gw}/#") as sub:
             task = asyncio.create_task(uplink.run())
             for i in range(5):
-                await uplink.submit(batch(gw, i))
+                await store.put(batch(gw, i))
             await sub.wait_for(lambda _: len(sub.seqs()) >= 5)
             await stop(task)
         assert sub.seqs() == [0, 1, 2, 3, 4]
@@ -445,17 +472,19 @@ def test_tls_with_client_certificate() -> None:
     gw = "gwtls"
 
     async def main() -> None:
-        uplink = Uplink(parse_broker_url(url, **tls), gw, 1, "t", SystemClock())
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(url, **tls), gw, 1, "t", SystemClock(), store=store)
         async with Collector(url, f"edge/{gw}/#", **tls) as sub:
             task = asyncio.create_task(uplink.run())
-            await uplink.submit(batch(gw, 0))
+            await store.put(batch(gw, 0))
             await sub.wait_for(lambda _: len(sub.seqs()) >= 1)
             await stop(task)
         assert sub.docs("/state")[0]["status"] == "online"
 
         # without a client certificate the broker refuses the handshake
         clock = GatedClock(limit=2)
-        refused = Uplink(parse_broker_url(url, ca_file=f["ca"]), "gwnocert", 1, "t", clock)
+        refused = Uplink(parse_broker_url(url, ca_file=f["ca"]), "gwnocert", 1, "t", clock,
+                         store=MemoryStore())
         task = asyncio.create_task(refused.run())
         await clock.reached.wait()
         await stop(task)
@@ -468,7 +497,7 @@ def test_tls_with_client_certificate() -> None:
 
 
 def test_refused_puback_keeps_the_batch(tmp_path: Path) -> None:
-    """An ACL denies data: MQTT 5 PUBACK 0x87 is an error and the batch stays in the outbox."""
+    """An ACL denies data: MQTT 5 PUBACK 0x87 is an error and the batch stays in the store."""
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite edge/+/state\ntopic read edge/+/data\n")
     b = Mosquitto(extra_conf=f"acl_file {acl}\n")
@@ -477,8 +506,9 @@ def test_refused_puback_keeps_the_batch(tmp_path: Path) -> None:
 
     async def main() -> Uplink:
         clock = GatedClock(limit=2)
-        uplink = Uplink(parse_broker_url(b.url), gw, 1, "t", clock)
-        await uplink.submit(batch(gw, 0))
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(b.url), gw, 1, "t", clock, store=store)
+        await store.put(batch(gw, 0))
         task = asyncio.create_task(uplink.run())
         await clock.reached.wait()
         await stop(task)
@@ -498,10 +528,11 @@ def test_health_json_and_subscriptions(broker: Mosquitto) -> None:
     gw = "gwhealth"
 
     async def main() -> None:
-        uplink = Uplink(parse_broker_url(broker.url), gw, 1, "t", SystemClock())
+        store = MemoryStore()
+        uplink = Uplink(parse_broker_url(broker.url), gw, 1, "t", SystemClock(), store=store)
         await uplink.publish_health({"ok": True})             # offline: skipped, counted
-        assert await uplink.drain(timeout_s=0.1)              # nothing submitted: drained
-        await uplink.submit(batch(gw, 0))
+        assert await uplink.drain(timeout_s=0.1)              # nothing stored: drained
+        await store.put(batch(gw, 0))
         assert not await uplink.drain(timeout_s=0.1)          # offline: cannot drain
         assert uplink.stats_dict()["pending"] == 1
         assert uplink.counters.health_skipped == 1

@@ -4,8 +4,10 @@ the trusted state comes back unchanged ("nothing changed") and the reason names 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import struct
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from edge_agent.protocol.bundle import (
     sign_envelope,
     split_bundle,
 )
+from edge_agent.protocol.errors import VerificationError
 from edge_agent.protocol.keys import PrivateKey
 from edge_agent.protocol.trust import TrustedState
 from edge_agent.protocol.verify import ACCEPTED, CURRENT, REJECTED, Verdict, verify_bundle
@@ -37,7 +40,7 @@ A, B, C, EVIL = key("release-a"), key("release-b"), key("release-c"), key("evil"
 
 def root_v(version: int, roots: list[PrivateKey], signers: list[PrivateKey],
            release: list[PrivateKey], *, threshold: int = 2, release_threshold: int = 1,
-           expires: int = NOW + 365 * DAY) -> dict:
+           expires: int = NOW + 365 * DAY) -> dict[str, Any]:
     signed = root_signed(version, [k.public for k in roots], threshold,
                          [k.public for k in release], release_threshold,
                          issued=NOW - DAY, expires=expires)
@@ -47,17 +50,22 @@ def root_v(version: int, roots: list[PrivateKey], signers: list[PrivateKey],
 ROOT1 = root_v(1, [R1, R2, R3], [R1, R2], [A, B])
 
 
-def trust(root: dict | None = None, **kw) -> TrustedState:
+def trust(root: dict[str, Any] | None = None, **kw: Any) -> TrustedState:
     return TrustedState(gateway_id=kw.pop("gw", "gw-a"), site="north", tags=("lamps",),
                         root=root or ROOT1, **kw)
 
 
 def bundle(version: int = 7, payload: bytes = b"[gateway]\nid = 'gw-a'\n",
-           keys: tuple[PrivateKey, ...] = (A,), **kw) -> bytes:
+           keys: tuple[PrivateKey, ...] = (A,), **kw: Any) -> bytes:
     kw.setdefault("gateways", ["gw-a"])
     kw.setdefault("issued", NOW - 60)
     kw.setdefault("expires", NOW + DAY)
     return make_bundle(kw.pop("kind", "config"), version, payload, keys, **kw)
+
+
+def wire(envelope: bytes, payload: bytes = b"") -> bytes:
+    """Bundle framing around raw envelope bytes, however hostile."""
+    return struct.pack(">4sI", b"EFB1", len(envelope)) + envelope + payload
 
 
 def rejected(v: Verdict, before: TrustedState, reason: str) -> None:
@@ -280,7 +288,11 @@ def test_float_in_signed_metadata_is_refused() -> None:
     env, payload = split_bundle(bundle(), 1 << 20)
     env["signed"]["version"] = 7.0
     t = trust()
-    rejected(verify_bundle(encode_bundle(env, bytes(payload)), t, "config", NOW), t, "float")
+    rejected(verify_bundle(wire(json.dumps(env).encode(), bytes(payload)), t, "config", NOW), t,
+             "float")
+    # The fleet side refuses to send what no gateway would take.
+    with pytest.raises(VerificationError, match=r"float 7\.0 is not allowed at"):
+        encode_bundle(env, bytes(payload))
 
 
 def test_random_bit_flips_are_never_accepted() -> None:

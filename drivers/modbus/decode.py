@@ -121,7 +121,8 @@ def _build_decoder(point: Point) -> Decoder:
     scaler = _scaler(point)
     if scaler is None:
         def number(data: Data) -> Value:
-            return unpack(_to_bytes(point, data, words, reverse))[0]
+            value: Value = unpack(_to_bytes(point, data, words, reverse))[0]
+            return value
         return number
 
     def scaled(data: Data) -> Value:

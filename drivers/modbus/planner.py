@@ -11,24 +11,19 @@ Neighbouring points are coalesced into one read when the hole between them is at
 ``BadRanges`` remembers, per device, what the device has proven it rejects (exception 2,
 "illegal data address", spec 7): addresses, and boundaries a read may not cross (some
 devices reject a read that spans two internal blocks even when every address is valid).
-It learns from replies only. The scheduler drives it like this, per device::
+It learns from replies only, through ``after_reply``, which decides for each reply what
+is learned and what must be asked next. The scheduler drives it like this, per device::
 
     pending = plan_reads(due_points, bad=bad)        # never touches known-bad addresses
     rejected = [p for p in due_points if bad.is_point_bad(p)]
     # report `rejected` as device_exception code 2 without sending anything
     while pending:
         req = pending.pop(0)
-        reply = await transport.read(req)
-        if reply is exception 2:
-            parts = bad.split_after_illegal(req)
-            if parts:
-                pending[:0] = parts                   # isolate the culprit in this cycle
-            else:                                     # one point's registers, now marked bad
-                report req.points as device_exception code 2
-        elif reply is good:
-            bad.record_ok(req)                        # required; cheap when nothing pending
-            # decode
-        # comm errors and other exceptions teach nothing about addresses
+        reply = await transport.read_request(unit, req)
+        follow = after_reply(bad, req, reply)
+        pending[:0] = follow.resend                   # isolate the culprit in this cycle
+        # report follow.rejected as device_exception code 2; decode the data of a good
+        # reply; comm errors and other exceptions teach nothing about addresses
 
 ``split_after_illegal`` halves a rejected read at the hole (or point boundary) nearest
 its middle, leaving the hole out of both halves. If both halves are then answered, the
@@ -45,6 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from edge_agent.drivers.model import Point, ReadRequest, Table
+from edge_agent.drivers.transport import Reply
+
+ILLEGAL_DATA_ADDRESS = 2  # Modbus application protocol V1.1b3, section 7
 
 _Key = tuple[Table, int, int]
 
@@ -193,6 +191,34 @@ class BadRanges:
                 out.append((s, e))
         self._starts[table] = [s for s, _ in out]
         self._ends[table] = [e for _, e in out]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a reply leaves to do: reads to send first, points to report as exception 2."""
+
+    resend: tuple[ReadRequest, ...] = ()
+    rejected: tuple[Point, ...] = ()
+
+
+def after_reply(bad: BadRanges, request: ReadRequest, reply: Reply) -> FollowUp:
+    """Learn what ``reply`` to ``request`` proves about the device's addresses; say what next.
+
+    Data completes any isolation ``request`` was part of. Exception 2 to a read of several
+    points splits it (``resend``, to be sent before the cycle's other reads); to one point's
+    registers it marks them bad (``rejected``). Any other outcome teaches nothing: another
+    exception code is about the device's state, not its address map, and silence is not an
+    answer. No I/O: the only effect is on ``bad``.
+    """
+    if reply.data is not None:
+        bad.record_ok(request)
+        return FollowUp()
+    if reply.exception_code != ILLEGAL_DATA_ADDRESS or not request.points:
+        return FollowUp()
+    parts = bad.split_after_illegal(request)
+    if parts:
+        return FollowUp(resend=tuple(parts))
+    return FollowUp(rejected=request.points)
 
 
 def _by_address(p: Point) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from edge_agent.drivers.bus import Parity, SerialBus
 from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.timing import exchange_s, inter_frame_gap_s, no_reply_s
+from edge_agent.drivers.modbus.timing import inter_frame_gap_s, no_reply_s
 from edge_agent.drivers.model import DataType, Point, Table
 from edge_agent.drivers.profile import DeviceProfile
 
@@ -32,8 +32,8 @@ UNIT_IDS = range(1, 248)
 PROBE_FC = 3
 PROBE_TABLE = Table.HOLDING_REGISTER
 PROBE_ADDRESS = 0
-# Devices answer within 5-50 ms (LIBRARY_NOTES); a scan waits for the quick majority and
-# the installer raises --turnaround-ms for slow ones.
+# Real devices start answering 5-50 ms after a request ends; a scan waits for the quick
+# majority and the installer raises --turnaround-ms for slow ones.
 DEFAULT_SCAN_TURNAROUND_S = 0.020
 # "A few seconds per hundred ids": the promise a sweep is measured against.
 FEW_SECONDS_PER_100 = 5.0
@@ -115,12 +115,6 @@ def sweep_estimate_s(setting: ScanSetting, ids: int,
 def per_hundred_s(elapsed_s: float, ids: int) -> float:
     """Seconds per hundred ids of a sweep that took ``elapsed_s`` for ``ids`` ids."""
     return elapsed_s * 100 / ids if ids else 0.0
-
-
-def exchange_estimate_s(setting: ScanSetting, count: int = 1,
-                        turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S) -> float:
-    """One answered read of ``count`` registers at this setting."""
-    return exchange_s(setting.bus("-"), PROBE_FC, count, turnaround_s)
 
 
 # ---- recognition --------------------------------------------------------------------

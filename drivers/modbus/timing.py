@@ -12,14 +12,14 @@ One request/response exchange (a transaction, 2.4.1) occupies the line for
     request characters + t3.5 + device turnaround + reply characters + t3.5
 
 where the turnaround is the time a device takes to process the request after it has
-seen its end (5 to 50 ms on real devices, see LIBRARY_NOTES). Frame sizes per function
+seen its end (5 to 50 ms on real devices). Frame sizes per function
 code come from Modbus application protocol V1.1b3, section 6, plus the RTU envelope of
 unit id (1 byte) and CRC (2 bytes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edge_agent.drivers.bus import FieldSite, Parity, SerialBus
@@ -27,12 +27,11 @@ from edge_agent.drivers.modbus.planner import plan_reads
 from edge_agent.drivers.model import Point, Table
 
 # The turnaround a budget assumes when the config says nothing about the devices: the fast
-# end of what real devices need (LIBRARY_NOTES: 5-50 ms). A bench measures real values.
+# end of the 5-50 ms real devices need. A bench measures real values.
 DEFAULT_TURNAROUND_S = 0.010
 # Above this baud rate the gaps are fixed (serial line V1.02, 2.5.1.1).
 FIXED_GAP_ABOVE_BAUD = 19200
 FIXED_T35_S = 0.00175
-FIXED_T15_S = 0.00075
 # check-config: warn above this share of the line's time, fail above 1.0.
 WARN_UTILISATION = 0.8
 
@@ -60,18 +59,14 @@ def inter_frame_gap_s(bus: SerialBus) -> float:
     return FIXED_T35_S if bus.baudrate > FIXED_GAP_ABOVE_BAUD else 3.5 * char_time_s(bus)
 
 
-def inter_char_gap_s(bus: SerialBus) -> float:
-    """The longest pause inside a frame: 1.5 characters, fixed 0.75 ms above 19200 baud."""
-    return FIXED_T15_S if bus.baudrate > FIXED_GAP_ABOVE_BAUD else 1.5 * char_time_s(bus)
-
-
 def _bytes_for_bits(count: int) -> int:
     return (count + 7) // 8
 
 
 # Function code -> (request bytes, reply bytes) as functions of the item count, RTU framing:
 # unit id + PDU + 2 CRC bytes (application protocol 6.1-6.12; serial line 2.5.1).
-FRAME_BYTES = {
+FrameSize = Callable[[int], int]
+FRAME_BYTES: dict[int, tuple[FrameSize, FrameSize]] = {
     1: (lambda n: 8, lambda n: 5 + _bytes_for_bits(n)),        # read coils
     2: (lambda n: 8, lambda n: 5 + _bytes_for_bits(n)),        # read discrete inputs
     3: (lambda n: 8, lambda n: 5 + 2 * n),                     # read holding registers

@@ -4,7 +4,16 @@ Everything protocol-level (framing, CRC, MBAP) is pymodbus's. What this module a
 what a field bus needs and pymodbus leaves out: timeouts derived from the line speed,
 our own retry count (so a probe of a dead device costs one timeout, not several), the
 3.5-character silence between frames on serial lines, and results as values (an
-exception reply is data, not an exception).
+exception reply is data, not an exception). ``BusTransport`` is the Modbus
+``FieldTransport`` (``edge_agent.drivers.transport``): it reads ``ReadRequest`` values and
+writes ``WriteRequest`` values.
+
+Cancellation: pymodbus waits for each reply with ``asyncio.wait_for``, which on Python 3.11
+returns the reply and drops the caller's cancel when the reply lands in the same loop turn as
+the cancel (fixed in 3.12, where ``wait_for`` is built on ``asyncio.timeout``). A poller
+cancelled at stop would then keep polling forever; ``_exchange`` notices the lost request
+(``Task.cancelling()`` went up) and raises ``CancelledError`` itself. ``close`` fails the
+request in flight at once and refuses later ones, so a forced stop cannot wait on a bus.
 """
 
 from __future__ import annotations
@@ -14,15 +23,20 @@ import logging
 import termios
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeAlias
 
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException
 from pymodbus.pdu import ExceptionResponse
 
 from edge_agent.drivers.bus import Bus, SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.modbus.timing import char_time_s, inter_frame_gap_s
-from edge_agent.drivers.model import Table
+from edge_agent.drivers.model import ReadRequest, Table
+from edge_agent.drivers.transport import BusStats as BusStats
+from edge_agent.drivers.transport import FieldTransport
+from edge_agent.drivers.transport import Reply as Reply
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +47,8 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 # 5 + 2 x 125 = 255 bytes (Modbus over serial line V1.02, 2.5.1).
 _REQUEST_CHARS = 8
 _MAX_REPLY_CHARS = 255
-# Allowance for device turnaround and USB-serial adapters that deliver bytes in ~16 ms
-# batches (LIBRARY_NOTES: devices add 5-50 ms).
+# Allowance for device turnaround (real devices take 5-50 ms to start answering after a
+# request ends) and for USB-serial adapters that deliver bytes in ~16 ms batches.
 _TURNAROUND_S = 0.1
 DEFAULT_TCP_TIMEOUT_S = 1.0
 
@@ -54,34 +68,29 @@ def bus_timeout_s(bus: Bus) -> float:
     return bus.timeout_s if bus.timeout_s is not None else DEFAULT_TCP_TIMEOUT_S
 
 
+def _cancel_requests() -> int:
+    """How many cancels the running task has been asked for (0 outside a task)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_lost_cancel(before: int) -> None:
+    """Raise the cancel a library swallowed while we awaited it (see the module docstring)."""
+    if _cancel_requests() > before:
+        raise asyncio.CancelledError("cancelled during a Modbus request (the library dropped it)")
+
+
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """Outcome of one request: data, a Modbus exception code, or a communication error."""
+class WriteRequest:
+    """One Modbus write: values for consecutive coils or holding registers from ``address``."""
 
-    data: list[int] | list[bool] | None = None
-    exception_code: int | None = None
-    error: str | None = None
-    latency_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when the device answered with data."""
-        return self.data is not None
+    table: Table
+    address: int
+    values: tuple[int, ...] | tuple[bool, ...]
 
 
-@dataclass(slots=True)
-class BusStats:
-    """Counters for one bus, reported in health."""
-
-    requests: int = 0
-    replies: int = 0
-    timeouts: int = 0
-    exceptions: int = 0
-    retries: int = 0
-    reconnects: int = 0
-    busy_s: float = 0.0
-    last_error: str = ""
-    exception_codes: dict[int, int] = field(default_factory=dict)
+# The transport the scheduler polls through: any FieldTransport speaking these requests.
+ModbusTransport: TypeAlias = FieldTransport[ReadRequest, WriteRequest]
 
 
 _READERS = {
@@ -102,6 +111,7 @@ class BusTransport:
         self.stats = BusStats()
         self._lock = asyncio.Lock()
         self._last_frame_end = 0.0
+        self._closed = False
         self._client = self._make_client()
 
     def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
@@ -131,14 +141,19 @@ class BusTransport:
         return bool(self._client.connected)
 
     async def _ensure_connected(self) -> str | None:
+        if self._closed:
+            return f"{self.describe()} is closed"
         if self._client.connected:
             return None
         self.stats.reconnects += 1
+        before = _cancel_requests()
         try:
-            ok = await self._client.connect()
+            ok = await self._client.connect()  # pymodbus connects inside wait_for too
         except (OSError, ModbusException, termios.error) as exc:
             # termios.error: the port refused a setting (e.g. even parity on a PTY).
             return f"cannot open {self.describe()}: {exc}"
+        finally:
+            _raise_lost_cancel(before)
         return None if ok else f"cannot open {self.describe()}"
 
     def describe(self) -> str:
@@ -160,6 +175,16 @@ class BusTransport:
             # Bit replies are padded to whole bytes (spec 6.1): keep what was asked for.
             return Reply(data=reply.data[:count], latency_s=reply.latency_s)
         return reply
+
+    async def read_request(self, unit_id: int, request: ReadRequest, *,
+                           attempts: int | None = None) -> Reply:
+        """Read the span of a planned request (the ``FieldTransport`` read)."""
+        return await self.read(unit_id, request.table, request.address, request.count,
+                               attempts=attempts)
+
+    async def write_request(self, unit_id: int, request: WriteRequest) -> Reply:
+        """Write a ``WriteRequest`` (the ``FieldTransport`` write); one attempt."""
+        return await self.write(unit_id, request.table, request.address, list(request.values))
 
     async def write(self, unit_id: int, table: Table, address: int,
                     values: list[int] | list[bool]) -> Reply:
@@ -190,17 +215,25 @@ class BusTransport:
             try:
                 for attempt in range(tries):
                     await self._respect_gap()
+                    if self._closed:  # pymodbus would reconnect a closed client by itself
+                        error = f"{self.describe()} is closed"
+                        break
                     self.stats.requests += 1
                     if attempt:
                         self.stats.retries += 1
+                    before = _cancel_requests()
                     try:
                         rr = await call()
                     except ModbusException as exc:
+                        if self._closed:  # failed by close(): no retry on a closed bus
+                            error = f"{self.describe()} closed during the request"
+                            break
                         self.stats.timeouts += 1
                         error = f"no valid reply: {exc}"
                         continue
                     finally:
                         self._last_frame_end = time.monotonic()
+                        _raise_lost_cancel(before)
                     self.stats.replies += 1
                     if isinstance(rr, ExceptionResponse):
                         code = int(rr.exception_code)
@@ -216,12 +249,19 @@ class BusTransport:
                 self.stats.busy_s += time.monotonic() - started
 
     async def _respect_gap(self) -> None:
-        # pymodbus's async client does not keep the inter-frame silence (LIBRARY_NOTES).
+        # pymodbus's async client writes a request the moment it is called: nothing in it
+        # keeps the t3.5 silence after the previous frame (serial line V1.02, 2.5.1.1).
         if self.gap_s:
             wait = self._last_frame_end + self.gap_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
 
     async def close(self) -> None:
-        """Close the connection (safe to call twice)."""
+        """Close for good: the request in flight fails now, later ones are refused (idempotent)."""
+        self._closed = True
         self._client.close()
+        # pymodbus's close leaves a pending reply future waiting out its timeout: fail it, so
+        # a stop that closes the bus does not wait for the timeout.
+        pending = getattr(self._client.ctx, "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(ConnectionException(f"{self.describe()} closed"))

@@ -293,7 +293,7 @@ async def _running(server: ModbusSerialServer | ModbusTcpServer, what: str
     try:
         yield
     finally:
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
 
 
 def _tcp_address(url: str) -> tuple[str, int]:

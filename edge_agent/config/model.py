@@ -1,7 +1,8 @@
-"""The parsed site config: frozen, slotted values (parsing and validation live in ``loader``)."""
+"""The parsed site config: frozen, slotted values (``loader`` and ``fieldbus`` parse them)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -9,6 +10,10 @@ from pathlib import Path
 from edge_agent.drivers.bus import Bus, DeviceConfig
 from edge_agent.protocol.broker import MqttConfig
 
+# Bus and device names become MQTT topic levels and health keys. The gateway id has its own,
+# stricter rule, shared with the fleet: edge_agent.protocol.ids.check_gateway_id.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SAFE_ID_TEXT = "1-64 letters, digits, '-' or '_' (a safe MQTT topic segment)"
 
 @dataclass(frozen=True, slots=True)
 class BatchConfig:

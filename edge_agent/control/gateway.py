@@ -9,6 +9,12 @@ it or switches back. The result goes to ``{prefix}/{gateway}/reported``, retaine
 
 A gateway that is not enrolled (no trusted state in its state directory) runs its local
 config and ignores desired configs: it has nothing to verify them with.
+
+Nothing stops silently: stopping the agent has a deadline (the agent's own stop budget plus a
+margin; past it the agent is cancelled, and tasks that still do not end are reported), a
+switch has one sized for its config, and the systemd watchdog is pinged only while the
+gateway makes progress: no stop or switch past its deadline, no bus poller past its
+heartbeat, no failed revert. Otherwise systemd restarts the service, on the last good config.
 """
 
 from __future__ import annotations
@@ -17,13 +23,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
-from edge_agent.config.loader import load_config
+from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, SerialBus
@@ -32,7 +37,8 @@ from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
-from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.agent import Agent, open_store, stop_budget_s
+from edge_agent.runtime.lifecycle import Operations, Overrun, describe_tasks, stop_tasks
 from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
 
@@ -40,6 +46,12 @@ if TYPE_CHECKING:
     from edge_agent.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
+
+STOP_MARGIN_S = 2.0        # beyond the agent's stop budget before its run is cancelled
+START_MARGIN_S = 5.0       # a switch's deadline beyond stopping and getting the new one going
+HELPERS_STOP_S = 2.0       # the gateway's own tasks (watchdog, offers) to end at exit
+SWEEP_S = 2.0              # tasks still left at exit to end after their cancel
+EXIT_STUCK = 70            # EX_SOFTWARE: exited although tasks would not end
 
 
 def _endpoint(bus: Bus) -> str:
@@ -50,8 +62,12 @@ class Gateway:
     """Owns the running Agent and, when enrolled, the control plane that may replace it."""
 
     def __init__(self, config_path: Path, *, broker_url: str | None = None,
-                 health_gate_s: float = 30.0, clock: Clock | None = None) -> None:
+                 health_gate_s: float = 30.0, clock: Clock | None = None,
+                 own_process: bool = True) -> None:
         self.config_path = config_path
+        # The gateway is the whole process (``edge-agent run``): at exit, tasks left running
+        # are cancelled until they end, and if they will not the process exits anyway.
+        self.own_process = own_process
         self.broker_url = broker_url
         self.health_gate_s = health_gate_s
         self.clock = clock or SystemClock()
@@ -61,6 +77,8 @@ class Gateway:
         self._agent_stop = asyncio.Event()
         self._agent_task: asyncio.Task[None] | None = None
         self._offers: asyncio.Queue[bytes] = asyncio.Queue()
+        self.ops = Operations(self.clock)   # stops and switches in progress, with deadlines
+        self.degraded: str | None = None    # set when a stop had to abandon tasks
         self.control: ControlPlane[SiteConfig] | None = None
         if (self.local.state_dir / TRUST_FILE).exists():
             # Imported only when enrolled: the verifier's crypto costs ~6 MB of RSS.
@@ -69,20 +87,20 @@ class Gateway:
             self.control = ControlPlane(
                 self.local.state_dir, validate=self.validate, dry_run=self.dry_run,
                 switch=self.switch, healthy=self.healthy, kind="config",
-                hold_s=health_gate_s, clock=self.clock)
+                hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
+                ops=self.ops)
 
     # ------------------------------------------------------------------ callbacks
 
     def validate(self, payload: bytes) -> SiteConfig:
-        """Parse a config payload as if it were the operator's file (same folder, same paths)."""
-        folder = self.config_path.absolute().parent
-        fd, name = tempfile.mkstemp(prefix=".fleet-config-", suffix=".toml", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            cfg = load_config(Path(name), broker_url=self.broker_url)
-        finally:
-            os.unlink(name)
+        """Parse a config payload in the place of the operator's file; writes nothing."""
+        # From the bytes: under the unit (ProtectSystem=strict) the config's directory is
+        # read-only, so no temporary file may go beside it. Relative paths resolve against the
+        # operator's config directory, and every file the payload names must be there or in
+        # the local state dir, which the payload cannot move (config.paths).
+        cfg = load_config_bytes(payload, source="config bundle",
+                                base_dir=self.config_path.absolute().parent,
+                                state_dir=self.local.state_dir, broker_url=self.broker_url)
         if cfg.gateway_id != self.local.gateway_id:
             raise ConfigError(f"config bundle: gateway.id = {cfg.gateway_id!r}: expected this "
                               f"gateway's id {self.local.gateway_id!r}")
@@ -115,14 +133,24 @@ class Gateway:
         if silent:
             raise DeviceError("devices did not answer: " + "; ".join(silent))
 
+    def _start_wait_s(self, cfg: SiteConfig) -> float:
+        slowest = max((d.poll_interval_s for d in cfg.devices), default=1.0)
+        return max(15.0, 3 * slowest)
+
+    def switch_budget_s(self, cfg: SiteConfig) -> float:
+        """The deadline of a switch to ``cfg``: stop the running agent, get the new one going."""
+        agent = self.agent
+        stopping = 0.0 if agent is None else stop_budget_s(agent.store.durable) + STOP_MARGIN_S
+        return stopping + self._start_wait_s(cfg) + START_MARGIN_S
+
     async def switch(self, cfg: SiteConfig) -> None:
-        """Stop the running agent and start one on ``cfg``; EdgeError if it never gets going."""
+        """Stop the running agent and start one on ``cfg``; EdgeError if the old one would not
+        stop or the new one never gets going."""
         await self._stop_agent()
-        self._start_agent(cfg)
+        await self._start_agent(cfg)
         agent = self.agent
         assert agent is not None
-        slowest = max((d.poll_interval_s for d in cfg.devices), default=1.0)
-        deadline = self.clock.monotonic() + max(15.0, 3 * slowest)
+        deadline = self.clock.monotonic() + self._start_wait_s(cfg)
         while self.clock.monotonic() < deadline:
             states = [s for sched in agent.schedulers.values() for s in sched.devices.values()]
             if agent.uplink.connected.is_set() and all(s.polls for s in states):
@@ -142,13 +170,28 @@ class Gateway:
                    for name, s in sched.devices.items() if s.status == "offline"]
         if offline:
             return False, f"devices offline: {', '.join(sorted(offline))}"
+        stalled = agent.stalled()
+        if stalled:
+            return False, f"buses stalled: {'; '.join(stalled)}"
         return True, "uplink up, all devices answering"
+
+    def stuck(self) -> list[str]:
+        """Why the gateway is not making progress (empty while it is): the watchdog's test."""
+        reasons = self.ops.overdue()
+        if self.degraded is not None:
+            reasons.append(self.degraded)
+        if self.control is not None and self.control.revert_failed is not None:
+            reasons.append(self.control.revert_failed)
+        if self.agent is not None:
+            reasons += self.agent.stalled()
+        return reasons
 
     # ------------------------------------------------------------------ agent lifecycle
 
-    def _start_agent(self, cfg: SiteConfig) -> None:
+    async def _start_agent(self, cfg: SiteConfig) -> None:
+        store = await open_store(cfg)   # first: the agent and its uplink share it
         self.cfg = cfg
-        self.agent = Agent(cfg, self.clock)
+        self.agent = Agent(cfg, store, self.clock)
         if self.control is not None:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
@@ -157,11 +200,29 @@ class Gateway:
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 
     async def _stop_agent(self) -> None:
-        if self._agent_task is not None:
-            self._agent_stop.set()
-            await self._agent_task
-        self._agent_task = None
-        self.agent = None
+        """Stop the running agent within its stop budget; Overrun if it left tasks running."""
+        task, agent = self._agent_task, self.agent
+        if task is None or agent is None:
+            self._agent_task = self.agent = None
+            return
+        self._agent_stop.set()
+        budget = stop_budget_s(agent.store.durable) + STOP_MARGIN_S
+        with self.ops.step("stopping the agent", budget + STOP_MARGIN_S):
+            done, _ = await asyncio.wait({task}, timeout=budget)
+            if not done:
+                log.error("the agent did not stop within %.0f s; cancelling it. Tasks:\n%s",
+                          budget, describe_tasks(asyncio.all_tasks()))
+                # One cancel, not a stream: its own stop steps run in a finally.
+                await stop_tasks([task], STOP_MARGIN_S, "the agent",
+                                 recancel_after_s=STOP_MARGIN_S)
+        # Kept until here: a switch cut short by its deadline stops this same agent again.
+        self._agent_task = self.agent = None
+        left = [*agent.abandoned, *([] if task.done() else [task.get_name()])]
+        if left:
+            self.degraded = f"a stopped agent left tasks running: {', '.join(left)}"
+            raise Overrun(self.degraded)
+        if not task.cancelled():
+            task.result()  # the agent's own crash, if it had one
 
     async def _on_desired(self, message: aiomqtt.Message) -> None:
         payload = message.payload
@@ -194,10 +255,24 @@ class Gateway:
             await self._publish_report(report)
 
     async def _ping_watchdog(self, watchdog: Watchdog, interval_s: float) -> None:
-        # Pinged from the event loop itself: a hung loop stops the pings and systemd
-        # restarts the service (WatchdogSec in the unit that install-service writes).
+        # Pinged from the event loop itself, and only while the gateway makes progress: a hung
+        # loop, or a loop alive around a stuck stop, switch or poller, stops the pings and
+        # systemd restarts the service (WatchdogSec in the unit that install-service writes).
+        withheld = False
         while True:
-            watchdog.ping()
+            reasons = self.stuck()
+            if not reasons:
+                if withheld:
+                    log.warning("watchdog: the gateway makes progress again; pinging again")
+                    watchdog.status("polling")
+                withheld = False
+                watchdog.ping()
+            elif not withheld:
+                withheld = True
+                log.error("watchdog: not pinging systemd, which restarts the service after "
+                          "WatchdogSec: %s. Tasks:\n%s", "; ".join(reasons),
+                          describe_tasks(asyncio.all_tasks()))
+                watchdog.status(f"stuck: {reasons[0]}")
             await self.clock.sleep(interval_s)
 
     # ------------------------------------------------------------------ run
@@ -218,21 +293,59 @@ class Gateway:
                 except EdgeError as exc:
                     log.error("the committed fleet config no longer loads (%s); running the "
                               "local config %s", exc, self.config_path)
-        self._start_agent(self.cfg)
+        await self._start_agent(self.cfg)
         watchdog = Watchdog()
         watchdog.notify_ready()
         helpers: list[asyncio.Task[None]] = []
-        async with asyncio.TaskGroup() as tg:
-            if watchdog.interval_s is not None:
-                helpers.append(tg.create_task(self._ping_watchdog(watchdog, watchdog.interval_s),
-                                              name="watchdog"))
-            if self.control is not None:
-                helpers.append(tg.create_task(self._apply_offers(), name="control"))
-            if boot_report is not None:
-                helpers.append(tg.create_task(self._publish_report(boot_report),
-                                              name="boot-report"))
-            await stop.wait()
+        if watchdog.interval_s is not None:
+            helpers.append(asyncio.create_task(
+                self._ping_watchdog(watchdog, watchdog.interval_s), name="watchdog"))
+        if self.control is not None:
+            helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
+        if boot_report is not None:
+            helpers.append(asyncio.create_task(self._publish_report(boot_report),
+                                               name="boot-report"))
+        crashed: BaseException | None = None
+        try:
+            crashed = await self._until_stop_or_crash(stop, helpers)
+        finally:
             watchdog.notify_stopping()
-            for task in helpers:
-                task.cancel()
-            await self._stop_agent()
+            await stop_tasks(helpers, HELPERS_STOP_S, "the gateway's helpers")
+            with contextlib.suppress(Overrun):  # logged; the exit goes on
+                await self._stop_agent()
+            if self.own_process:
+                await self._sweep()
+        if crashed is not None:
+            raise crashed
+
+    async def _until_stop_or_crash(self, stop: asyncio.Event,
+                                   helpers: list[asyncio.Task[None]]) -> BaseException | None:
+        """Wait for ``stop``; a helper that crashes first ends the wait with its exception."""
+        waiter = asyncio.ensure_future(stop.wait())
+        running: set[asyncio.Future[Any]] = {waiter, *helpers}
+        try:
+            while not waiter.done():
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not waiter and not task.cancelled() and task.exception():
+                        log.error("gateway task %s crashed", task.get_name()
+                                  if isinstance(task, asyncio.Task) else task)
+                        return task.exception()
+            return None
+        finally:
+            waiter.cancel()
+
+    async def _sweep(self) -> None:
+        """At exit, end every task still running; exit the process if some will not end.
+
+        ``asyncio.run`` cancels leftover tasks once and then waits for them without a limit:
+        one that swallows its cancel would keep a stopping gateway alive until SIGKILL.
+        """
+        me = asyncio.current_task()
+        left = await stop_tasks([t for t in asyncio.all_tasks() if t is not me], SWEEP_S,
+                                "tasks left at exit")
+        if left:
+            log.critical("exiting although %d tasks will not end (the store is closed; "
+                         "nothing is lost)", len(left))
+            logging.shutdown()
+            os._exit(EXIT_STUCK)

@@ -5,6 +5,11 @@ trial) and ``recover`` (what a restart must do). Thin async shell: ``ControlPlan
 runs one bundle through the stages with callables the agent supplies (validate, dry-run, switch,
 healthy), persisting the journal before each step that changes what runs.
 
+Nothing waits forever: a switch (and a switch back) that does not complete within its deadline
+counts as failed, the trial is reverted and reported. A revert that fails too is reported and
+kept in ``revert_failed``, so the gateway's watchdog stops pinging and systemd restarts it on
+the last known good config (the journal already says so).
+
 Crash safety: the journal is written atomically before the switch (stage "switched") and again
 at commit, in this order: journal (good = new) first, then the trust floor. A restart finding a
 trial at "switched" reverts to the last known good config; one finding it earlier drops it
@@ -36,11 +41,14 @@ from edge_agent.protocol.verify import (
     claimed_version,
     verify_bundle,
 )
+from edge_agent.runtime.lifecycle import Operations, Overrun
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 JOURNAL_FILE = "control.json"
+SWITCH_TIMEOUT_S = 300.0   # a switch's deadline unless the caller sizes it per config
+GATE_MARGIN_S = 10.0       # the health gate's deadline beyond its hold (one slow check)
 
 
 class Stage(StrEnum):
@@ -168,7 +176,9 @@ class ControlPlane(Generic[C]):
                  dry_run: Callable[[C], Awaitable[None]], switch: Callable[[C], Awaitable[None]],
                  healthy: Callable[[], Awaitable[tuple[bool, str]]], kind: str = "config",
                  hold_s: float = 30.0, check_every_s: float = 1.0, clock: Clock | None = None,
-                 max_payload: int = MAX_PAYLOAD, fsync: bool = True) -> None:
+                 max_payload: int = MAX_PAYLOAD, fsync: bool = True,
+                 switch_timeout_s: float | Callable[[C], float] = SWITCH_TIMEOUT_S,
+                 ops: Operations | None = None) -> None:
         self.state_dir = state_dir
         self.kind = kind
         self.validate = validate
@@ -181,6 +191,10 @@ class ControlPlane(Generic[C]):
         self.max_payload = max_payload
         self.fsync = fsync
         self.counters = ControlCounters()
+        self.switch_timeout_s = switch_timeout_s
+        # Shared with the gateway, whose watchdog stops pinging when a step is overdue.
+        self.ops = ops or Operations(self.clock)
+        self.revert_failed: str | None = None
         self.trust = load_trust(state_dir)
         self.journal = self._load_journal()
         self._lock = asyncio.Lock()
@@ -290,17 +304,26 @@ class ControlPlane(Generic[C]):
         # Persist before switching: from here a restart must revert.
         atomic_write(self.trial_path, bundle.payload, fsync=self.fsync)
         self._save_journal(journal.advance(Stage.SWITCHED))
+        good = self.journal.good_version
         try:
-            await self.switch(config)
-            ok, why = await self._health_gate()
+            await self._switch_within(config, f"switch to {self.kind} v{bundle.version}")
+            with self.ops.step(f"{self.kind} v{bundle.version}: health gate",
+                               self.hold_s + self.check_every_s + GATE_MARGIN_S):
+                ok, why = await self._health_gate()
         except EdgeError as exc:
             ok, why = False, f"switch failed: {exc}"
         if not ok:
+            back = f"reverted to v{good}"
             if current is not None:
-                await self.switch(current)
+                try:
+                    await self._switch_within(current, f"revert to {self.kind} v{good}")
+                except EdgeError as exc:
+                    self.revert_failed = f"the revert to {self.kind} v{good} failed: {exc}"
+                    log.error("%s; the watchdog will have the gateway restarted on it",
+                              self.revert_failed)
+                    back = f"the revert to v{good} failed ({exc}); restarting on it"
             return self._failed(self.journal, Stage.REVERTED, Result.REVERTED,
-                                f"health gate failed: {why}; reverted to v"
-                                f"{self.journal.good_version}")
+                                f"health gate failed: {why}; {back}")
         # Commit: good payload, then journal, then the floor (see the module docstring).
         atomic_write(self.good_path, bundle.payload, fsync=self.fsync)
         self._save_journal(self.journal.commit())
@@ -316,6 +339,18 @@ class ControlPlane(Generic[C]):
         self._save_journal(journal.fail(stage, reason))
         log.warning("%s v%d not applied: %s", self.kind, t.version, reason)
         return self._report(t.version, result, reason)
+
+    async def _switch_within(self, config: C, what: str) -> None:
+        """``switch(config)`` within its deadline; Overrun (an EdgeError) if it did not end."""
+        limit = (self.switch_timeout_s(config) if callable(self.switch_timeout_s)
+                 else self.switch_timeout_s)
+        with self.ops.step(what, limit):
+            try:
+                async with asyncio.timeout(limit):
+                    await self.switch(config)
+            except TimeoutError as exc:
+                log.error("%s did not complete within %g s: cancelled", what, limit)
+                raise Overrun(f"{what} did not complete within {limit:g} s") from exc
 
     async def _health_gate(self) -> tuple[bool, str]:
         """Healthy at every check for ``hold_s`` (at least one check)."""

@@ -1,9 +1,20 @@
-"""The running agent: wires buses, schedulers, batcher and uplink into supervised tasks."""
+"""The running agent: polls its buses, encodes each batch once into the store, supervises tasks.
+
+The data path runs one way: schedulers -> batcher -> ``Agent._seal`` (the one encode site) ->
+the store -> the uplink, which only takes, publishes and acknowledges. The store (``open_store``:
+the durable spool, or memory when it cannot be opened) is created first and given to the agent,
+which hands it to its uplink; the agent closes it when it stops.
+
+Stopping is bounded (``_shutdown``): the schedulers are told to stop after the request in
+flight, the tasks are cancelled (and cancelled again: a cancel can be lost), then forced by
+closing their buses; the last window is flushed to the store, the uplink drained and closed,
+the store closed, each step within its deadline (``STOP_*``) and an overrun logged with the
+stacks of what it waited for. Tasks that outlive all of it are named in ``abandoned``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -11,9 +22,10 @@ import resource
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from edge_agent import __version__
-from edge_agent.codecs.batch_v2 import encode_batch_v2
+from edge_agent.codecs.batch import encode_batch
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.protocol.backoff import BackoffPolicy
@@ -21,15 +33,44 @@ from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.readings import Reading
 from edge_agent.runtime.batcher import Batcher, ReportFilter
+from edge_agent.runtime.lifecycle import Heartbeat, bounded, stop_tasks
+from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
 from edge_agent.runtime.scheduler import BusScheduler
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
+from edge_agent.runtime.store import BatchStore, MemoryStore
 from edge_agent.runtime.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 SPOOL_FILE = "spool.db"
+
+# Deadlines of the stop steps, in order. Even if every step runs to its deadline the stop
+# stays under the unit's TimeoutStopSec=20 (``stop_budget_s``), so systemd never has to
+# SIGKILL a stopping agent; a normal stop takes a fraction of a second to two seconds.
+STOP_POLLERS_S = 0.5     # schedulers end on their stop flag after the request in flight
+STOP_TASKS_S = 1.5       # every task ends after its cancel (re-cancelled meanwhile)
+STOP_FORCED_S = 1.5      # ... after its bus was closed under it
+STOP_FLUSH_S = 2.5       # the last window into the store
+STOP_UPLINK_S = 3.0      # the offline state published and the broker disconnected
+STOP_CLOSE_S = 2.5       # the store committed and closed
+_FORCE_S = 1.0           # what ``bounded`` may add to a step it has to cancel
+# How late a bus may beat its heartbeat before the watchdog counts the agent as stuck: a few
+# poll intervals, and never less than this.
+HEARTBEAT_CYCLES = 3
+HEARTBEAT_MIN_GRACE_S = 10.0
+
+
+def drain_s(durable: bool) -> float:
+    """How long a stop waits for the broker: briefly when the batches are safe on disk."""
+    return 2.0 if durable else 4.0
+
+
+def stop_budget_s(durable: bool) -> float:
+    """The longest a stop may take when every step runs to its deadline."""
+    return (STOP_POLLERS_S + STOP_TASKS_S + STOP_FORCED_S + STOP_FLUSH_S + drain_s(durable)
+            + 0.5 + STOP_UPLINK_S + STOP_CLOSE_S + 3 * _FORCE_S)
 
 
 def rss_bytes() -> int:
@@ -41,30 +82,72 @@ def rss_bytes() -> int:
         return 0
 
 
+def _cancel_asked() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def supervise(name: str, factory: Callable[[], Awaitable[None]], clock: Clock,
-                    restarts: dict[str, int]) -> None:
-    """Run ``factory()`` forever: a crash is logged once, counted and restarted with back-off."""
+                    restarts: dict[str, int], *, stopping: Callable[[], bool] = lambda: False,
+                    heartbeat: Heartbeat | None = None) -> None:
+    """Run ``factory()`` until ``stopping()``: a crash is logged once, counted and restarted
+    with back-off; never restarted once this task was asked to cancel."""
     backoff = BackoffPolicy(base_s=1.0, cap_s=30.0, jitter=0.5)
     failures = 0
     rng = random.Random(name)
-    while True:
+    while not stopping():
         try:
             await factory()
             failures = 0
         except asyncio.CancelledError:
             raise
-        except Exception:  # a supervisor is where a broad except belongs
+        except Exception as exc:  # a supervisor is where a broad except belongs
+            if _cancel_asked():
+                # The cancel surfaced as a library's exception: end, do not restart.
+                raise asyncio.CancelledError(f"{name} cancelled (surfaced as {exc!r})") from exc
             failures += 1
             restarts[name] = restarts.get(name, 0) + 1
             if failures == 1:
                 log.exception("task %s crashed; restarting with back-off", name)
-            await clock.sleep(backoff.delay(failures, rng))
+            delay = backoff.delay(failures, rng)
+            if heartbeat is not None:
+                heartbeat.beat(delay)  # the back-off is a promise too
+            await clock.sleep(delay)
+        if _cancel_asked():  # returned although cancelled: a cancel was swallowed below
+            raise asyncio.CancelledError(f"{name} cancelled (the cancel was swallowed)")
+
+
+def _flag_of(sched: BusScheduler) -> Callable[[], bool]:
+    return lambda: sched.stopping
+
+
+async def open_store(cfg: SiteConfig) -> BatchStore:
+    """The gateway's store: the spool in ``cfg.state_dir``, or memory if it cannot be opened.
+
+    A spool that cannot be opened at all (an unwritable state directory) is reported in the log
+    and in health, and batches then wait in memory: polling never stops for it.
+    """
+    path = cfg.state_dir / SPOOL_FILE
+    try:
+        return await Spool.open(path, cfg.spool)
+    except (SpoolError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("spool %s unavailable (%s): batches are kept in memory only", path, error)
+        return MemoryStore(error=error)
+
+
+class _Sealed(NamedTuple):
+    """An encoded batch not yet in the store."""
+
+    seq: int
+    payload: bytes
+    readings: int
 
 
 class Agent:
-    """One gateway: polls its buses and reports over MQTT until stopped."""
+    """One gateway: polls its buses into ``store`` and reports over MQTT until stopped."""
 
-    def __init__(self, cfg: SiteConfig, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: SiteConfig, store: BatchStore, clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.epoch = int(self.clock.now() * 1000)
@@ -73,73 +156,90 @@ class Agent:
         self.restarts: dict[str, int] = {}
         self.readings_polled = 0
         self.batches_built = 0
+        self.store = store
+        sc = cfg.spool
         self.uplink = Uplink(cfg.mqtt, cfg.gateway_id, epoch=self.epoch, version=__version__,
-                             clock=self.clock)
-        self.spool: Spool | None = None   # opened by run(), in cfg.state_dir
-        self.spool_error: str | None = None
+                             clock=self.clock, store=store,
+                             pacer=RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s))
         self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
-        self._encoded: deque[tuple[int, bytes, int]] = deque()
+        self._sealed: deque[_Sealed] = deque()
         self.transports = {name: BusTransport(bus) for name, bus in cfg.buses.items()
                            if cfg.devices_on(name)}
-        self.schedulers = {
-            name: BusScheduler(t, cfg.devices_on(name), self._on_readings, self.clock,
-                               max_gap=cfg.max_gap, seed=zlib.crc32(name.encode()))
-            for name, t in self.transports.items()
-        }
+        self.lag = LagMonitor(witness=Witness())  # the real loop, whatever clock polls
+        self._missed = MissedSlots()
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.schedulers: dict[str, BusScheduler] = {}
+        for name, t in self.transports.items():
+            devices = cfg.devices_on(name)
+            fastest = min(d.poll_interval_s for d in devices)
+            hb = self.heartbeats[name] = Heartbeat(
+                f"bus:{name}", self.clock, max(HEARTBEAT_MIN_GRACE_S, HEARTBEAT_CYCLES * fastest))
+            self.schedulers[name] = BusScheduler(
+                t, devices, self._on_readings, self.clock, max_gap=cfg.max_gap,
+                seed=zlib.crc32(name.encode()), heartbeat=hb,
+                request_budget_s=(1 + t.bus.retries) * (t.timeout_s + t.gap_s) + 1.0,
+                on_missed=self._missed_on(name))
+        self.abandoned: list[str] = []    # tasks a stop could not end, even forced
+        self.readings_after_stop = 0      # polled after the final flush: counted, not stored
+        self._sink_open = True
+
+    def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
+        def missed(device: str, slots: int, busy_s: float) -> None:
+            cause = self.lag.explain() or (
+                f"the bus is overloaded: its polls took longer than the poll interval (this "
+                f"slot {busy_s:.1f} s)")
+            self._missed.add(bus, device, slots, cause)
+        return missed
+
+    def stalled(self) -> list[str]:
+        """The buses whose poller is past its heartbeat's promise, described for the log."""
+        return [hb.describe() for hb in self.heartbeats.values() if hb.overdue_s() > 0]
 
     def _on_readings(self, readings: list[Reading]) -> None:
+        if not self._sink_open:
+            # After the final flush nothing would store these: counted, and logged at stop.
+            self.readings_after_stop += len(readings)
+            return
         self.readings_polled += len(readings)
         if self.batcher.add(readings):
-            # Encode at once: when hundreds of devices answer on the same mark, readings
+            # Sealed at once: when hundreds of devices answer on the same mark, readings
             # would otherwise pile up as objects until the batch task gets to run.
-            self._encode_pending()
+            self._seal()
             self._full.set()
 
-    def _encode_pending(self) -> None:
+    def _seal(self) -> None:
+        """Encode what the batcher holds as the next batch: the agent's one encode site."""
         readings = self.batcher.take()
         if readings:
-            payload = encode_batch_v2(self.cfg.gateway_id, self.epoch, self.seq, readings)
-            self._encoded.append((self.seq, payload, len(readings)))
+            payload = encode_batch(self.cfg.gateway_id, self.epoch, self.seq, readings)
+            self._sealed.append(_Sealed(self.seq, payload, len(readings)))
             self.seq += 1
             self.batches_built += 1
 
     async def flush(self) -> None:
-        """Encode whatever is pending and hand every encoded batch to the uplink, in order."""
+        """Seal whatever is pending and append every sealed batch to the store, in order."""
         self._full.clear()
-        self._encode_pending()
-        while self._encoded:
-            # Removed only once handed over: a flush cancelled mid-way (at stop) leaves the
+        self._seal()
+        while self._sealed:
+            # Removed only once appended: a flush cancelled mid-way (at stop) leaves the
             # batch for the final flush; a repeat is dropped by (epoch, seq) downstream.
-            seq, payload, count = self._encoded[0]
+            seq, payload, count = self._sealed[0]
             try:
-                await self.uplink.submit(payload, epoch=self.epoch, seq=seq, readings=count)
+                await self.store.put(payload, epoch=self.epoch, seq=seq, readings=count)
             except SpoolError as exc:  # counted and logged by the spool; polling goes on
                 log.debug("batch %d not stored: %s", seq, exc)
-            self._encoded.popleft()
-
-    async def open_spool(self) -> None:
-        """Open the spool in the state directory and hand it to the uplink.
-
-        A spool that cannot be opened at all (an unwritable state directory) is reported in
-        the log and in health, and batches then wait in memory: polling never stops for it.
-        """
-        path = self.cfg.state_dir / SPOOL_FILE
-        try:
-            self.spool = await Spool.open(path, self.cfg.spool)
-        except (SpoolError, OSError, ValueError) as exc:
-            self.spool_error = f"{type(exc).__name__}: {exc}"
-            log.error("spool %s unavailable (%s): batches are kept in memory only", path,
-                      self.spool_error)
-            return
-        sc = self.cfg.spool
-        self.uplink.set_store(self.spool, RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s))
+            self._sealed.popleft()
 
     async def _batch_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.cfg.batch.window_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the stop's cancel.
+            try:
+                async with asyncio.timeout(self.cfg.batch.window_s):
+                    await self._full.wait()
+            except TimeoutError:
+                pass
             await self.flush()
 
     async def _health_loop(self) -> None:
@@ -172,46 +272,78 @@ class Agent:
                          "suppressed": fs.suppressed, "pending": len(self.batcher)},
             "batches": {"built": self.batches_built, "seq": self.seq},
             "uplink": self.uplink.stats_dict(),
-            "spool": (self.spool.stats_dict() if self.spool is not None
-                      else {"error": self.spool_error, "memory_only": True}),
+            "spool": self.store.stats_dict(),
             "task_restarts": dict(self.restarts),
+            "loop": self.lag.health(),
             "buses": buses, "devices": devices,
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run every task until ``stop`` is set (or cancelled); then flush and say goodbye."""
+        """Run until ``stop`` is set (or cancelled), then stop within ``stop_budget_s``: flush,
+        say goodbye, close the store."""
         stop = stop or asyncio.Event()
         log.info("agent %s starting: %d buses, %d devices, broker %s", self.cfg.gateway_id,
                  len(self.schedulers), len(self.cfg.devices), self.cfg.mqtt.url)
-        await self.open_spool()
+        lag = asyncio.create_task(self.lag.run(), name="loop-lag")
+        uplink = asyncio.create_task(
+            supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
+        others = [
+            asyncio.create_task(supervise("batcher", self._batch_loop, self.clock,
+                                          self.restarts), name="batcher"),
+            asyncio.create_task(supervise("health", self._health_loop, self.clock,
+                                          self.restarts), name="health"),
+        ]
+        pollers = [
+            asyncio.create_task(supervise(
+                f"bus:{name}", sched.run, self.clock, self.restarts,
+                stopping=_flag_of(sched), heartbeat=self.heartbeats[name]),
+                name=f"bus:{name}")
+            for name, sched in self.schedulers.items()]
         try:
-            async with asyncio.TaskGroup() as tg:
-                uplink = tg.create_task(
-                    supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
-                workers = [
-                    tg.create_task(supervise("batcher", self._batch_loop, self.clock,
-                                             self.restarts), name="batcher"),
-                    tg.create_task(supervise("health", self._health_loop, self.clock,
-                                             self.restarts), name="health"),
-                ]
-                for name, sched in self.schedulers.items():
-                    workers.append(tg.create_task(
-                        supervise(f"bus:{name}", sched.run, self.clock, self.restarts),
-                        name=f"bus:{name}"))
-                await stop.wait()
-                log.info("stopping: flushing %d pending readings", len(self.batcher))
-                for task in workers:
-                    task.cancel()
-                # Let them finish cancelling, so no flush of theirs runs beside this one.
-                await asyncio.wait(workers)
-                await self.flush()
-                # with the spool the batches are safe on disk: wait only briefly for the broker
-                await self.uplink.drain(timeout_s=5.0 if self.spool is None else 2.0)
-                uplink.cancel()
-                log.info("agent %s stopped: epoch %d, %d batches built, %d still spooled",
-                         self.cfg.gateway_id, self.epoch, self.seq, self.uplink.pending)
+            await stop.wait()
         finally:
+            # Also when cancelled: the readings of the last window still go to the store.
+            await self._shutdown(pollers, others, uplink, lag)
+
+    async def _shutdown(self, pollers: list[asyncio.Task[None]], others: list[asyncio.Task[None]],
+                        uplink: asyncio.Task[None], lag: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log.info("stopping: flushing %d pending readings", len(self.batcher))
+        try:
+            for sched in self.schedulers.values():
+                sched.stop()
+            # Pollers first, on their flag: the request in flight ends and its readings count.
+            await asyncio.wait(pollers, timeout=STOP_POLLERS_S)
+            workers = [*pollers, *others]
+            left = await stop_tasks(workers, STOP_TASKS_S, "bus, batch and health tasks",
+                                    recancel_after_s=0.5)
+            if left:
+                # Forced: a closed bus fails its request in flight and refuses the next one.
+                for t in self.transports.values():
+                    await t.close()
+                left = await stop_tasks(left, STOP_FORCED_S, "tasks left after closing the buses")
+                self.abandoned += sorted(t.get_name() for t in left)
+            await bounded(self.flush(), STOP_FLUSH_S, "flushing the last window to the store")
+            self._sink_open = False
+            durable = self.store.durable
+            await bounded(self.uplink.drain(timeout_s=drain_s(durable)), drain_s(durable) + 0.5,
+                          "draining the uplink")
+            # Its goodbye (offline state) runs on the cancel: give it that long before again.
+            gone = await stop_tasks([uplink], STOP_UPLINK_S, "the uplink",
+                                    recancel_after_s=self.uplink.goodbye_timeout_s + 0.25)
+            self.abandoned += sorted(t.get_name() for t in gone)
+        finally:
+            await stop_tasks([lag], 0.5, "the loop-lag monitor")
             for t in self.transports.values():
                 await t.close()
-            if self.spool is not None:
-                await self.spool.close()
+            closed, _ = await bounded(self.store.close(), STOP_CLOSE_S, "closing the store")
+            took = loop.time() - started
+            log.info("agent %s stopped in %.1f s: epoch %d, %d batches built (%d readings "
+                     "polled, %d sent), %d still spooled%s", self.cfg.gateway_id, took,
+                     self.epoch, self.seq, self.readings_polled, self.filter.stats.sent,
+                     self.store.pending, "" if closed else "; the store did not close in time")
+            if self.abandoned or self.readings_after_stop:
+                log.error("agent stop was forced: tasks still running: %s; %d readings polled "
+                          "after the final flush were not stored",
+                          ", ".join(self.abandoned) or "none", self.readings_after_stop)

@@ -7,6 +7,15 @@ jitter up to a cap, and while backed off only a single one-attempt probe is sent
 back-off ends, so it costs the healthy devices on the bus at most one timeout per probe.
 The cap is two of the device's poll intervals (at most 60 s), so a replugged device is
 read again within two poll cycles.
+
+The bus is any ``ModbusTransport``: the pymodbus ``BusTransport`` in the product, a
+scripted fake bus on a fake clock in tests. What an exception-2 reply teaches about the
+device's addresses, and what to ask instead, is the planner's ``after_reply``.
+
+Stopping is cooperative as well as by cancel: ``stop`` sets a flag checked before every
+request, so a poller whose cancel was lost still stops after the request in flight. Before
+each request and each sleep the poller beats its ``Heartbeat`` with a promise of when it
+will beat again, which the gateway's watchdog holds it to.
 """
 
 from __future__ import annotations
@@ -20,16 +29,21 @@ from dataclasses import dataclass, field
 
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.modbus.decode import decode_request, encode_write, failed_readings
-from edge_agent.drivers.modbus.planner import BadRanges, plan_reads
-from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.modbus.planner import (
+    ILLEGAL_DATA_ADDRESS,
+    BadRanges,
+    after_reply,
+    plan_reads,
+)
+from edge_agent.drivers.modbus.transport import ModbusTransport, WriteRequest
 from edge_agent.drivers.model import Point, ReadRequest
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Quality, Reading, Value
+from edge_agent.runtime.lifecycle import Heartbeat
 
 log = logging.getLogger(__name__)
 
-ILLEGAL_DATA_ADDRESS = 2  # Modbus application protocol V1.1b3, section 7
 # Exceptions 0x0A and 0x0B come from a TCP gateway whose serial device did not answer
 # (section 7): for us the device is silent, not answering with an exception.
 GATEWAY_NO_ANSWER = frozenset({0x0A, 0x0B})
@@ -114,7 +128,7 @@ class BusScheduler:
 
     def __init__(
         self,
-        transport: BusTransport,
+        transport: ModbusTransport,
         devices: Sequence[DeviceConfig],
         sink: Callable[[list[Reading]], None],
         clock: Clock,
@@ -122,8 +136,18 @@ class BusScheduler:
         max_gap: int = 16,
         backoff: BackoffPolicy | None = None,
         seed: int = 0,
+        heartbeat: Heartbeat | None = None,
+        request_budget_s: float = 30.0,
+        on_missed: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.transport = transport
+        self.heartbeat = heartbeat
+        # The longest one request may take (every attempt timing out): the promise a
+        # heartbeat makes before each request.
+        self.request_budget_s = request_budget_s
+        # (device, slots missed, seconds the slot's polls took): the agent logs it with a cause.
+        self.on_missed = on_missed
+        self.stopping = False
         self.sink = sink
         self.clock = clock
         self.max_gap = max_gap
@@ -149,19 +173,38 @@ class BusScheduler:
         return BackoffPolicy(base_s=min(self.backoff.base_s, cap), cap_s=cap,
                              jitter=self.backoff.jitter)
 
+    def stop(self) -> None:
+        """Stop after the request in flight, even if a cancel never arrives (or was lost)."""
+        self.stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Poll forever (until cancelled), running queued writes between polls."""
-        while True:
-            await self._run_writes()
-            mark = min(self._due.values()) if self._due else None
-            wait_s = 3600.0 if mark is None else mark / 1000 - self.clock.now()
-            if wait_s > 0 and not await self._sleep_or_wake(wait_s):
-                continue  # woken by a write: run it, then wait for the slot again
-            if mark is not None:
-                await self.run_slot(mark)
+        """Poll until ``stop`` (or a cancel), running queued writes between polls."""
+        try:
+            while not self.stopping:
+                await self._run_writes()
+                mark = min(self._due.values()) if self._due else None
+                wait_s = 3600.0 if mark is None else mark / 1000 - self.clock.now()
+                if wait_s > 0 and not await self._sleep_or_wake(wait_s):
+                    continue  # woken by a write (or the stop): handle it, then wait again
+                if mark is not None and not self.stopping:
+                    await self.run_slot(mark)
+        finally:
+            if self.stopping:
+                if self.heartbeat is not None:
+                    self.heartbeat.rest()
+                while not self._writes.empty():
+                    job = self._writes.get_nowait()
+                    if not job.done.done():
+                        job.done.set_result(WriteResult(False, "the bus is stopping"))
+
+    def _beat(self, next_within_s: float) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat(next_within_s)
 
     async def _sleep_or_wake(self, seconds: float) -> bool:
-        """Sleep on the clock; False if a write command woke us first."""
+        """Sleep on the clock; False if a write command (or ``stop``) woke us first."""
+        self._beat(seconds)
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
@@ -186,7 +229,8 @@ class BusScheduler:
         return await done
 
     async def _run_writes(self) -> None:
-        while not self._writes.empty():
+        while not self._writes.empty() and not self.stopping:
+            self._beat(self.request_budget_s)
             job = self._writes.get_nowait()
             if not job.done.done():
                 job.done.set_result(await self._write_now(job))
@@ -198,7 +242,8 @@ class BusScheduler:
             data = encode_write(point, job.value)
         except ValueError as exc:
             return WriteResult(False, f"{job.device}.{exc}")
-        reply = await self.transport.write(state.cfg.unit_id, point.table, point.address, data)
+        reply = await self.transport.write_request(
+            state.cfg.unit_id, WriteRequest(point.table, point.address, tuple(data)))
         if reply.exception_code is not None:
             return WriteResult(False, f"device answered exception {reply.exception_code}",
                                reply.exception_code)
@@ -213,7 +258,10 @@ class BusScheduler:
         by_device: dict[str, list[int]] = {}
         for name, ms in due:
             by_device.setdefault(name, []).append(ms)
+        started = self.clock.monotonic()
         for name, intervals in by_device.items():
+            if self.stopping:
+                return
             points = [p for ms in intervals for p in self._groups[name][ms]]
             await self.poll_device(self.devices[name], points, mark, tuple(intervals))
         now_ms = int(self.clock.now() * 1000)
@@ -223,7 +271,10 @@ class BusScheduler:
             if nxt + ms <= now_ms:
                 # A whole interval late: drop the missed slots instead of bursting.
                 latest = next_mark_ms(now_ms - ms, ms)
-                self.devices[key[0]].missed_slots += (latest - nxt) // ms
+                missed = (latest - nxt) // ms
+                self.devices[key[0]].missed_slots += missed
+                if self.on_missed is not None:
+                    self.on_missed(key[0], missed, self.clock.monotonic() - started)
                 nxt = latest
             self._due[key] = nxt
 
@@ -263,22 +314,24 @@ class BusScheduler:
         latency = 0.0
         comm_error = ""
         while queue:
+            if self.stopping:  # between requests: what was read so far is still reported
+                if readings:
+                    self.sink(readings)
+                return
+            self._beat(self.request_budget_s)
             req = queue.popleft()
-            reply = await self.transport.read(state.cfg.unit_id, req.table, req.address,
-                                              req.count, attempts=1 if probing else None)
+            reply = await self.transport.read_request(state.cfg.unit_id, req,
+                                                      attempts=1 if probing else None)
             latency += reply.latency_s
+            follow = after_reply(state.bad, req, reply)
             if reply.data is not None:
                 readings += decode_request(req, reply.data, device=device, ts_ms=ts_ms)
-                state.bad.record_ok(req)
                 probing = False  # it answered: read the rest normally
-            elif reply.exception_code == ILLEGAL_DATA_ADDRESS and len(req.points) > 0:
-                parts = state.bad.split_after_illegal(req)
-                if parts:
-                    queue.extendleft(reversed(parts))
-                else:
-                    readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION,
-                                                device=device, ts_ms=ts_ms,
-                                                exception_code=ILLEGAL_DATA_ADDRESS)
+            elif follow.resend or follow.rejected:  # exception 2: halves to send, or bad points
+                queue.extendleft(reversed(follow.resend))
+                readings += failed_readings(follow.rejected, Quality.DEVICE_EXCEPTION,
+                                            device=device, ts_ms=ts_ms,
+                                            exception_code=ILLEGAL_DATA_ADDRESS)
             elif reply.exception_code is not None and reply.exception_code not in GATEWAY_NO_ANSWER:
                 readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION, device=device,
                                             ts_ms=ts_ms, exception_code=reply.exception_code)

@@ -1,8 +1,9 @@
 """The durable spool: every data batch is committed to SQLite before it counts as stored,
 published oldest first, and deleted only after its PUBACK (docs/spool.md).
 
-This is the asyncio face of ``edge_agent.runtime.spool_db`` (the SQLite file) and it implements the
-uplink's batch-store contract (``put``/``take``/``ack``/``release``/``mark_backlog``):
+This is the asyncio face of ``edge_agent.runtime.spool_db`` (the SQLite file) and it implements
+the batch-store contract of ``edge_agent.runtime.store``: the agent ``put``s, the uplink
+``take``s, ``ack``s or ``release``s, and ``mark_backlog`` at every connect:
 
 - **Group commit.** ``put`` queues the batch and waits; one committer task gathers what
   arrived within ``group_commit_ms`` into one transaction (one fsync with ``synchronous=FULL``)
@@ -30,8 +31,9 @@ from typing import Any, TypeVar
 
 from edge_agent.config.model import SpoolConfig
 from edge_agent.protocol.errors import SpoolError
-from edge_agent.runtime.spool_core import SpooledBatch, StoredRow
+from edge_agent.runtime.spool_core import StoredRow, row_cost
 from edge_agent.runtime.spool_db import Append, CommitResult, SpoolDB
+from edge_agent.runtime.store import Readiness, StoredBatch
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,15 @@ class Spool:
         self._deleting: set[int] = set()
         self._kick = asyncio.Event()
         self._lanes = asyncio.Lock()
-        self._ready: deque[SpooledBatch] = deque()   # oldest stored batches, id <= cursor
-        self._live: deque[SpooledBatch] = deque()    # live_first: batches since the connect
+        self._ready: deque[StoredBatch] = deque()   # oldest stored batches, id <= cursor
+        self._live: deque[StoredBatch] = deque()    # live_first: batches since the connect
         self._cursor = 0          # highest id the loader has read past
         self._exhausted = False   # True: every stored batch above the cursor is in memory
         self._mark = db.last_id   # batches up to this id are the backlog of this connection
-        self._in_flight: SpooledBatch | None = None
+        self._in_flight: StoredBatch | None = None
         self._in_flight_live = False
         self._pending = db.rows
+        self._readiness = Readiness(db.rows)
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self._drop_logged = False
@@ -104,6 +107,21 @@ class Spool:
     # ------------------------------------------------------------------ the store contract
 
     @property
+    def readiness(self) -> Readiness:
+        """The events the uplink waits on."""
+        return self._readiness
+
+    @property
+    def durable(self) -> bool:
+        """True: a batch counts as stored once it is committed to disk."""
+        return True
+
+    @property
+    def dropped_in_memory(self) -> int:
+        """Always 0: the cap's drops are on disk, counted in ``stats_dict``."""
+        return 0
+
+    @property
     def pending(self) -> int:
         """Batches stored and not yet acknowledged (the one in flight included)."""
         return self._pending
@@ -127,7 +145,7 @@ class Spool:
         self._kick.set()
         return await fut
 
-    async def take(self) -> SpooledBatch | None:
+    async def take(self) -> StoredBatch | None:
         """The next batch to publish, now in flight; None when nothing is waiting."""
         async with self._lanes:
             if self._in_flight is not None:
@@ -139,6 +157,7 @@ class Spool:
                 while not self._ready and not self._exhausted:
                     await self._load()
                 if not self._ready:
+                    self._readiness.idle(self._pending)
                     return None
                 head = self._ready.popleft()
                 item = replace(head, backlog=head.id <= self._mark)
@@ -146,21 +165,22 @@ class Spool:
             self._in_flight = item
             return item
 
-    async def ack(self, item: SpooledBatch) -> None:
+    async def ack(self, item: StoredBatch) -> None:
         """The broker acknowledged ``item``: it will be deleted with the next group of deletes."""
         if self._in_flight is None or self._in_flight.id != item.id:
             raise RuntimeError(f"spool: ack of batch {item.id}, which is not in flight")
         self._in_flight = None
         self._pending -= 1
+        self._readiness.removed(self._pending)
         self.counters.published_batches += 1
         if not self._acked:
             self._ack_deadline = asyncio.get_running_loop().time() + DELETE_EVERY_S
-        self._acked.append(item.row)
+        self._acked.append(StoredRow(item.id, row_cost(len(item.payload)), item.readings))
         self._start_committer()
         if len(self._acked) == 1 or len(self._acked) >= DELETE_BATCH:
             self._kick.set()
 
-    def release(self, item: SpooledBatch) -> None:
+    def release(self, item: StoredBatch) -> None:
         """``item`` was not acknowledged: it goes back to the front, to be sent again."""
         if self._in_flight is None or self._in_flight.id != item.id:
             raise RuntimeError(f"spool: release of batch {item.id}, which is not in flight")
@@ -177,6 +197,7 @@ class Spool:
         self._live.clear()
         self._exhausted = False
         self._mark = self._db.last_id
+        self._readiness.waiting.set()
 
     # ------------------------------------------------------------------ reading ahead
 
@@ -257,7 +278,7 @@ class Spool:
             if rid is None:
                 continue
             stored += 1
-            batch = SpooledBatch(rid, a.epoch, a.seq, a.readings, a.payload)
+            batch = StoredBatch(rid, a.epoch, a.seq, a.readings, a.payload)
             if self.cfg.live_first and len(self._live) < LIVE_MAX:
                 self._live.append(batch)
             elif not self.cfg.live_first and self._exhausted and len(self._ready) < CHUNK:
@@ -267,6 +288,8 @@ class Spool:
                 self._exhausted = False
         self._pending += stored - len(evicted)
         self.counters.stored_batches += stored
+        if stored:
+            self._readiness.stored()
         total = self._db.meta["dropped_batches"]
         if result.dropped_batches and (not self._drop_logged or total // 1000 != (
                 total - result.dropped_batches) // 1000):

@@ -1,8 +1,8 @@
 """The spool's decisions without I/O: file layout from the cap, admission under the cap, pacing.
 
 Everything here takes values and returns values, so the cap policy and the replay pacing are
-tested without SQLite, a disk or an event loop. ``runtime.spool`` is the SQLite shell that
-acts on these decisions.
+tested without SQLite, a disk or an event loop. ``runtime.spool_db`` (the SQLite file) and
+``runtime.spool`` (its asyncio face) act on these decisions.
 """
 
 from __future__ import annotations
@@ -72,23 +72,6 @@ class StoredRow:
     id: int
     cost: int
     readings: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpooledBatch:
-    """A stored batch on its way to the broker."""
-
-    id: int
-    epoch: int
-    seq: int
-    readings: int
-    payload: bytes
-    backlog: bool = False  # published as part of a replay (paced)
-
-    @property
-    def row(self) -> StoredRow:
-        """What the cap accounts for this batch."""
-        return StoredRow(self.id, row_cost(len(self.payload)), self.readings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +167,3 @@ def integrity_ok(rows: Sequence[Sequence[object]]) -> bool:
     """True when ``PRAGMA integrity_check`` returned its single 'ok' row."""
     return len(rows) == 1 and rows[0][0] == "ok"
 
-
-def gaps_in(present: Iterable[int]) -> list[tuple[int, int]]:
-    """Missing (first, last) ranges below the highest of ``present`` seqs, counting from 0."""
-    out: list[tuple[int, int]] = []
-    expected = 0
-    for seq in sorted(set(present)):
-        if seq > expected:
-            out.append((expected, seq - 1))
-        expected = seq + 1
-    return out

@@ -1,7 +1,8 @@
-"""The spool's SQLite file: schema, pragmas, integrity check and salvage, group commits.
+"""The spool's SQLite file in use: pragmas, reads, group commits under the cap, a full disk.
 
 Synchronous and used from one thread (``runtime.spool`` runs it on its own worker thread, so a
-slow fsync never stalls the event loop). Decisions come from the pure edge_agent.runtime.spool_core.
+slow fsync never stalls the event loop). Decisions come from the pure ``runtime.spool_core``;
+the file's schema and the rescue of a damaged one from ``runtime.spool_file``.
 """
 
 from __future__ import annotations
@@ -9,48 +10,81 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sqlite3
-import time
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edge_agent.config.model import SpoolConfig
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.runtime.spool_core import (
     PAGE_SIZE,
     NewBatch,
-    SpooledBatch,
     StoredRow,
     admit,
-    integrity_ok,
     layout,
     payload_crc,
     row_cost,
 )
+from edge_agent.runtime.spool_file import (
+    META_KEYS,
+    SCHEMA,
+    SELECT_ROWS,
+    IntegrityEvent,
+    Salvage,
+    check_file,
+    quarantine,
+)
+from edge_agent.runtime.store import StoredBatch
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "epoch", "seq", "readings", "nbytes", "crc", "payload"]
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order; never reused, so a cursor stays valid
-    epoch INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    readings INTEGER NOT NULL,
-    nbytes INTEGER NOT NULL,
-    crc INTEGER NOT NULL,
-    payload BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-# Lifetime counters kept in the file itself, so a restart never hides an earlier loss.
-META_KEYS = ("dropped_batches", "dropped_readings", "full_events", "integrity_events",
-             "salvaged_batches")
-SELECT_ROWS = "SELECT id, epoch, seq, readings, nbytes, crc, payload FROM batches"
-MAX_PROBES = 2_000_000
 FULL_MODE_WAL_PAGES = 4  # while the disk is full the WAL is checkpointed after every commit
+# The state dir holds the trust state, the MQTT password and the spool: the gateway's alone,
+# whatever the umask of whoever started it (the unit sets 0077; a shell usually 0022).
+STATE_DIR_MODE = 0o700
+SPOOL_FILE_MODE = 0o600
+SPOOL_SUFFIXES = ("", "-wal", "-shm", ".reserve")  # the database, SQLite's two, the reserve
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) with the directory itself 0700; narrow it if more open."""
+    if not path.is_dir():
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, STATE_DIR_MODE)  # mkdir's mode is masked by the umask
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(path, mode & ~0o077 | STATE_DIR_MODE)
+        except OSError as exc:
+            log.warning("state directory %s is mode %04o, open to other users, and cannot be "
+                        "narrowed to 0700: %s", path, mode, exc)
+            return
+        log.warning("state directory %s was mode %04o, open to other users: narrowed to %04o",
+                    path, mode, mode & ~0o077 | STATE_DIR_MODE)
+
+
+def _private_file(path: Path, *, create: bool) -> None:
+    """Leave ``path`` 0600 whatever the umask; create it empty first if ``create``."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, SPOOL_FILE_MODE)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode != SPOOL_FILE_MODE:
+            try:
+                os.fchmod(fd, SPOOL_FILE_MODE)
+            except OSError as exc:  # another user's file: SQLite may still use it, so warn
+                log.warning("spool file %s is mode %04o and cannot be made 0600: %s", path,
+                            mode, exc)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,83 +108,11 @@ class CommitResult:
     full: bool = False                                   # the disk (or page limit) was full
 
 
-@dataclass(slots=True)
-class IntegrityEvent:
-    """A spool that failed its check at start: where it went and what was saved from it."""
-
-    problem: str
-    quarantined: str
-    salvaged_batches: int
-    ts_ms: int
-
-
 def _is_full(exc: BaseException) -> bool:
     # SQLITE_FULL: "database or disk is full" (a real ENOSPC or our max_page_count).
     return isinstance(exc, sqlite3.OperationalError) and (
         getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
         or "database or disk is full" in str(exc))
-
-
-def check_file(path: Path) -> str | None:
-    """None when the spool file is sound, else what is wrong with it."""
-    try:
-        conn = sqlite3.connect(str(path), isolation_level=None)
-        try:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
-            if not integrity_ok(rows):
-                return "integrity_check: " + "; ".join(str(r[0]) for r in rows[:5])
-            cols = [r[1] for r in conn.execute("PRAGMA table_info(batches)")]
-            if cols and cols != COLUMNS:
-                return f"table batches has columns {cols}, expected {COLUMNS}"
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _salvage(conn: sqlite3.Connection) -> list[tuple[int, int, int, int, bytes]]:
-    """Rows readable from a damaged spool whose checksum still matches, in id order."""
-    found: dict[int, tuple[Any, ...]] = {}
-    top = 0
-    try:
-        for row in conn.execute(SELECT_ROWS + " ORDER BY id"):
-            found[row[0]] = row
-            top = row[0]
-        complete = True
-    except sqlite3.DatabaseError:
-        complete = False
-    if not complete:  # read down from the end, then probe the ids in between one by one
-        bottom = None
-        try:
-            for row in conn.execute(SELECT_ROWS + " ORDER BY id DESC"):
-                if row[0] <= top:
-                    break
-                found[row[0]] = row
-                bottom = row[0]
-        except sqlite3.DatabaseError:
-            pass
-        if bottom is None:
-            try:
-                bottom = int(conn.execute("SELECT seq FROM sqlite_sequence "
-                                          "WHERE name = 'batches'").fetchone()[0]) + 1
-            except (sqlite3.DatabaseError, TypeError, ValueError):
-                bottom = top + 1
-        for rid in range(top + 1, min(bottom, top + 1 + MAX_PROBES)):
-            try:
-                row = conn.execute(SELECT_ROWS + " WHERE id = ?", (rid,)).fetchone()
-            except sqlite3.DatabaseError:
-                continue
-            if row is not None:
-                found[rid] = row
-    good = []
-    for rid in sorted(found):
-        _, epoch, seq, readings, nbytes, crc, payload = found[rid]
-        if (isinstance(payload, bytes) and len(payload) == nbytes
-                and payload_crc(payload) == crc and all(isinstance(v, int)
-                                                        for v in (epoch, seq, readings))):
-            good.append((epoch, seq, readings, crc, payload))
-    return good
 
 
 class SpoolDB:
@@ -165,15 +127,23 @@ class SpoolDB:
         self.full_budget: int | None = None  # set while the disk is full: the effective cap
         self.reserve_path = path.with_name(path.name + ".reserve")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
         except OSError as exc:
             raise SpoolError(f"spool directory {path.parent} cannot be created: {exc}") from exc
-        salvaged: list[tuple[int, int, int, int, bytes]] = []
-        old_meta: dict[str, int] = {}
+        salvage: Salvage | None = None
         if path.exists():
             problem = check_file(path)
             if problem is not None:
-                salvaged, old_meta = self._quarantine(problem)
+                salvage = quarantine(path, problem)
+                self.event = salvage.event
+        try:
+            # SQLite creates the -wal and -shm files with the database's mode, so a 0600
+            # database made before the first connect keeps all three private.
+            _private_file(path, create=True)
+            for suffix in SPOOL_SUFFIXES[1:]:
+                _private_file(path.with_name(path.name + suffix), create=False)
+        except OSError as exc:
+            raise SpoolError(f"spool {path} cannot be created: {exc}") from exc
         try:
             self.conn = self._connect()
             self.conn.executescript(SCHEMA)
@@ -182,8 +152,8 @@ class SpoolDB:
                 "SELECT key, value FROM meta") if k in self.meta})
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"spool {path} cannot be opened: {exc}") from exc
-        if self.event is not None:
-            self._restore(salvaged, old_meta)
+        if salvage is not None:
+            self._restore(salvage)
         self._make_reserve()
         self.rows, self.cost, self.readings, self.last_id = 0, 0, 0, 0
         for count, nbytes, readings, last in self.conn.execute(
@@ -192,7 +162,7 @@ class SpoolDB:
             self.rows, self.cost, self.readings = count, nbytes + count * row_cost(0), readings
             self.last_id = last
 
-    # ------------------------------------------------------------------ open, check, salvage
+    # ------------------------------------------------------------------ open
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -207,57 +177,15 @@ class SpoolDB:
         conn.execute(f"PRAGMA wal_autocheckpoint = {self.layout.wal_pages}")
         return conn
 
-    def _quarantine(self, problem: str) -> tuple[list[tuple[int, int, int, int, bytes]],
-                                                 dict[str, int]]:
-        """Move the damaged files aside (kept for forensics) and read what can be read."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        qdir = self.path.parent / f"spool-corrupt-{stamp}"
-        n = 1
-        while qdir.exists():
-            n += 1
-            qdir = self.path.parent / f"spool-corrupt-{stamp}-{n}"
-        qdir.mkdir(parents=True)
-        names = [self.path.name + s for s in ("", "-wal", "-shm")]
-        for name in names:
-            if (self.path.parent / name).exists():
-                os.replace(self.path.parent / name, qdir / name)
-        # Salvage from a copy: opening the quarantined file would replay its WAL into it and
-        # change the evidence.
-        work = qdir / "salvage-work"
-        work.mkdir()
-        rows: list[tuple[int, int, int, int, bytes]] = []
-        meta: dict[str, int] = {}
-        try:
-            for name in names[:2]:
-                if (qdir / name).exists():
-                    shutil.copyfile(qdir / name, work / name)
-            conn = sqlite3.connect(str(work / self.path.name), isolation_level=None)
-            try:
-                rows = _salvage(conn)
-                try:
-                    meta = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-                except (sqlite3.DatabaseError, TypeError, ValueError):
-                    meta = {}
-            finally:
-                conn.close()
-        except (sqlite3.DatabaseError, OSError) as exc:
-            log.warning("spool salvage from %s stopped: %s", qdir, exc)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        self.event = IntegrityEvent(problem, str(qdir), len(rows), int(time.time() * 1000))
-        log.error("spool %s failed its check (%s): moved to %s, %d batches salvaged",
-                  self.path, problem, qdir, len(rows))
-        return rows, meta
-
-    def _restore(self, rows: list[tuple[int, int, int, int, bytes]],
-                 old_meta: dict[str, int]) -> None:
+    def _restore(self, salvage: Salvage) -> None:
+        """Store what was salvaged in the fresh file and keep the old file's lifetime counters."""
         for key in META_KEYS:
-            self.meta[key] = max(self.meta[key], old_meta.get(key, 0))
+            self.meta[key] = max(self.meta[key], salvage.meta.get(key, 0))
         self.meta["integrity_events"] += 1
-        self.meta["salvaged_batches"] += len(rows)
+        self.meta["salvaged_batches"] += len(salvage.rows)
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        for epoch, seq, readings, crc, payload in rows:
+        for epoch, seq, readings, crc, payload in salvage.rows:
             cur.execute("INSERT INTO batches (epoch, seq, readings, nbytes, crc, payload) "
                         "VALUES (?, ?, ?, ?, ?, ?)", (epoch, seq, readings, len(payload), crc,
                                                       payload))
@@ -266,10 +194,10 @@ class SpoolDB:
 
     # ------------------------------------------------------------------ reading
 
-    def load(self, after_id: int, limit: int) -> list[SpooledBatch]:
+    def load(self, after_id: int, limit: int) -> list[StoredBatch]:
         """Up to ``limit`` stored batches with id above ``after_id``, oldest first."""
         try:
-            return [SpooledBatch(rid, epoch, seq, readings, payload)
+            return [StoredBatch(rid, epoch, seq, readings, payload)
                     for rid, epoch, seq, readings, _n, _c, payload in self.conn.execute(
                         SELECT_ROWS + " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
         except sqlite3.DatabaseError as exc:
@@ -357,7 +285,10 @@ class SpoolDB:
             if self.reserve_path.exists() and self.reserve_path.stat().st_size >= size:
                 return
             chunk = bytes(65536)
-            with self.reserve_path.open("wb") as fh:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         SPOOL_FILE_MODE)
+            os.fchmod(fd, SPOOL_FILE_MODE)  # open's mode is masked by the umask
+            with os.fdopen(fd, "wb") as fh:
                 left = size
                 while left > 0:
                     left -= fh.write(chunk[:min(left, len(chunk))])

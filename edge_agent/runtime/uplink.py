@@ -1,4 +1,4 @@
-"""The MQTT uplink: one connection at a time, a store of data batches, state, health, backoff.
+"""The MQTT uplink: one connection at a time; takes batches from the store, publishes, acks.
 
 A thin I/O shell around aiomqtt 2.5 (paho-mqtt 2.2). aiomqtt does not reconnect, so ``run`` loops:
 a FRESH client per connection (a reused one replays stale in-flight publishes and keeps its first
@@ -7,13 +7,15 @@ batch in flight; a batch leaves the store only after its PUBACK. Delivery is at 
 batch whose PUBACK was lost is sent again after reconnecting, and the consumer drops duplicates
 by (gateway, epoch, seq).
 
-The store is the durable spool (``edge_agent.runtime.spool``, what the agent uses) or, for a bare
-Uplink, the in-memory ``Outbox``. Batches stored before a connection are its backlog: the
-uplink paces them with a ``RatePacer`` so a replay does not starve live data or the link.
+The store (``edge_agent.runtime.store``: the durable spool, or the memory store) is given at
+construction and shared with the agent, which appends to it; the uplink never receives a batch,
+it waits on the store's readiness, takes, publishes and acknowledges or releases. Batches stored
+before a connection are its backlog: paced with a ``RatePacer`` so a replay does not starve live
+data or the link. State, health and other JSON documents are published directly.
 
 MQTT 5 is used so the PUBACK reason code can be checked (aiomqtt ignores it): a code >= 0x80
 (e.g. 0x87 not authorised, MQTT 5.0 section 3.4.2.1) is an UplinkError, the batch stays first in
-the outbox and the connection is retried with backoff, so a refused batch is never lost.
+the store and the connection is retried with backoff, so a refused batch is never lost.
 """
 
 from __future__ import annotations
@@ -36,24 +38,21 @@ from edge_agent.protocol.broker import MqttConfig, client_options
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import UplinkError
 from edge_agent.runtime.spool_core import RatePacer
-from edge_agent.runtime.store import BatchStore, MemoryStore, Outbox
+from edge_agent.runtime.store import BatchStore
 
 log = logging.getLogger(__name__)
-
-__all__ = ["BatchStore", "MemoryStore", "Outbox", "Uplink"]
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 
 
 @dataclass
 class UplinkCounters:
-    """What the uplink has done since start (reported in health)."""
+    """What the uplink has done since start (reported in health, with the store's memory drops)."""
 
     connects: int = 0
     disconnects: int = 0
     published_batches: int = 0
     published_bytes: int = 0
-    dropped_batches: int = 0
     rejected_publishes: int = 0
     health_skipped: int = 0
     handler_errors: int = 0
@@ -121,9 +120,9 @@ class Uplink:
     """The gateway's MQTT connection: state, data batches, health, JSON publishes, subscriptions."""
 
     def __init__(self, mqtt: MqttConfig, gateway: str, epoch: int, version: str, clock: Clock,
-                 *, max_batches: int = 1000, backoff: Backoff | None = None,
-                 timeout_s: float = 10.0, goodbye_timeout_s: float = 2.0,
-                 store: BatchStore | None = None, pacer: RatePacer | None = None) -> None:
+                 *, store: BatchStore, pacer: RatePacer | None = None,
+                 backoff: Backoff | None = None, timeout_s: float = 10.0,
+                 goodbye_timeout_s: float = 2.0) -> None:
         self.mqtt = mqtt
         self.gateway = topics.check_level("gateway id", gateway)
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
@@ -135,12 +134,8 @@ class Uplink:
         self.goodbye_timeout_s = goodbye_timeout_s
         self.counters = UplinkCounters()
         self.connected = asyncio.Event()
-        self._outbox: BatchStore = store or MemoryStore(max_batches, self.counters)
+        self.store = store
         self._pacer = pacer
-        self._wake = asyncio.Event()
-        self._empty = asyncio.Event()
-        if not self._outbox.pending:
-            self._empty.set()
         self._client: _AckCheckingClient | None = None
         self._failing = False
         self._handlers: dict[str, MessageHandler] = {}
@@ -152,43 +147,21 @@ class Uplink:
     @property
     def pending(self) -> int:
         """Batches waiting in the store (the in-flight one included)."""
-        return self._outbox.pending
-
-    def set_store(self, store: BatchStore, pacer: RatePacer | None = None) -> None:
-        """Use ``store`` (the spool) for data batches and pace its backlog; before ``run``."""
-        if self._outbox.pending:
-            raise UplinkError("cannot replace a batch store that still holds batches")
-        self._outbox = store
-        self._pacer = pacer
-        if store.pending:
-            self._empty.clear()
-            self._wake.set()
-
-    async def submit(self, payload: bytes, *, epoch: int = 0, seq: int = 0,
-                     readings: int = 0) -> bool:
-        """Store a data batch for publishing; False if the store's cap policy did not keep it.
-
-        With the spool this returns once the batch is committed to disk (SpoolError if the
-        disk failed); the identity and reading count go with it for the drop counters.
-        """
-        stored = await self._outbox.put(payload, epoch=epoch, seq=seq, readings=readings)
-        if self._outbox.pending:
-            self._empty.clear()
-            self._wake.set()
-        return stored
+        return self.store.pending
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until every submitted batch is acknowledged; False if ``timeout_s`` passed first."""
+        """Wait until every stored batch is acknowledged; False if ``timeout_s`` passed first."""
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout_s)
+            await asyncio.wait_for(self.store.readiness.empty.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
 
     def stats_dict(self) -> dict[str, object]:
-        """Counters, connection state and outbox depth, for the health document."""
-        return {**dataclasses.asdict(self.counters), "connected": self.connected.is_set(),
-                "pending": self.pending}
+        """Counters, connection state and store depth, for the health document."""
+        return {**dataclasses.asdict(self.counters),
+                "dropped_batches": self.store.dropped_in_memory,
+                "connected": self.connected.is_set(), "pending": self.pending}
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Call ``handler`` for messages matching the filter (subscribed on every connect)."""
@@ -255,8 +228,7 @@ class Uplink:
         async with client:
             self._client = client
             self.counters.connects += 1
-            self._outbox.mark_backlog()
-            self._wake.set()
+            self.store.mark_backlog()
             self.connected.set()
             try:
                 await client.publish_acked(self._state_topic, self._state_doc("online"),
@@ -300,13 +272,11 @@ class Uplink:
         raise UplinkError("message stream ended")
 
     async def _drain(self, client: _AckCheckingClient) -> None:
+        store = self.store
         while True:
-            await self._wake.wait()
-            item = await self._outbox.take()
-            if item is None:
-                self._wake.clear()
-                if not self._outbox.pending:
-                    self._empty.set()
+            await store.readiness.waiting.wait()
+            item = await store.take()
+            if item is None:  # the store cleared ``waiting``: sleep until the next batch
                 continue
             try:
                 if item.backlog and self._pacer is not None:
@@ -315,16 +285,14 @@ class Uplink:
                         await self.clock.sleep(delay)
                 await client.publish_acked(self._data_topic, item.payload, qos=1)
             except UplinkError:
-                self._outbox.release(item)
+                store.release(item)
                 self.counters.rejected_publishes += 1
                 raise
             except BaseException:
-                self._outbox.release(item)
+                store.release(item)
                 raise
             if item.backlog and self._pacer is not None:
                 self._pacer.spend(self.clock.monotonic(), len(item.payload))
-            await self._outbox.ack(item)
+            await store.ack(item)
             self.counters.published_batches += 1
             self.counters.published_bytes += len(item.payload)
-            if not self._outbox.pending:
-                self._empty.set()

@@ -10,8 +10,8 @@ from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import Bus, TcpBus
 from edge_agent.drivers.modbus.planner import requests_per_cycle
-from edge_agent.drivers.modbus.timing import bus_budget
-from edge_agent.drivers.modbus.transport import bus_timeout_s, inter_frame_gap_s
+from edge_agent.drivers.modbus.timing import bus_budget, inter_frame_gap_s
+from edge_agent.drivers.modbus.transport import bus_timeout_s
 from edge_agent.protocol.errors import ConfigError
 
 

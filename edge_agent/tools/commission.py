@@ -23,8 +23,9 @@ from edge_agent.drivers.bus import DeviceConfig, SerialBus
 from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point, encode_write
 from edge_agent.drivers.modbus.transport import BusTransport, Reply
 from edge_agent.drivers.model import Access, DataType, Point
-from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.errors import ConfigError, DeviceError
 from edge_agent.protocol.readings import Value
+from edge_agent.protocol.shell import cli_command
 
 DEFAULT_CONFIG = Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/site.toml"))
 
@@ -201,9 +202,12 @@ def _where(cfg: SiteConfig, dev: DeviceConfig, pt: Point) -> str:
             f"bus {dev.bus})")
 
 
-def _bus_free(cfg: SiteConfig, dev: DeviceConfig) -> str | None:
+def _claim_bus(cfg: SiteConfig, dev: DeviceConfig) -> None:
+    """DeviceError naming who holds the device's serial port, if anyone does."""
     bus = cfg.buses[dev.bus]
-    return port_in_use(bus.port) if isinstance(bus, SerialBus) else None
+    busy = port_in_use(bus.port) if isinstance(bus, SerialBus) else None
+    if busy:
+        raise DeviceError(busy)
 
 
 def _decode(pt: Point, data: list[int] | list[bool]) -> Value:
@@ -240,20 +244,13 @@ def _common(prog: str, extra: Callable[[argparse.ArgumentParser], None]) -> argp
     return ap
 
 
+@cli_command("edge-agent read")
 def read_main(argv: list[str], out: TextIO | None = None) -> int:
     """``edge-agent read DEVICE POINT``: 0 with the value printed, 1 device failure, 2 usage."""
     args = _common("edge-agent read", lambda ap: None).parse_args(argv)
     out = out or sys.stdout
-    try:
-        cfg, dev, pt = _load(args.config, args.device, args.point)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(f"error: {p}", file=sys.stderr)
-        return 2
-    busy = _bus_free(cfg, dev)
-    if busy:
-        print(f"error: {busy}", file=sys.stderr)
-        return 2
+    cfg, dev, pt = _load(args.config, args.device, args.point)
+    _claim_bus(cfg, dev)
     return asyncio.run(_read(cfg, dev, pt, out))
 
 
@@ -297,6 +294,7 @@ def _ask(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+@cli_command("edge-agent write")
 def write_main(argv: list[str], out: TextIO | None = None,
                confirm: Callable[[str], bool] | None = None) -> int:
     """``edge-agent write DEVICE POINT VALUE``: asks first unless --yes; 0 when read back equal."""
@@ -306,20 +304,9 @@ def write_main(argv: list[str], out: TextIO | None = None,
 
     args = _common("edge-agent write", extra).parse_args(argv)
     out = out or sys.stdout
-    try:
-        cfg, dev, pt = _load(args.config, args.device, args.point)
-        value = parse_value(pt, args.value)
-        words = check_write(dev, pt, value)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(f"error: {p}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    busy = _bus_free(cfg, dev)
-    if busy:
-        print(f"error: {busy}", file=sys.stderr)
-        return 2
+    cfg, dev, pt = _load(args.config, args.device, args.point)
+    value = parse_value(pt, args.value)  # a bad value or a read-only point: refused before
+    words = check_write(dev, pt, value)  # the port is touched
+    _claim_bus(cfg, dev)
     ask = (lambda _q: True) if args.yes else (confirm or _ask)
     return asyncio.run(_write(cfg, dev, pt, value, words, ask, out))

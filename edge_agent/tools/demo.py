@@ -13,23 +13,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import SerialBus, TcpBus
-from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.shell import cli_command
 from edge_agent.tools.devbroker import Mosquitto
-from edge_agent.tools.procs import stop_process
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 
 
-def _wait_ready(cfg: SiteConfig, sim: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """Wait until every simulated serial port exists and every TCP device accepts."""
-    deadline = time.monotonic() + timeout_s
+def _buses_up(cfg: SiteConfig) -> Callable[[], bool]:
+    """A predicate: every simulated serial port exists and every TCP device accepts."""
     pending = {name: bus for name, bus in cfg.buses.items() if cfg.devices_on(name)}
-    while pending and time.monotonic() < deadline:
-        if sim.poll() is not None:
-            raise RuntimeError(f"the simulator exited with status {sim.returncode}")
+
+    def up() -> bool:
         for name, bus in list(pending.items()):
             if isinstance(bus, SerialBus) and os.path.exists(bus.port):
                 del pending[name]
@@ -39,11 +39,12 @@ def _wait_ready(cfg: SiteConfig, sim: subprocess.Popen[bytes], timeout_s: float 
                         del pending[name]
                 except OSError:
                     pass
-        time.sleep(0.1)
-    if pending:
-        raise RuntimeError(f"simulated buses not ready after {timeout_s:.0f} s: {sorted(pending)}")
+        return not pending
+
+    return up
 
 
+@cli_command("edge-agent demo")
 def main(argv: list[str] | None = None) -> int:
     """Run the demo until Ctrl-C or for ``--duration`` seconds."""
     ap = argparse.ArgumentParser(prog="edge-agent demo")
@@ -51,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None,
                     help="stop after this many seconds (default: run until Ctrl-C)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)
-        return 2
+    cfg = load_config(args.config)
     for bus in cfg.buses.values():
         if isinstance(bus, SerialBus):
             Path(bus.port).parent.mkdir(parents=True, exist_ok=True)
@@ -71,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         broker.start()
         print(f"demo: private mosquitto at {broker.url}", flush=True)
         control = broker.dir / "sim.sock"
-        sim = subprocess.Popen([*exe, "simulate", str(args.config), "--control", str(control)])
+        # its output stays on the terminal: the demo shows which devices it serves where
+        sim = spawn_until_ready([*exe, "simulate", str(args.config), "--control", str(control)],
+                                None, _buses_up(cfg), timeout_s=20.0, what="the simulator")
         procs.append(("simulator", sim))
-        _wait_ready(cfg, sim)
         print(f"demo: simulated devices are up; to make one fail, e.g.\n"
               f"  echo '{{\"device\": \"lamp-102\", \"fault\": \"silent\"}}' | "
               f"socat - UNIX-CONNECT:{control}", flush=True)
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         while deadline is None or time.monotonic() < deadline:
             for name, proc in procs:
                 if proc.poll() is not None:
-                    print(f"demo: {name} exited with status {proc.returncode}", file=sys.stderr)
-                    return 1
+                    raise CommandError(f"the {name} exited with status {proc.returncode}",
+                                       status=1)
             time.sleep(0.2)
         return 0
     except KeyboardInterrupt:

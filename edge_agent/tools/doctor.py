@@ -29,6 +29,7 @@ from edge_agent.drivers.bus import SerialBus
 from edge_agent.drivers.modbus.timing import BusBudget, bus_budget
 from edge_agent.protocol.broker import MqttConfig
 from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.shell import cli_command
 
 MIN_FREE_BYTES = 50 * 2**20        # below this the spool cannot hold an outage: fail
 LOW_FREE_BYTES = 500 * 2**20       # below this (or 10 % of the disk): warn
@@ -310,6 +311,7 @@ def render(checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
+@cli_command("edge-agent doctor")
 def doctor_main(argv: list[str], out: TextIO | None = None) -> int:
     """``edge-agent doctor``: 0 when nothing fails (warnings allowed), 1 otherwise."""
     from edge_agent.tools.commission import DEFAULT_CONFIG

@@ -49,6 +49,8 @@ from edge_agent.drivers.modbus.scan import (
 )
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
+from edge_agent.protocol.errors import DeviceError
+from edge_agent.protocol.shell import cli_command
 from edge_agent.tools.commission import port_in_use, serial_setting_error
 
 USB_ADAPTER_LATENCY_S = 0.016  # FTDI-style adapters hand bytes over in ~16 ms batches
@@ -217,18 +219,14 @@ async def _scan(args: argparse.Namespace, out: TextIO, err_console: Console) -> 
     return 0
 
 
+@cli_command("edge-agent scan")
 def scan_main(argv: list[str], out: TextIO | None = None) -> int:
     """``edge-agent scan``: returns 0 when devices were found, 1 when none, 2 on errors."""
     args = _parser().parse_args(argv)
     out = out or sys.stdout
-    try:
-        _settings(args)
-        parse_ids(args.ids)
-    except ValueError as exc:
-        print(f"edge-agent scan: {exc}", file=sys.stderr)
-        return 2
+    _settings(args)  # bad bauds, framings or ids fail here, before the port is touched
+    parse_ids(args.ids)
     holder = port_in_use(args.port)
     if holder:
-        print(f"edge-agent scan: {holder}", file=sys.stderr)
-        return 2
+        raise DeviceError(holder)
     return asyncio.run(_scan(args, out, Console(stderr=True)))

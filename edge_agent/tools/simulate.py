@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from edge_agent.drivers.sim.runner import run_site
 from edge_agent.drivers.sim.server import Served
-from edge_agent.protocol.errors import EdgeError
+from edge_agent.protocol.shell import cli_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,12 +43,9 @@ async def _main(args: argparse.Namespace) -> None:
                    on_ready=_print_served)
 
 
+@cli_command("edge-agent simulate")
 def simulate_main(argv: list[str]) -> int:
     """Parse ``argv`` (without the program name), run the simulator, return the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        asyncio.run(_main(args))
-    except EdgeError as exc:
-        print(f"edge-agent simulate: {exc}", file=sys.stderr)
-        return 2
+    asyncio.run(_main(args))
     return 0

@@ -20,8 +20,16 @@ import aiomqtt
 from edge_agent.codecs.batch import DataBatch, decode_batch
 from edge_agent.protocol import topics
 from edge_agent.protocol.broker import client_options, parse_broker_url
-from edge_agent.protocol.errors import CodecError, EdgeError
+from edge_agent.protocol.errors import CodecError, CommandError, EdgeError
 from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.protocol.shell import (
+    add_broker_login,
+    broker_password,
+    check_broker_url,
+    cli_command,
+    error_lines,
+    shown_url,
+)
 
 # Modbus exception codes, Modbus application protocol V1.1b3 section 7.
 EXCEPTION_NAMES = {
@@ -163,8 +171,9 @@ async def tail(broker_url: str, *, prefix: str = "edge", gateway: str = "+",
                 return
 
 
+@cli_command("edge-agent tail")
 def tail_main(argv: Sequence[str] | None = None) -> int:
-    """CLI: edge-agent tail --broker URL [--prefix P] [--gateway G] [--count N] [TLS options]."""
+    """CLI: edge-agent tail --broker URL [--prefix P] [--gateway G] [--count N] [login, TLS]."""
     parser = argparse.ArgumentParser(prog="edge-agent tail",
                                      description="Watch gateways' state, data and health live.")
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
@@ -172,22 +181,26 @@ def tail_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="edge", help="topic prefix (default: edge)")
     parser.add_argument("--gateway", default="+", help="gateway id, or + for all (default)")
     parser.add_argument("--count", type=int, default=None, help="exit after N readings")
-    parser.add_argument("--username")
-    parser.add_argument("--password")
+    add_broker_login(parser)
     parser.add_argument("--ca-file", type=Path)
     parser.add_argument("--cert-file", type=Path)
     parser.add_argument("--key-file", type=Path)
     args = parser.parse_args(argv)
     try:
-        asyncio.run(tail(args.broker, prefix=args.prefix, gateway=args.gateway,
-                         count=args.count, username=args.username, password=args.password,
+        password = broker_password(args.username, args.password_file)
+        asyncio.run(tail(check_broker_url(args.broker), prefix=args.prefix, gateway=args.gateway,
+                         count=args.count, username=args.username, password=password,
                          ca_file=args.ca_file, cert_file=args.cert_file,
                          key_file=args.key_file))
     except KeyboardInterrupt:
         return 0
-    except (aiomqtt.MqttError, EdgeError, ValueError) as exc:
-        print(f"edge-agent tail: {args.broker}: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
+    except CommandError:
+        raise  # a login given wrongly: a usage error like any other command's
+    except (aiomqtt.MqttError, EdgeError, ValueError, OSError) as exc:
+        # tail has always ended with 1 when it cannot watch, a bad URL included; one line
+        # naming the broker is all a watcher needs
+        raise CommandError(f"{shown_url(args.broker)}: {error_lines(exc)[0]}",
+                           status=1) from exc
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``edge-agent ingest``: the cloud side of the data path, deduplicating and gap-aware.
+"""``edge-fleet ingest``: the cloud side of the data path, deduplicating and gap-aware.
 
 Subscribes to every gateway's data topic at QoS 1 (optionally as a shared subscription
 ``$share/GROUP/...`` so several workers split the load), decodes each batch with
@@ -17,82 +17,133 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
-from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 
-from edge_agent.codecs.batch import decode_batch
-from edge_agent.fleet.ingest.store import IngestStore, Received
+from edge_agent.fleet.ingest.intake import (
+    DEFAULT_INGEST_LIMITS,
+    IngestCounters,
+    IngestLimits,
+    ReadingBudget,
+    decode_message,
+)
+from edge_agent.fleet.ingest.store import (
+    DUPLICATE,
+    STORED,
+    IngestStore,
+    Received,
+)
+from edge_agent.fleet.intake import Rejections, quote
+from edge_agent.fleet.supervisor import EXIT_TASK_FAILED, RUNNING, Supervisor
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
-from edge_agent.protocol.broker import client_options, parse_broker_url
-from edge_agent.protocol.errors import CodecError, ConfigError, EdgeError
+from edge_agent.protocol.broker import URL_TEXT, MqttConfig, client_options, parse_broker_url
+from edge_agent.protocol.clock import Clock, SystemClock
+from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.shell import (
+    add_broker_login,
+    broker_password,
+    check_broker_url,
+    opened,
+    run_until_signal,
+    setup_logging,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 500  # messages committed in one transaction at most
+STATUS_S = 60.0  # how often a running ingest logs its status line
 
 
-@dataclass
-class IngestCounters:
-    """What this ingest process did."""
-
-    messages: int = 0
-    batches: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    commits: int = 0
-    connects: int = 0
+def _exit_process() -> None:
+    raise SystemExit(EXIT_TASK_FAILED)
 
 
-def decode_message(topic: str, payload: bytes, prefix: str) -> Received:
-    """Decode one data message; a bad one is kept as a rejection, never raised."""
-    parsed = topics.parse_topic(topic, prefix)
-    try:
-        batch = decode_batch(payload)
-    except CodecError as exc:
-        return Received(topic, payload, None, str(exc))
-    if parsed is None or parsed[1] != topics.DATA or parsed[0] != batch.gateway:
-        # a gateway may only publish its own data (its ACL should say so too)
-        return Received(topic, payload, None,
-                        f"batch of gateway {batch.gateway!r} on topic {topic!r}")
-    return Received(topic, payload, batch)
+def _payload_bytes(payload: object) -> bytes | None:
+    # bytes(payload) of an int would allocate that many bytes: only bytes-like ones are data.
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    return None
 
 
 class Ingest:
-    """One ingest worker: broker in, database out."""
+    """One ingest worker: broker in, database out; every loop supervised, every message total.
 
-    def __init__(self, broker_url: str, store: IngestStore, *, prefix: str = "edge",
-                 share_group: str | None = None, client_id: str = "edge-ingest",
-                 gap_scan_s: float = 10.0) -> None:
-        self.mqtt = parse_broker_url(broker_url, topic_prefix=prefix)
+    A message that cannot be stored is set aside in the ``rejected`` table, acknowledged and
+    counted per reason (``rejections``; logged once per reason, then as periodic counts), and
+    the next one is taken: a poison message is neither lost silently nor delivered again to
+    stop the next ingest. An error of the database itself fails the group, which is then not
+    acknowledged: the MQTT loop dies, is restarted by the supervisor with back-off, and the
+    broker delivers the group again. A loop that cannot be restarted ends the process with
+    status 1. ``status()`` (and the log line every ``status_s``) says what it is doing.
+    """
+
+    def __init__(self, mqtt: MqttConfig, store: IngestStore, *, share_group: str | None = None,
+                 client_id: str = "edge-ingest", gap_scan_s: float = 10.0,
+                 limits: IngestLimits = DEFAULT_INGEST_LIMITS, status_s: float = STATUS_S,
+                 supervisor: Supervisor | None = None, clock: Clock | None = None) -> None:
+        self.mqtt = mqtt
         self.store = store
-        self.prefix = topics.check_prefix(prefix)
+        self.prefix = topics.check_prefix(mqtt.topic_prefix)
         data = topics.subscription(self.prefix, topics.DATA)
         self.filter = f"$share/{share_group}/{data}" if share_group else data
         self.client_id = client_id
         self.gap_scan_s = gap_scan_s
+        self.limits = limits
+        self.status_s = status_s
+        self.clock = clock or SystemClock()
         self.counters = IngestCounters()
+        self.rejections = Rejections("ingest", log, summary_s=status_s, clock=self.clock)
+        self.counters.rejected_by_reason = self.rejections.counts
+        self.supervisor = supervisor or Supervisor(clock=self.clock)
+        self.budget = ReadingBudget(limits.gateway_readings_per_s, limits.gateway_burst_readings)
         self.subscribed = asyncio.Event()
+        self.last_message_ms: int | None = None
+        self.last_error: str | None = None
         self._backoff = Backoff(0.2, 5.0, random.Random(client_id))
 
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
     async def run(self) -> None:
-        """Consume forever, reconnecting with backoff; cancel to stop."""
-        scanner = asyncio.create_task(self._scan_loop(), name="ingest-gaps")
+        """Consume until cancelled; if a loop cannot be restarted, end the process with status 1.
+
+        The end does not depend on the caller awaiting this task (the command awaits only
+        its stop signal): a loop callback raises SystemExit, which asyncio lets out of the
+        event loop, before the caller would be woken by this task's return.
+        """
+        sup = self.supervisor
+        sup.start("ingest-mqtt", self._mqtt_loop)
+        sup.start("ingest-gaps", self._scan_loop)
+        sup.start("ingest-status", self._status_loop)
         try:
-            while True:
-                try:
-                    await self._connection()
-                except aiomqtt.MqttError as exc:
-                    log.warning("ingest: broker %s: %s (reconnecting)", self.mqtt.url, exc)
-                self.subscribed.clear()
-                await asyncio.sleep(self._backoff.next_delay())
+            await sup.fatal.wait()
         finally:
-            scanner.cancel()
-            await asyncio.gather(scanner, return_exceptions=True)
-            self.store.scan_gaps()
+            await sup.stop()
+            try:
+                self.store.scan_gaps()
+            except Exception:  # the database may be what failed; gaps are scanned next time
+                log.exception("ingest: the last gap scan failed")
+            self.rejections.maybe_summarise(force=True)
+            log.info("%s", self.status_line())
+        log.critical("ingest: %s; exiting with status %d", sup.failure, EXIT_TASK_FAILED)
+        asyncio.get_running_loop().call_soon(_exit_process)
+
+    async def _mqtt_loop(self) -> None:
+        """Connect, consume, reconnect with back-off; a broker error is not a crash."""
+        while True:
+            try:
+                await self._connection()
+            except aiomqtt.MqttError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("ingest: broker %s: %s (reconnecting)", self.mqtt.url, exc)
+            finally:
+                self.subscribed.clear()
+            await asyncio.sleep(self._backoff.next_delay())
 
     async def _scan_loop(self) -> None:
         while True:
@@ -100,6 +151,12 @@ class Ingest:
             gaps = self.store.scan_gaps()
             if gaps:
                 log.info("ingest: %d open gaps, e.g. %s", len(gaps), gaps[:3])
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.status_s)
+            self.rejections.maybe_summarise()
+            log.info("%s", self.status_line())
 
     async def _connection(self) -> None:
         opts = client_options(self.mqtt)
@@ -122,25 +179,77 @@ class Ingest:
                 for m in group:
                     client._client.ack(m.mid, m.qos)
 
+    def _intake(self, m: aiomqtt.Message) -> Received:
+        """One message as the store takes it: a batch within every limit, or a rejection."""
+        topic = m.topic.value
+        payload = _payload_bytes(m.payload)
+        if payload is None:
+            parsed = topics.parse_topic(topic, self.prefix)
+            return Received(topic, b"", None, f"payload is {type(m.payload).__name__}, not "
+                            "bytes", "not_bytes", parsed.gateway if parsed else None)
+        r = decode_message(topic, payload, self.prefix, self.limits)
+        b = r.batch
+        if b is not None and not self.budget.take(b.gateway, len(b.readings),
+                                                  self.clock.monotonic()):
+            return Received(topic, payload, None,
+                            f"gateway {b.gateway!r} is over its budget of "
+                            f"{self.limits.gateway_readings_per_s:.0f} readings/s (burst "
+                            f"{self.limits.gateway_burst_readings}): batch epoch {b.epoch} "
+                            f"seq {b.seq} of {len(b.readings)} readings set aside",
+                            "rate", r.gateway)
+        return r
+
     def _commit(self, group: list[aiomqtt.Message]) -> None:
-        received = [decode_message(m.topic.value, bytes(m.payload), self.prefix)
-                    for m in group]
-        new, dups = self.store.record(received)
+        """Store a group; raises only if the database itself fails (nothing is acked then)."""
         self.counters.messages += len(group)
-        self.counters.batches += new
-        self.counters.duplicates += dups
+        self.last_message_ms = self._now_ms()
+        received = [self._intake(m) for m in group]
+        outcomes = self.store.record_each(received)
         self.counters.commits += 1
-        bad = [r for r in received if r.batch is None]
-        self.counters.rejected += len(bad)
-        for r in bad:
-            log.warning("ingest: rejected a message on %s: %s", r.topic, r.error)
+        for r, outcome in zip(received, outcomes, strict=True):
+            if outcome.status == STORED:
+                self.counters.batches += 1
+                self.counters.readings += len(r.batch.readings) if r.batch is not None else 0
+            elif outcome.status == DUPLICATE:
+                self.counters.duplicates += 1
+            else:
+                self.counters.rejected += 1
+                self.rejections.reject(outcome.reason or "undecodable",
+                                       f"topic {quote(r.topic)} ({len(r.payload)} bytes): "
+                                       f"{outcome.error}")
+
+    def status(self) -> dict[str, Any]:
+        """The consumer's state: connection, last message, counters, tasks."""
+        c = self.counters
+        last = self.last_message_ms
+        return {"connected": self.subscribed.is_set(), "connects": c.connects,
+                "last_connect_error": self.last_error, "last_message_ms": last,
+                "last_message_age_s": None if last is None
+                else round(max(0, self._now_ms() - last) / 1000, 3),
+                "received": c.messages, "stored": c.batches, "readings": c.readings,
+                "duplicates": c.duplicates, "rejected": c.rejected,
+                "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
+                "commits": c.commits, "tasks": self.supervisor.snapshot()}
+
+    def status_line(self) -> str:
+        """``status()`` as one log line."""
+        s = self.status()
+        age = s["last_message_age_s"]
+        restarts = {name: t["restarts"] for name, t in s["tasks"].items() if t["restarts"]}
+        failing = {name: t["state"] for name, t in s["tasks"].items() if t["state"] != RUNNING}
+        return (f"ingest status: {'connected' if s['connected'] else 'NOT connected'}, last "
+                f"message {'never' if age is None else f'{age:.1f} s ago'}; received "
+                f"{s['received']}, stored {s['stored']} batches ({s['readings']} readings), "
+                f"{s['duplicates']} duplicates, rejected {s['rejected']} "
+                f"{s['rejected_by_reason'] or ''}; {s['commits']} commits, {s['connects']} "
+                f"connects; task restarts {restarts or 'none'}"
+                + (f", tasks not running {failing}" if failing else ""))
 
 
-def ingest_main(argv: list[str]) -> int:
-    """``edge-agent ingest``: run an ingest worker, or print what a database holds."""
-    ap = argparse.ArgumentParser(prog="edge-agent ingest",
-                                 description="Store every gateway's readings once, noting gaps.")
-    ap.add_argument("--broker", help="broker URL (mqtt://host:port, mqtts://, unix://)")
+def add_ingest_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``edge-fleet ingest`` (and of its alias ``edge-agent ingest``)."""
+    ap.add_argument("--broker", help=f"broker URL ({URL_TEXT}); no credentials in it")
+    add_broker_login(ap)
     ap.add_argument("--db", default="ingest.db",
                     help="sqlite:///path, a file path (default ingest.db) or postgresql://...")
     ap.add_argument("--db-schema", help="PostgreSQL schema to use (created if missing)")
@@ -153,38 +262,41 @@ def ingest_main(argv: list[str]) -> int:
     ap.add_argument("--gap-scan-s", type=float, default=10.0)
     ap.add_argument("--report", action="store_true", help="print totals and open gaps, exit")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    from edge_agent.protocol.shell import run_until_signal, setup_logging
 
+
+def print_report(store: IngestStore) -> None:
+    """Totals per stream, every open gap, and the rejected messages a database holds."""
+    store.scan_gaps()
+    s = store.summary()
+    for gw, epoch, batches, readings, dups, max_seq in s["streams"]:
+        print(f"{gw} epoch {epoch}: {batches} batches (max seq {max_seq}), "
+              f"{readings} readings, {dups} duplicates dropped")
+    for gw, epoch, lo, hi in s["open_gaps"]:
+        print(f"gap: {gw} epoch {epoch} seq {lo}..{hi}")
+    print(f"{len(s['open_gaps'])} open gaps, {s['rejected']} rejected messages")
+    for reason, count in s["rejected_by_reason"].items():
+        print(f"rejected: {count} {reason}")
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    """``edge-fleet ingest``: run an ingest worker until a signal, or print a report."""
     setup_logging(args.verbose)
-    try:
-        store = IngestStore(args.db, schema=args.db_schema)
-    except (ConfigError, OSError, EdgeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a database driver's own error type: report it, do not trace
-        print(f"error: --db {args.db}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if args.report:
-            store.scan_gaps()
-            s = store.summary()
-            for gw, epoch, batches, readings, dups, max_seq in s["streams"]:
-                print(f"{gw} epoch {epoch}: {batches} batches (max seq {max_seq}), "
-                      f"{readings} readings, {dups} duplicates dropped")
-            for gw, epoch, lo, hi in s["open_gaps"]:
-                print(f"gap: {gw} epoch {epoch} seq {lo}..{hi}")
-            print(f"{len(s['open_gaps'])} open gaps, {s['rejected']} rejected messages")
-            return 0
+    mqtt: MqttConfig | None = None
+    if not args.report:
         if not args.broker:
-            print("error: --broker is required (or --report)", file=sys.stderr)
-            return 2
-        try:
-            ingest = Ingest(args.broker, store, prefix=args.prefix, share_group=args.share,
-                            client_id=args.client_id, gap_scan_s=args.gap_scan_s)
-        except (ConfigError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            raise CommandError("--broker is required (or --report)")
+        # the broker, its login and the prefix are checked before a database is touched
+        topics.check_prefix(args.prefix)
+        mqtt = parse_broker_url(check_broker_url(args.broker), username=args.username,
+                                password=broker_password(args.username, args.password_file),
+                                topic_prefix=args.prefix)
+    store = opened("--db", args.db, lambda: IngestStore(args.db, schema=args.db_schema))
+    try:
+        if mqtt is None:
+            print_report(store)
+            return 0
+        ingest = Ingest(mqtt, store, share_group=args.share, client_id=args.client_id,
+                        gap_scan_s=args.gap_scan_s)
 
         async def main(stop: asyncio.Event) -> None:
             task = asyncio.create_task(ingest.run())

@@ -5,6 +5,14 @@ One transaction per group of batches: each batch is claimed by inserting its ide
 several ingest workers race on PostgreSQL. Readings keep their value's type exactly (bools and
 ints up to int64 as integers, floats as float64, the rest as text). Gaps are derived from the
 batches table with a window query and recorded with when they opened and closed.
+
+A message that cannot be stored costs that message only: each one is written under its own
+SAVEPOINT, and one the database refuses for its values (``message_fault``: an int beyond
+int64, text no encoder can write, a constraint) is rolled back alone and set aside in the
+``rejected`` table with the rest of the group committed. An error of the database itself
+(locked, gone, disk full) still fails the whole group, which is then not acknowledged and
+comes again from the broker. ``rejected`` keeps, per message, the gateway from the topic,
+the time, a reason code, the error, the size and the first ``REJECTED_PREFIX`` bytes in hex.
 """
 
 from __future__ import annotations
@@ -12,14 +20,16 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch import DataBatch
+from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.readings import Reading
+from edge_agent.protocol.readings import Quality, Reading, Value
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -41,8 +51,15 @@ CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch {big} NOT NULL,
     seq_from {big} NOT NULL, seq_to {big} NOT NULL, detected_ms {big} NOT NULL,
     closed_ms {big}, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
 CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT NULL,
-    bytes INTEGER NOT NULL, error TEXT NOT NULL);
+    bytes INTEGER NOT NULL, error TEXT NOT NULL, gateway TEXT, reason TEXT, payload_hex TEXT);
 """
+# Columns added to ``rejected`` after its first version: a database made before them gets them
+# with ALTER TABLE when opened (the same SQL in both dialects).
+REJECTED_ADDED = ("gateway", "reason", "payload_hex")
+REJECTED_PREFIX = 256  # bytes of a rejected payload kept (in hex): enough to see what it was
+REJECTED_TEXT = 2000   # characters of a rejection's error text kept
+INSERT_REJECTED = ("INSERT INTO rejected (topic, gateway, received_ms, bytes, reason, error, "
+                   "payload_hex) VALUES (?, ?, ?, ?, ?, ?, ?)")
 DDL = {
     "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL"),
     "postgresql": _DDL_TEMPLATE.format(big="BIGINT", serial="BIGSERIAL",
@@ -82,13 +99,17 @@ def value_columns(value: object) -> tuple[str, int | None, float | None, str | N
     return "s", None, None, str(value)
 
 
-def value_from(kind: str, vi: int | None, vr: float | None, vt: str | None) -> object:
+def value_from(kind: str, vi: int | None, vr: float | None, vt: str | None) -> Value | None:
     """The value stored by ``value_columns``."""
     if kind == "b":
         return bool(vi)
     if kind == "I":
         return int(vt) if vt is not None else None
-    return {"n": None, "i": vi, "f": vr, "s": vt}[kind]
+    if kind == "i":
+        return vi
+    if kind == "f":
+        return vr
+    return vt if kind == "s" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +118,84 @@ class Received:
 
     topic: str
     payload: bytes
-    batch: DataBatch | None   # None when it could not be decoded
-    error: str | None = None
+    batch: DataBatch | None   # None when it was refused
+    error: str | None = None  # why it was refused, naming the field and value
+    reason: str = "undecodable"  # the refusal's reason code, counted per reason
+    gateway: str | None = None   # the gateway the topic names, if it names a valid one
+
+
+# What ``IngestStore.record_each`` did with each message.
+STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+
+
+class Outcome(NamedTuple):
+    """What became of one message: STORED, DUPLICATE or REJECTED, with the reason and error."""
+
+    status: str
+    reason: str = ""
+    error: str = ""
+
+
+def message_fault(exc: BaseException) -> bool:
+    """Whether a database error is the message's own (its values), not the database's.
+
+    Binding errors (an int beyond int64, a string no UTF-8 encoder can write) and data or
+    constraint errors are the message's: retrying it can only fail again. Everything else
+    (locked, disconnected, disk full, a missing table) is the database's.
+    """
+    if isinstance(exc, OverflowError | UnicodeError | ValueError | TypeError
+                  | sqlite3.IntegrityError | sqlite3.DataError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dependency
+        return False
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+
+
+def _text(value: str, limit: int = REJECTED_TEXT) -> str:
+    """``value`` as text every database can store: no lone surrogates or NULs, bounded."""
+    safe = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return safe if len(safe) <= limit else safe[:limit] + "..."
+
+
+def storable_problem(b: DataBatch) -> str | None:
+    """Why the database could not store ``b`` as it is, or None (checked before it is tried).
+
+    Integers it keys and orders by must be int64 (SQLite raises OverflowError beyond), and text
+    must be UTF-8 without lone surrogates or NUL (PostgreSQL's TEXT refuses NUL). Values beyond
+    int64 are fine: they are stored as text.
+    """
+    for what, v in (("epoch", b.epoch), ("seq", b.seq)):
+        if type(v) is not int or not _INT64[0] <= v <= _INT64[1]:
+            return f"batch {what} {v!r} is not an int64"
+    names = {b.gateway}
+    for i, r in enumerate(b.readings):
+        if type(r.ts_ms) is not int or not _INT64[0] <= r.ts_ms <= _INT64[1]:
+            return f"reading {i}: timestamp {r.ts_ms!r} is not an int64"
+        code = r.exception_code
+        if code is not None and (type(code) is not int or not 0 <= code <= 2**31 - 1):
+            return f"reading {i}: exception code {code!r} is not a small int"
+        names.add(r.device)
+        names.add(r.point)
+        if isinstance(r.value, str) and (problem := _text_problem(r.value)):
+            return f"reading {i} ({_text(r.device, 64)}/{_text(r.point, 64)}): value {problem}"
+    for name in names:
+        if not isinstance(name, str):
+            return f"name {name!r} is not text"
+        if problem := _text_problem(name):
+            return f"name {_text(name, 80)!r} {problem}"
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not UTF-8 text)"
+    return None
 
 
 class IngestStore:
@@ -121,17 +218,32 @@ class IngestStore:
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 self.conn.execute(f"SET search_path TO {schema}")
             self.conn.execute(DDL["postgresql"])
+            self._add_rejected_columns()
             self.conn.commit()
         else:
             path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
             if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
                 raise ConfigError(f"--db {url}: expected sqlite:///path/to/file.db")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            create_private_sqlite(path)
             self.conn = sqlite3.connect(path, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")  # acked to the broker after commit
             self.conn.execute("PRAGMA busy_timeout = 10000")
             self.conn.executescript(DDL["sqlite"])
+            self._add_rejected_columns()
+
+    def _add_rejected_columns(self) -> None:
+        """Give a ``rejected`` table made by an older version the columns added since."""
+        if self.dialect == "sqlite":
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(rejected)")}
+        else:
+            have = {r[0] for r in self.conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = "
+                "'rejected' AND table_schema = current_schema()")}
+        for column in REJECTED_ADDED:
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE rejected ADD COLUMN {column} TEXT")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
@@ -157,33 +269,61 @@ class IngestStore:
 
     def record(self, messages: Sequence[Received], now_ms: int | None = None) -> tuple[int, int]:
         """Store a group of messages in one transaction; (new batches, duplicates)."""
+        statuses = [o.status for o in self.record_each(messages, now_ms)]
+        return statuses.count(STORED), statuses.count(DUPLICATE)
+
+    def record_each(self, messages: Sequence[Received],
+                    now_ms: int | None = None) -> list[Outcome]:
+        """Store a group of messages in one transaction; what became of each, in order.
+
+        A message refused before (``batch`` None) or refused by the database for its own
+        values is kept in ``rejected`` and its Outcome says why; an error of the database
+        itself rolls the whole group back and raises.
+        """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        new = dups = 0
+        outcomes: list[Outcome] = []
         cur = self._begin()
         try:
             for m in messages:
-                b = m.batch
-                if b is None:
-                    cur.execute(self._sql("INSERT INTO rejected (topic, received_ms, bytes, error) "
-                                          "VALUES (?, ?, ?, ?)"),
-                                (m.topic, now_ms, len(m.payload), m.error or "undecodable"))
-                    continue
-                cur.execute(self._sql(CLAIM), (b.gateway, b.epoch, b.seq, len(b.readings),
-                                               len(m.payload), now_ms))
-                fresh = cur.rowcount == 1
-                if fresh:
-                    new += 1
-                    cur.executemany(self._sql(INSERT_READING), list(_rows(b)))
-                else:
-                    dups += 1
-                cur.execute(self._sql(STREAM), (b.gateway, b.epoch, int(fresh),
-                                                len(b.readings) if fresh else 0, int(not fresh),
-                                                b.seq, now_ms))
+                cur.execute("SAVEPOINT message")
+                try:
+                    outcomes.append(self._one(cur, m, now_ms))
+                except Exception as exc:
+                    if not message_fault(exc):
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT message")
+                    error = f"the database refused it: {type(exc).__name__}: {exc}"
+                    self._reject(cur, m, now_ms, "database", error)
+                    outcomes.append(Outcome(REJECTED, "database", error))
+                cur.execute("RELEASE SAVEPOINT message")
             self._commit()
         except BaseException:
             self._rollback()
             raise
-        return new, dups
+        return outcomes
+
+    def _one(self, cur: Any, m: Received, now_ms: int) -> Outcome:
+        b = m.batch
+        if b is None:
+            error = m.error or "undecodable"
+            self._reject(cur, m, now_ms, m.reason, error)
+            return Outcome(REJECTED, m.reason, error)
+        cur.execute(self._sql(CLAIM), (b.gateway, b.epoch, b.seq, len(b.readings),
+                                       len(m.payload), now_ms))
+        fresh = cur.rowcount == 1
+        if fresh:
+            cur.executemany(self._sql(INSERT_READING), list(_rows(b)))
+        cur.execute(self._sql(STREAM), (b.gateway, b.epoch, int(fresh),
+                                        len(b.readings) if fresh else 0, int(not fresh),
+                                        b.seq, now_ms))
+        return Outcome(STORED if fresh else DUPLICATE)
+
+    def _reject(self, cur: Any, m: Received, now_ms: int, reason: str, error: str) -> None:
+        """Set a message aside in ``rejected`` (every text made storable first)."""
+        cur.execute(self._sql(INSERT_REJECTED),
+                    (_text(m.topic, 500), None if m.gateway is None else _text(m.gateway, 64),
+                     now_ms, len(m.payload), _text(reason, 64), _text(error),
+                     m.payload[:REJECTED_PREFIX].hex()))
 
     def scan_gaps(self, now_ms: int | None = None) -> list[tuple[str, int, int, int]]:
         """Record gaps that opened and close the ones filled since; the open gaps."""
@@ -224,7 +364,12 @@ class IngestStore:
         gaps = self.query("SELECT gateway, epoch, seq_from, seq_to FROM gaps "
                           "WHERE closed_ms IS NULL ORDER BY gateway, epoch, seq_from")
         rejected = self.query("SELECT count(*) FROM rejected")[0][0]
-        return {"streams": streams, "open_gaps": gaps, "rejected": rejected}
+        # Rows from before reasons were recorded count as "undecodable", what they all were.
+        by_reason: Counter[str] = Counter()
+        for reason, count in self.query("SELECT reason, count(*) FROM rejected GROUP BY reason"):
+            by_reason[str(reason or "undecodable")] += int(count)
+        return {"streams": streams, "open_gaps": gaps, "rejected": rejected,
+                "rejected_by_reason": dict(sorted(by_reason.items()))}
 
     def close(self) -> None:
         """Close the connection."""
@@ -239,7 +384,5 @@ def _rows(b: DataBatch) -> Iterable[tuple[object, ...]]:
 
 def reading_from(row: Sequence[Any]) -> Reading:
     """A Reading from (device, point, ts_ms, quality, exception_code, kind, vi, vr, vt)."""
-    from edge_agent.protocol.readings import Quality
-
     device, point, ts, quality, code, kind, vi, vr, vt = row
     return Reading(device, point, int(ts), value_from(kind, vi, vr, vt), Quality(quality), code)

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.codecs.batch import decode_batch
 from edge_agent.drivers.sim import sim_control_sync
 from edge_agent.protocol.readings import Reading
-from edge_agent.tools.procs import stop_process
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 from tests.support.brokers import free_port
 
 PY = [sys.executable, "-m", "edge_agent"]
@@ -55,41 +55,34 @@ def control(sock_path: Path, msg: dict[str, Any]) -> dict[str, Any]:
 def simulator(site: Path, tmp: Path, seed: int = 1) -> Iterator[Path]:
     """Run ``edge-agent simulate`` and yield its control socket once it answers."""
     sock = tmp / "sim.sock"
-    log = (tmp / "sim.log").open("wb")
-    proc = subprocess.Popen([*PY, "simulate", str(site), "--control", str(sock),
-                             "--seed", str(seed)], stdout=log, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        if not (sock.exists() and (tmp / "rs485").exists()):
+            return False
+        try:
+            control(sock, {"cmd": "freeze", "on": False})
+        except OSError:
+            return False  # the socket exists a moment before the simulator listens on it
+        return True
+
+    proc = spawn_until_ready([*PY, "simulate", str(site), "--control", str(sock),
+                              "--seed", str(seed)], tmp / "sim.log", answers, timeout_s=20,
+                             what="the simulator")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"simulator died: {(tmp / 'sim.log').read_text()}")
-            if sock.exists() and (tmp / "rs485").exists():
-                try:
-                    control(sock, {"cmd": "freeze", "on": False})
-                    break
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"simulator not ready: {(tmp / 'sim.log').read_text()}")
-            time.sleep(0.1)
         yield sock
     finally:
         stop_process(proc)
-        log.close()
 
 
 @contextmanager
 def agent(site: Path, broker_url: str, tmp: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``edge-agent run`` against ``broker_url``."""
-    log = (tmp / "agent.log").open("wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([*PY, "run", str(site), "--broker", broker_url, *extra],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = spawn_until_ready([*PY, "run", str(site), "--broker", broker_url, *extra],
+                             tmp / "agent.log")
     try:
         yield proc
     finally:
         stop_process(proc)
-        log.close()
 
 
 class Collector:
@@ -101,7 +94,7 @@ class Collector:
         self.states: list[dict[str, object]] = []
         self.health: list[dict[str, object]] = []
         self._lock = threading.Lock()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         self._client.subscribe(f"{prefix}/+/#", qos=1)
@@ -111,7 +104,7 @@ class Collector:
         kind = msg.topic.rsplit("/", 1)[-1]
         with self._lock:
             if kind == "data":
-                batch = decode_batch(msg.payload)
+                batch = decode_batch(bytes(msg.payload))
                 self.batches.append((batch.epoch, batch.seq))
                 self.readings.extend(batch.readings)
             elif kind == "state" and msg.payload:
@@ -124,7 +117,7 @@ class Collector:
         with self._lock:
             return list(self.readings)
 
-    def wait_for(self, predicate, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    def wait_for(self, predicate: Callable[[Collector], object], timeout_s: float = 30.0) -> bool:
         """Poll ``predicate(self)`` until true or the timeout passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -143,30 +136,22 @@ class Collector:
 @contextmanager
 def ingest_process(broker_url: str, db_url: str, tmp: Path, *extra: str,
                    name: str = "ingest") -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``edge-agent ingest`` until its subscription is up; log in ``tmp/NAME.log``."""
-    log_path = tmp / f"{name}.log"
-    log = log_path.open("wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([*PY, "ingest", "--broker", broker_url, "--db", db_url,
-                             "--gap-scan-s", "1", *extra],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    """Run ``edge-fleet ingest`` until its subscription is up; log in ``tmp/NAME.log``."""
+    proc = spawn_until_ready([sys.executable, "-m", "edge_agent.fleet.cli", "ingest",
+                              "--broker", broker_url, "--db", db_url, "--gap-scan-s", "1",
+                              *extra], tmp / f"{name}.log", "ingest subscribed", timeout_s=20,
+                             what=name)
     try:
-        deadline = time.monotonic() + 20
-        while b"ingest subscribed" not in log_path.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ingest did not start: {log_path.read_text()}")
-            time.sleep(0.05)
         yield proc
     finally:
         stop_process(proc)
-        log.close()
 
 
 def spool_batches(path: Path) -> list[tuple[int, int, int]]:
     """(epoch, seq, readings) of the batches a spool file holds, after checking it is sound."""
     import sqlite3
 
-    from edge_agent.runtime.spool_db import check_file
+    from edge_agent.runtime.spool_file import check_file
 
     problem = check_file(path)
     if problem is not None:

@@ -77,4 +77,4 @@ def encode_batch_v1(gateway: str, epoch: int, seq: int, readings: Sequence[Readi
         packed = msgpack.packb(body, use_bin_type=True)
     except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as exc:
         raise CodecError(f"data batch v1 could not be packed: {exc}") from exc
-    return bytes([VERSION_MSGPACK]) + packed
+    return bytes([VERSION_MSGPACK]) + bytes(packed)

@@ -1,0 +1,118 @@
+"""The ingest's intake, pure: which data messages are batches it may store, and how many.
+
+A message is refused before the database sees it when its topic is not a gateway's data topic,
+its payload is over the size cap, it does not decode within the batch limits, it names another
+gateway than its topic, it holds values the database cannot store, or its gateway is over its
+readings budget. ``consumer`` is the MQTT shell around this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_agent.codecs.batch import BatchLimits, decode_batch
+from edge_agent.fleet.ingest.store import Received, storable_problem
+from edge_agent.fleet.intake import quote
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import CodecError
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """What the ingest takes from one message and from one gateway, checked before the work.
+
+    ``max_payload`` is checked before decoding; ``max_readings`` (and the codec's other
+    ``BatchLimits``) while decoding, before a reading is built: a 47 KB batch of two million
+    run-length readings is refused, not expanded. The agent sends batches of at most 5000
+    readings by default (``[batch] max_readings``), a few hundred KB at most. Per gateway,
+    readings are a token bucket of ``gateway_readings_per_s`` refilling up to
+    ``gateway_burst_readings`` (0 per second: no bound): a spool replaying a backlog at its
+    default pace (50 batches/s, 256 KiB/s) stays below it, a flooding gateway does not, and
+    what is over it is set aside (``rejected``, reason ``rate``), not stored.
+    """
+
+    max_payload: int = 1024 * 1024
+    max_readings: int = 50_000
+    gateway_readings_per_s: float = 100_000.0
+    gateway_burst_readings: int = 1_000_000
+
+    def batch_limits(self) -> BatchLimits:
+        """The decoder's limits for these."""
+        return BatchLimits(max_bytes=self.max_payload, max_readings=self.max_readings,
+                           max_header_bytes=self.max_payload)
+
+
+DEFAULT_INGEST_LIMITS = IngestLimits()
+_DEFAULT_BATCH_LIMITS = DEFAULT_INGEST_LIMITS.batch_limits()
+
+
+@dataclass
+class IngestCounters:
+    """What this ingest process did."""
+
+    messages: int = 0     # received
+    batches: int = 0      # stored (new)
+    readings: int = 0     # in the batches stored
+    duplicates: int = 0
+    rejected: int = 0     # set aside in the rejected table (by reason in rejected_by_reason)
+    commits: int = 0
+    connects: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def decode_message(topic: str, payload: bytes, prefix: str,
+                   limits: IngestLimits = DEFAULT_INGEST_LIMITS) -> Received:
+    """Decode one data message within ``limits``; a bad one is kept as a rejection, never raised.
+
+    The rejection's reason is ``topic``, ``too_large``, ``codec``, ``gateway_mismatch`` or
+    ``unstorable`` (a value the database could not hold), and its error names the field.
+    """
+    parsed = topics.parse_topic(topic, prefix)
+    gateway = parsed.gateway if parsed is not None else None
+    if parsed is None or parsed.kind != topics.DATA:
+        return Received(topic, payload, None, f"topic {quote(topic)} is not a gateway's data "
+                        "topic (or its gateway id breaks the id rule)", "topic", gateway)
+    if len(payload) > limits.max_payload:  # before the decoder looks at a byte
+        return Received(topic, payload, None, f"payload of {len(payload)} bytes exceeds the "
+                        f"limit of {limits.max_payload}", "too_large", gateway)
+    batch_limits = _DEFAULT_BATCH_LIMITS if limits is DEFAULT_INGEST_LIMITS \
+        else limits.batch_limits()
+    try:
+        batch = decode_batch(payload, batch_limits)
+    except CodecError as exc:
+        return Received(topic, payload, None, str(exc), "codec", gateway)
+    if batch.gateway != gateway:
+        # a gateway may only publish its own data (its ACL should say so too)
+        return Received(topic, payload, None,
+                        f"batch of gateway {batch.gateway!r} on topic {quote(topic)}",
+                        "gateway_mismatch", gateway)
+    problem = storable_problem(batch)
+    if problem is not None:
+        return Received(topic, payload, None, f"batch epoch {batch.epoch} seq {batch.seq}: "
+                        f"{problem}", "unstorable", gateway)
+    return Received(topic, payload, batch, reason="", gateway=gateway)
+
+
+class ReadingBudget:
+    """Readings each gateway may still send: a token bucket per gateway (the caller's clock)."""
+
+    MAX_TRACKED = 10_000  # buckets kept before the full (idle) ones are forgotten
+
+    def __init__(self, per_s: float, burst: int) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # gateway -> (tokens, at)
+
+    def take(self, gateway: str, readings: int, now: float) -> bool:
+        """Spend ``readings`` of ``gateway``'s budget at ``now``; False (nothing spent) if over."""
+        if self.per_s <= 0:
+            return True
+        tokens, at = self._buckets.get(gateway, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_s)
+        ok = readings <= tokens
+        self._buckets[gateway] = (tokens - readings if ok else tokens, now)
+        if len(self._buckets) > self.MAX_TRACKED:
+            # A full bucket is the same as none: forgetting those bounds the memory.
+            self._buckets = {g: (t, a) for g, (t, a) in self._buckets.items()
+                             if t + (now - a) * self.per_s < self.burst}
+        return ok

@@ -1,0 +1,255 @@
+"""Intake of what gateways send the operations centre: strict parsing and counted rejections.
+
+Every message a gateway publishes is untrusted input to a consumer that serves the whole
+fleet: one that the consumer cannot take must cost that one message, never the consumer. So
+each message is parsed here under explicit limits (``JsonLimits``: payload bytes, nesting,
+items, string lengths, UTF-8 without lone surrogates, integers within SQLite's int64) and
+then checked field by field for exact types, all before the database sees a value. Whatever
+is refused is an ``IntakeError`` with a short, stable reason code (for counting) and a text
+naming the field and the value (for the log), and ``Rejections`` counts the codes and logs
+the first of each, then a periodic count (one hostile gateway must not flood the log).
+
+Limits (why these numbers):
+
+- reported: 64 KiB, nesting 8, 1000 items, strings 8192 characters. A real report is about
+  300 bytes; its longest part is the reason text (stored cut at ``MAX_REASON``).
+- health: 256 KiB, nesting 16, 10,000 items, strings 4096. A real document is about 2 KB
+  plus 400 bytes per device and 200 per bus: 256 KiB is several hundred devices. It is
+  stored whole or refused, never cut (a cut JSON document is not JSON).
+- state: 4 KiB, nesting 4, 64 items, strings 1024 (about 100 bytes in practice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.protocol.clock import Clock, SystemClock
+from edge_agent.protocol.errors import EdgeError
+from edge_agent.protocol.jsonsafe import INT64_MAX, INT64_MIN, UnsafeJsonError, loads_strict, show
+
+__all__ = ["HEALTH_LIMITS", "MAX_REASON", "REPORT_LIMITS", "STATE_LIMITS", "IntakeError",
+           "JsonLimits", "Rejections", "Report", "health_text", "parse_report", "parse_state",
+           "quote", "read_json", "read_stored_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLimits:
+    """What one JSON message may hold at most (see the module docstring for the values)."""
+
+    max_bytes: int
+    max_depth: int
+    max_items: int
+    max_str: int
+    max_containers: int
+
+
+REPORT_LIMITS = JsonLimits(max_bytes=64 * 1024, max_depth=8, max_items=1000, max_str=8192,
+                           max_containers=2000)
+HEALTH_LIMITS = JsonLimits(max_bytes=256 * 1024, max_depth=16, max_items=10_000, max_str=4096,
+                           max_containers=20_000)
+STATE_LIMITS = JsonLimits(max_bytes=4096, max_depth=4, max_items=64, max_str=1024,
+                          max_containers=64)
+
+MAX_REASON = 2000  # characters of a report's reason kept (plain text, so cutting is harmless)
+_RESULT = re.compile(r"[a-z][a-z0-9_]{0,31}")  # applied, current, rejected, dry_run_failed...
+STATES = {"online": True, "offline": False}
+
+
+class IntakeError(EdgeError):
+    """A message refused at intake: ``code`` is the reason counted, the text says what and why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+# Reason codes of jsonsafe's refusals, by the words of its messages (anything else: "json").
+_JSON_CODES = (("bytes exceed", "too_large"), ("not UTF-8", "not_utf8"),
+               ("nesting", "too_deep"), ("arrays and objects", "too_many_containers"),
+               ("surrogate", "lone_surrogate"), ("out of range", "int_range"),
+               ("is outside", "int_range"), ("items, the limit", "too_many_items"),
+               ("characters, the limit", "string_too_long"), ("repeats a key", "duplicate_key"),
+               ("not an integer", "float"), ("binary64", "float"),
+               ("too long", "number_too_long"), ("is not JSON", "not_json"),
+               ("not valid JSON", "not_json"), ("expected bytes", "not_bytes"))
+
+
+def quote(text: str, limit: int = 200) -> str:
+    """``text`` fit for a log line or a stored reason: repr-escaped (one line), bounded."""
+    shown = repr(text[:limit])
+    return shown if len(text) <= limit else shown + "..."
+
+
+def _json_code(problem: str) -> str:
+    for words, code in _JSON_CODES:
+        if words in problem:
+            return code
+    return "json"
+
+
+def read_json(payload: object, limits: JsonLimits) -> dict[str, Any]:
+    """The JSON object in ``payload`` within ``limits``; IntakeError naming the path otherwise."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise IntakeError("not_bytes", f"payload is {type(payload).__name__}, not bytes")
+    if not payload:
+        raise IntakeError("empty", "payload is empty")
+    if len(payload) > limits.max_bytes:  # before anything else looks at it
+        raise IntakeError("too_large", f"payload of {len(payload)} bytes exceeds the limit of "
+                                       f"{limits.max_bytes}")
+    try:
+        doc = loads_strict(payload, max_bytes=limits.max_bytes, max_depth=limits.max_depth,
+                           max_items=limits.max_items, max_str=limits.max_str,
+                           int_min=INT64_MIN, int_max=INT64_MAX, allow_float=True,
+                           max_containers=limits.max_containers)
+    except UnsafeJsonError as exc:
+        raise IntakeError(_json_code(exc.problem), str(exc)) from None
+    if not isinstance(doc, dict):
+        raise IntakeError("not_object", f"$: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def read_stored_json(text: object, limits: JsonLimits) -> dict[str, Any]:
+    """A JSON object read back from the database; IntakeError if the stored text is not one."""
+    if not isinstance(text, str):
+        raise IntakeError("not_text", f"stored value is {type(text).__name__}, not text")
+    # A stored string cannot hold lone surrogates through UTF-8 storage, but be total anyway.
+    return read_json(text.encode("utf-8", "backslashreplace"), limits)
+
+
+def _field(doc: Mapping[str, Any], key: str, kinds: tuple[type, ...], *,
+           required: bool = False) -> Any:
+    """``doc[key]`` if it has exactly one of ``kinds`` (bool is not an int here)."""
+    if key not in doc:
+        if required:
+            raise IntakeError("field_missing", f"$.{key} is missing")
+        return None
+    value = doc[key]
+    if value is None and not required:
+        return None
+    if type(value) not in kinds:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise IntakeError("field_type", f"$.{key} {show(value)} is {type(value).__name__}, "
+                                        f"expected {names}")
+    return value
+
+
+def _count(doc: Mapping[str, Any], key: str) -> int | None:
+    value = _field(doc, key, (int,))
+    if value is not None and not 0 <= value <= INT64_MAX:
+        raise IntakeError("int_range", f"$.{key} {show(value)} is outside 0..{INT64_MAX}")
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A gateway's apply report, as the registry stores it."""
+
+    result: str
+    version: int | None
+    committed: int | None
+    reason: str
+
+
+def parse_report(doc: Mapping[str, Any]) -> Report:
+    """The report in a ``reported`` document (docs/topics.md); IntakeError naming the field."""
+    if not isinstance(doc, Mapping):
+        raise IntakeError("not_object", f"$: expected an object, got {type(doc).__name__}")
+    result = _field(doc, "result", (str,), required=True)
+    if not _RESULT.fullmatch(result):
+        raise IntakeError("field_value", f"$.result {show(result)} is not a result name "
+                                         "(1-32 of a-z, 0-9, '_', starting with a letter)")
+    version = _count(doc, "version")
+    committed = _count(doc, "committed")
+    _count(doc, "ts")
+    _field(doc, "kind", (str,))
+    _field(doc, "status", (dict,))
+    reason = _field(doc, "reason", (str,)) or ""
+    if len(reason) > MAX_REASON:
+        reason = reason[:MAX_REASON] + f" [... {len(reason) - MAX_REASON} more characters]"
+    return Report(result, version, committed, reason)
+
+
+def health_text(doc: Mapping[str, Any]) -> str:
+    """The health document as stored: compact JSON, checked to read back within the limits."""
+    if not isinstance(doc, Mapping):
+        raise IntakeError("not_object", f"$: expected an object, got {type(doc).__name__}")
+    try:
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise IntakeError("not_json", f"$: cannot be written as JSON: {exc}") from None
+    if len(text) > HEALTH_LIMITS.max_bytes:
+        # Refused whole: a cut JSON document is not JSON, and would break every reader.
+        raise IntakeError("too_large", f"health document of {len(text)} characters exceeds "
+                                       f"the limit of {HEALTH_LIMITS.max_bytes}")
+    # The same limits as on the wire, so what is stored always reads back (``gateways()``).
+    read_json(text.encode("utf-8", "backslashreplace"), HEALTH_LIMITS)
+    return text
+
+
+def parse_state(doc: Mapping[str, Any]) -> bool:
+    """Whether a ``state`` document says online (True) or offline; IntakeError otherwise."""
+    if not isinstance(doc, Mapping):
+        raise IntakeError("not_object", f"$: expected an object, got {type(doc).__name__}")
+    status = _field(doc, "status", (str,), required=True)
+    if status not in STATES:
+        raise IntakeError("field_value", f"$.status {show(status)} is not 'online' or "
+                                         "'offline'")
+    _count(doc, "epoch")
+    _count(doc, "ts")
+    _field(doc, "version", (str,))
+    _field(doc, "reason", (str,))
+    return STATES[status]
+
+
+class Rejections:
+    """Counts refused messages per reason and logs them without flooding the log.
+
+    The first refusal of each reason is logged in full; later ones are counted and logged as
+    one summary line per reason every ``summary_s`` (``maybe_summarise``, called on every
+    refusal and from a periodic task so a count is never left unreported for long).
+    """
+
+    def __init__(self, what: str, logger: logging.Logger, *, summary_s: float = 60.0,
+                 clock: Clock | None = None) -> None:
+        self.what = what
+        self.log = logger
+        self.summary_s = summary_s
+        self.clock = clock or SystemClock()
+        self.counts: dict[str, int] = {}
+        self._pending: dict[str, tuple[int, str]] = {}
+        self._last_summary = self.clock.monotonic()
+
+    @property
+    def total(self) -> int:
+        """Every refusal so far."""
+        return sum(self.counts.values())
+
+    def reject(self, reason: str, detail: str) -> None:
+        """Count one refusal for ``reason``; ``detail`` names the topic, field and value."""
+        n = self.counts.get(reason, 0) + 1
+        self.counts[reason] = n
+        if n == 1:
+            self.log.warning("%s: rejected (%s): %s; further '%s' rejections are counted and "
+                             "summarised every %.0f s", self.what, reason, detail, reason,
+                             self.summary_s)
+        else:
+            count, _ = self._pending.get(reason, (0, ""))
+            self._pending[reason] = (count + 1, detail)
+        self.maybe_summarise()
+
+    def maybe_summarise(self, *, force: bool = False) -> None:
+        """Log the counts gathered since the last summary if ``summary_s`` has passed."""
+        now = self.clock.monotonic()
+        if not self._pending or (not force and now - self._last_summary < self.summary_s):
+            return
+        for reason, (count, detail) in sorted(self._pending.items()):
+            self.log.warning("%s: %d more '%s' rejections in the last %.0f s (%d in all), the "
+                             "latest: %s", self.what, count, reason, now - self._last_summary,
+                             self.counts[reason], detail)
+        self._pending.clear()
+        self._last_summary = now
