@@ -15,18 +15,21 @@ must still decode at the end. Usage: python bench/fuzz_batch.py [--count 100000]
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import struct
 import sys
-import time
-import traceback
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgpack
+
+# Run as a script, Python puts bench/ first on sys.path, not the repository root where the
+# hostile JSON shared with the tests (tests.support) lives.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _mutate import Mutator, Run, arguments
 
 from edge_agent import codecs
 from edge_agent.codecs import batch_v2
@@ -36,14 +39,20 @@ from edge_agent.protocol.errors import CodecError
 from edge_agent.protocol.readings import Quality, Reading
 
 T0 = 1_764_000_000_000
-HOSTILE_RAW = [
-    b"[" * 3000 + b"]" * 3000, b'{"a":1,"a":2}', b"NaN", b"Infinity", b"1e999", b"1.5",
-    b"1" * 5000, b"9" * 30, b"-1", b"18446744073709551616", b"true", b"null", b'""', b"[]",
-    b'"\\ud800"', b'"d/\\udfff"', b'{"\\ud800":1}', b'"\xff"', b'"\xed\xa0\x80"',
-    b'"' + b"x" * 300 + b'"', b'"d/' + b"p" * 65 + b'"', b'"d/p\\n"', b'"gw 1"',
-    b"[" + b'["d/p",1,1,null,null],' * 3000 + b"0]",
-]
-INSERTS = [b"\x80", b"\xff\xff\xff\xff\x0f", b"\\ud800", b"[", b'"', b"\x00", b"\xed\xa0\x80"]
+MUTATOR = Mutator(
+    raw=[
+        b"[" * 3000 + b"]" * 3000, b'{"a":1,"a":2}', b"NaN", b"Infinity", b"1e999", b"1.5",
+        b"1" * 5000, b"9" * 30, b"-1", b"18446744073709551616", b"true", b"null", b'""', b"[]",
+        b'"\\ud800"', b'"d/\\udfff"', b'{"\\ud800":1}', b'"\xff"', b'"\xed\xa0\x80"',
+        b'"' + b"x" * 300 + b'"', b'"d/' + b"p" * 65 + b'"', b'"d/p\\n"', b'"gw 1"',
+        b"[" + b'["d/p",1,1,null,null],' * 3000 + b"0]",
+    ],
+    values=[0, -1, 2**63, 2**64, 10**30, True, None, "", "x" * 300, [1, [2]], {"a": []}, "d/p",
+            1.5, 4],
+    pokes=[0, 1, 0x7F, 0x80, 0xFF, 0xED, 0x22],
+    inserts=[b"\x80", b"\xff\xff\xff\xff\x0f", b"\\ud800", b"[", b'"', b"\x00",
+             b"\xed\xa0\x80"],
+)
 
 
 def genuine_v2(rng: random.Random) -> bytes:
@@ -104,71 +113,6 @@ def split_v2(blob: bytes) -> tuple[Any, bytes]:
     return json.loads(blob[1 + used:1 + used + size]), blob[1 + used + size:]
 
 
-def hostile_value(rng: random.Random) -> bytes:
-    """JSON text no well-behaved encoder writes."""
-    r = rng.random()
-    if r < 0.6:
-        return rng.choice(HOSTILE_RAW)
-    if r < 0.8:
-        return json.dumps(rng.choice([0, -1, 2**63, 2**64, 10**30, True, None, "", "x" * 300,
-                                      [1, [2]], {"a": []}, "d/p", 1.5, 4])).encode()
-    return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))
-
-
-MARK = "\x00hostile\x00"
-
-
-def paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every node's path in a JSON document."""
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += paths(v, (*prefix, i))
-    return out
-
-
-def structural(rng: random.Random, doc: Any) -> bytes:
-    """``doc`` as JSON with one node replaced, deleted or given a hostile sibling."""
-    path = rng.choice(paths(doc)[1:])
-    parent = doc
-    for k in path[:-1]:
-        parent = parent[k]
-    op = rng.choice(["replace", "replace", "delete", "add"])
-    last = path[-1]
-    if op == "delete":
-        del parent[last]
-    elif op == "add" and isinstance(parent, dict):
-        parent[f"{last}x"] = MARK
-    elif op == "add":
-        parent.insert(last, MARK)
-    else:
-        parent[last] = MARK
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    return text.replace(json.dumps(MARK).encode(), hostile_value(rng), 1)
-
-
-def byte_level(rng: random.Random, blob: bytes, start: int = 0) -> bytes:
-    """A few flips, hostile bytes, insertions, deletions or a cut from ``start`` on."""
-    b = bytearray(blob)
-    for _ in range(rng.choice([1, 1, 2, 3, 6])):
-        i = rng.randrange(start, len(b)) if len(b) > start else len(b)
-        op = rng.randrange(5)
-        if op == 0 and i < len(b):
-            b[i] ^= 1 << rng.randrange(8)
-        elif op == 1 and i < len(b):
-            b[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0xED, 0x22, rng.randrange(256)])
-        elif op == 2:
-            b[i:i] = rng.choice(INSERTS)
-        elif op == 3 and i < len(b):
-            del b[i]
-        else:
-            del b[i:]
-    return bytes(b)
-
-
 def make_input(rng: random.Random, corpus: list[bytes], amps: list[bytes]) -> tuple[str, bytes]:
     """(kind, message) for one fuzz iteration."""
     r = rng.random()
@@ -177,16 +121,19 @@ def make_input(rng: random.Random, corpus: list[bytes], amps: list[bytes]) -> tu
             rng.randrange(256) for _ in range(rng.randrange(60)))
     if r < 0.06:
         blob = rng.choice(amps)
-        return "amplified", blob if rng.random() < 0.5 else byte_level(rng, blob, len(blob) - 40)
+        if rng.random() < 0.5:
+            return "amplified", blob
+        return "amplified", MUTATOR.byte_level(rng, blob, len(blob) - 40)
     blob = rng.choice(corpus)
     if r < 0.45 or blob[0] == 1:
-        return "bytes", byte_level(rng, blob)
+        return "bytes", MUTATOR.byte_level(rng, blob)
     head, body = split_v2(blob)
     if r < 0.75:
-        raw = structural(rng, head)
+        raw = MUTATOR.structural(rng, head)
         return "header", b"\x02" + batch_v2._varint(len(raw)) + raw + body
     raw = json.dumps(head, separators=(",", ":")).encode()
-    return "codec", b"\x02" + batch_v2._varint(len(raw)) + raw + byte_level(rng, body, 3)
+    body = MUTATOR.byte_level(rng, body, 3)
+    return "codec", b"\x02" + batch_v2._varint(len(raw)) + raw + body
 
 
 def check_decoded(blob: bytes, readings: list[Reading], limits: BatchLimits) -> str | None:
@@ -228,29 +175,15 @@ def scan_disagrees(blob: bytes) -> bool:
 
 def main() -> int:
     """Run the fuzz loop and print the counts; exit 1 on any crash."""
-    ap = argparse.ArgumentParser(description="Fuzz the batch decoder; 0 crashes expected.")
-    ap.add_argument("--count", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=20261202)
-    args = ap.parse_args()
-    print(f"fuzz_batch: seed {args.seed}, {args.count} inputs, codec {codecs.IMPLEMENTATION}, "
+    count, seed = arguments("Fuzz the batch decoder; 0 crashes expected.")
+    print(f"fuzz_batch: seed {seed}, {count} inputs, codec {codecs.IMPLEMENTATION}, "
           f"limits {DEFAULT_LIMITS}")
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
     corpus = [genuine_v2(rng) for _ in range(60)] + [genuine_v1(rng) for _ in range(20)]
     amps = amplified()
-    counts: Counter[str] = Counter()
-    kinds: Counter[str] = Counter()
-    crashes = 0
-    start = time.perf_counter()
-
-    def crash(what: str, blob: bytes) -> None:
-        nonlocal crashes
-        crashes += 1
-        if crashes <= 5:
-            print(f"CRASH ({what}) on {blob[:200].hex()}...\n{traceback.format_exc()}")
-
-    for k in range(args.count):
-        kind, blob = make_input(rng, corpus, amps)
-        kinds[kind] += 1
+    run = Run(count)
+    crash, counts = run.crash, run.counts
+    for _k, kind, blob in run.inputs(lambda: make_input(rng, corpus, amps)):
         try:
             batch = decode_batch(blob)
         except CodecError as exc:
@@ -270,20 +203,15 @@ def main() -> int:
         if kind == "codec" and scan_disagrees(blob):
             counts["scan disagreements"] += 1
             crash("pre-scan refused a body the codec decodes", blob)
-        if (k + 1) % 50_000 == 0:
-            print(f"  {k + 1} inputs, {time.perf_counter() - start:.0f} s")
     final = sum(len(decode_batch(b).readings) > 0 for b in corpus)
     if final != len(corpus):
         print(f"only {final} of {len(corpus)} genuine batches decode after the run")
-        crashes += 1
-    elapsed = time.perf_counter() - start
-    print(f"inputs {args.count} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}) "
-          f"in {elapsed:.0f} s")
-    print(f"rejected {counts['rejected']} (amplified {counts['amplified rejected']} of "
-          f"{kinds['amplified']}), accepted {counts['accepted']}, crashes {crashes} "
-          f"(scan disagreements {counts['scan disagreements']}); genuine batches afterwards: "
-          f"{final} of {len(corpus)} decode")
-    return 1 if crashes else 0
+        run.crashes += 1
+    return run.finish(
+        f"rejected {counts['rejected']} (amplified {counts['amplified rejected']} of "
+        f"{run.kinds['amplified']}), accepted {counts['accepted']}, crashes {run.crashes} "
+        f"(scan disagreements {counts['scan disagreements']}); genuine batches afterwards: "
+        f"{final} of {len(corpus)} decode")
 
 
 if __name__ == "__main__":

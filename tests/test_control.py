@@ -233,3 +233,67 @@ def test_trust_file_is_0600(state: Path) -> None:
     asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
     for name in ("trust.json", "config-control.json", "config.good"):
         assert (state / name).stat().st_mode & 0o777 == 0o600, name
+
+
+class HangingAgent(FakeAgent):
+    """A switch to any config named in ``hang_on`` never completes (a stop that hangs)."""
+
+    def __init__(self, *hang_on: str) -> None:
+        super().__init__()
+        self.hang_on = set(hang_on)
+
+    async def switch(self, cfg: str) -> None:
+        self.switches.append(cfg)
+        if cfg in self.hang_on:
+            await asyncio.Event().wait()  # never set: only the plane's deadline ends this
+        self.running = cfg
+
+
+def test_a_switch_that_never_completes_is_reverted_and_reported(state: Path) -> None:
+    agent, clock = HangingAgent("cfg:five"), FakeClock(NOW)
+    cp = ControlPlane(state, validate=agent.validate, dry_run=agent.dry_run, switch=agent.switch,
+                      healthy=agent.healthy, hold_s=3, clock=clock, fsync=False,
+                      switch_timeout_s=lambda cfg: 0.2)
+    assert asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))["result"] == "applied"
+
+    async def offer() -> dict[str, object]:
+        return await asyncio.wait_for(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"), 5)
+
+    report = asyncio.run(offer())
+    assert report["result"] == "reverted", report
+    assert "switch to config v5 did not complete within 0.2 s" in str(report["reason"])
+    assert "reverted to v4" in str(report["reason"])
+    assert agent.switches == ["cfg:four", "cfg:five", "cfg:four"] and agent.running == "cfg:four"
+    assert cp.revert_failed is None and not cp.ops.busy
+    assert load_trust(state).floor("config") == 4 and cp.journal.trial is None
+
+
+def test_a_revert_that_hangs_too_is_reported_and_left_to_the_watchdog(state: Path) -> None:
+    agent, clock = HangingAgent("cfg:five", "cfg:four"), FakeClock(NOW)
+    cp = ControlPlane(state, validate=agent.validate, dry_run=agent.dry_run, switch=agent.switch,
+                      healthy=agent.healthy, hold_s=3, clock=clock, fsync=False,
+                      switch_timeout_s=0.1)
+    agent.hang_on.discard("cfg:four")
+    assert asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))["result"] == "applied"
+    agent.hang_on.add("cfg:four")
+    report = asyncio.run(asyncio.wait_for(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"), 5))
+    assert report["result"] == "reverted", report
+    assert "the revert to v4 failed" in str(report["reason"])
+    # The gateway's watchdog reads this and stops pinging: systemd restarts it on v4, which
+    # the journal names as the last good config.
+    assert cp.revert_failed is not None and "revert to config v4" in cp.revert_failed
+    assert cp.journal.good_version == 4 and cp.journal.trial is None
+
+
+def test_an_overdue_step_is_named_until_it_ends(state: Path) -> None:
+    from edge_agent.runtime.lifecycle import Operations
+
+    clock = FakeClock(NOW)
+    ops = Operations(clock)
+    with ops.step("stopping the agent", 5.0):
+        clock.advance(4.0)
+        assert ops.overdue() == [] and ops.busy
+        clock.advance(2.0)
+        assert ops.overdue() == ["stopping the agent still running 6.0 s after it started "
+                                 "(deadline 5 s)"]
+    assert ops.overdue() == [] and not ops.busy

@@ -3,11 +3,16 @@
 An enrolled gateway (state dir written by the fleet's enrolment) runs ``edge-agent run``
 against simulated devices; bundles signed with the fleet's release keys are published
 retained on its desired/config topic, and its retained reports are read back.
+
+Switches repeat under load too (``SWITCHES`` of them on a 40-device site, more with
+``EDGE_SWITCH_TRIES=N``): each must complete and report, never hang in the old agent's stop.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +28,19 @@ from edge_agent.protocol.bundle import make_bundle
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support.fleetkit import Pki, enrol_direct
 from tests.support.sitekit import Collector, agent, control, simulator, write_site
+from tests.support.stopkit import (
+    Batches,
+    free_ports,
+    site_devices,
+    site_head,
+    tcp_simulator,
+    tcp_site,
+)
 
 pytestmark = pytest.mark.integration
 GW = "gw-test"
 SEED = 41
+SWITCHES = int(os.environ.get("EDGE_SWITCH_TRIES", "20"))
 
 
 def _config(site: Path, state: Path, devices: str) -> bytes:
@@ -187,6 +201,62 @@ def test_kill_9_during_the_health_gate_leaves_the_gateway_on_its_last_good_confi
                 assert not any(r.device == "meter" for r in data.snapshot()[n:])
         assert not (state / "config.good").exists()
     finally:
+        reports.close()
+        data.close()
+        reg.close()
+
+
+def test_config_switches_under_load_each_complete_and_report(
+        tmp_path: Path, own_broker: Mosquitto) -> None:
+    """``SWITCHES`` signed configs in a row on 40 devices, each on a bus of its own, polled every
+    0.2 s or 0.25 s in turn: every switch stops an agent in the middle of its polling (the
+    stop that used to hang on a cancel lost in a Modbus request), and each must be applied and
+    reported, with data flowing on the last one."""
+    reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+    pki = Pki.from_seed(SEED)
+    pki.init(reg)
+    enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
+    state = tmp_path / "gw" / GW
+    ports = free_ports(40)
+
+    def config(poll_s: float) -> bytes:
+        return (site_head(state, ports) + site_devices(40, poll_s=poll_s)).encode()
+
+    local = tmp_path / "local.toml"
+    local.write_bytes(config(0.2))
+    sim_site = tcp_site(tmp_path, 40, ports=ports, name="sim.toml")
+    now = int(time.time())
+    reports = Reports(own_broker.port)
+    data = Batches(own_broker.port)
+    took: list[float] = []
+    try:
+        with tcp_simulator(sim_site, tmp_path / "sim.log"), \
+                agent(local, own_broker.url, tmp_path, "--health-gate-s", "0.5"):
+            deadline = time.monotonic() + 30
+            while not data.seen and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert data.seen, "no data from the gateway before the first switch"
+            for version in range(1, SWITCHES + 1):
+                blob = make_bundle("config", version, config(0.25 if version % 2 else 0.2),
+                                   pki.release_keys, issued=now, expires=now + 3600,
+                                   gateways=[GW], roots=reg.roots())
+                started = time.monotonic()
+                reports.publish(blob)
+                report = reports.result(version, timeout_s=60)
+                took.append(time.monotonic() - started)
+                assert report["result"] == "applied", (version, report)
+                assert report["committed"] == version, report
+            # The last config polls and reports: its agent's batches keep arriving.
+            last = max(e for e, _ in data.seen)
+            so_far = len(data.of(last))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(data.of(last)) <= so_far + 2:
+                time.sleep(0.1)
+            assert len(data.of(last)) > so_far + 2, "no data after the last switch"
+    finally:
+        print(f"\n{len(took)} of {SWITCHES} switches applied; time per switch median "
+              f"{statistics.median(took) if took else float('nan'):.1f} s, max "
+              f"{max(took) if took else float('nan'):.1f} s")
         reports.close()
         data.close()
         reg.close()

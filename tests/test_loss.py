@@ -79,7 +79,8 @@ def ingest_seqs(db: Path) -> dict[int, set[int]]:
 
 def last_run(log: Path) -> tuple[int, int]:
     """(epoch, batches built) of the agent run that stopped gracefully, from its log."""
-    found = re.findall(r"stopped: epoch (\d+), (\d+) batches built", log.read_text())
+    found = re.findall(r"stopped(?: in [\d.]+ s)?: epoch (\d+), (\d+) batches built",
+                       log.read_text())
     assert found, f"the agent did not log its stop: {log.read_text()[-2000:]}"
     epoch, built = found[-1]
     return int(epoch), int(built)

@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import statistics
-import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from edge_agent.runtime.agent import stop_budget_s
 from edge_agent.tools.devbroker import Mosquitto
-from edge_agent.tools.procs import spawn_until_ready, stop_process
-from tests.support.sitekit import PY
-from tests.support.stopkit import (
-    Batches,
-    StopLine,
-    accounted,
-    free_ports,
-    sleep_to_mark,
-    tcp_simulator,
-    tcp_site,
-)
+from tests.support.stopkit import Batches, Try, free_ports, sigterm_try, tcp_simulator, tcp_site
 
 pytestmark = pytest.mark.integration
 
@@ -49,61 +35,6 @@ DEVICES = 40
 POLL_S = 0.2
 # The agent's worst case (every step to its deadline) plus the interpreter's own exit.
 DEADLINE_S = stop_budget_s(durable=True) + 2.0
-FORCED = ("still running", "did not finish within", "stop was forced", "will not end")
-
-
-@dataclass
-class Try:
-    """One start and SIGTERM: how long the stop took and what went wrong, if anything."""
-
-    index: int
-    took_s: float | None   # None: it had to be killed
-    problems: list[str]
-
-
-def _one(i: int, tmp: Path, ports: list[int], broker: Mosquitto, data: Batches,
-         rng: random.Random) -> Try:
-    state = tmp / f"state{i}"
-    site = tcp_site(tmp, DEVICES, poll_s=POLL_S, state_dir=state, ports=ports,
-                    name=f"site{i}.toml")
-    log = tmp / f"agent{i}.log"
-    proc = spawn_until_ready([*PY, "run", str(site), "--broker", broker.url], log,
-                             "agent gw-test starting", timeout_s=30, what=f"agent {i}")
-    took: float | None = None
-    try:
-        time.sleep(rng.uniform(0.8, 1.6))  # polling, batching and publishing by now
-        sleep_to_mark(POLL_S, rng.uniform(0.001, 0.025))
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(DEADLINE_S)
-            took = time.monotonic() - started
-        except subprocess.TimeoutExpired:
-            pass
-    finally:
-        stop_process(proc, timeout_s=1.0)   # kills one that overran: the try has failed
-    text = log.read_text(errors="replace")
-    problems = []
-    if took is None:
-        problems.append(f"no exit within {DEADLINE_S:g} s (killed)")
-    elif proc.returncode != 0:
-        problems.append(f"exit status {proc.returncode}")
-    problems += [f"log: {line}" for line in text.splitlines()
-                 if any(marker in line for marker in FORCED)][:5]
-    stop = StopLine.find(text)
-    if stop is None:
-        problems.append("no 'stopped' line in the log")
-    else:
-        missing, readings = accounted(stop, state / "spool.db", data)
-        if missing:
-            problems.append(f"batches built but neither acknowledged nor spooled: "
-                            f"{sorted(missing)[:10]} of {stop.built}")
-        if stop.sent is not None and readings != stop.sent:
-            problems.append(f"{stop.sent} readings sent into batches, {readings} acknowledged "
-                            f"or spooled")
-    if problems:
-        problems.append(f"end of {log}:\n{text[-2500:]}")
-    return Try(i, took, problems)
 
 
 def test_sigterm_stops_a_40_device_gateway_in_time_with_every_batch_kept(
@@ -116,7 +47,8 @@ def test_sigterm_stops_a_40_device_gateway_in_time_with_every_batch_kept(
     try:
         with tcp_simulator(sim_site, tmp_path / "sim.log"):
             for i in range(TRIES):
-                tries.append(_one(i, tmp_path, ports, broker, data, rng))
+                tries.append(sigterm_try(i, tmp_path, ports, broker.url, data, rng,
+                                         poll_s=POLL_S, deadline_s=DEADLINE_S))
     finally:
         data.close()
     times = [t.took_s for t in tries if t.took_s is not None]

@@ -265,3 +265,4 @@ class BusTransport:
         pending = getattr(self._client.ctx, "response_future", None)
         if isinstance(pending, asyncio.Future) and not pending.done():
             pending.set_exception(ConnectionException(f"{self.describe()} closed"))
+            pending.exception()  # retrieved: with no request waiting, asyncio would warn

@@ -314,7 +314,8 @@ class Agent:
             for sched in self.schedulers.values():
                 sched.stop()
             # Pollers first, on their flag: the request in flight ends and its readings count.
-            await asyncio.wait(pollers, timeout=STOP_POLLERS_S)
+            if pollers:
+                await asyncio.wait(pollers, timeout=STOP_POLLERS_S)
             workers = [*pollers, *others]
             left = await stop_tasks(workers, STOP_TASKS_S, "bus, batch and health tasks",
                                     recancel_after_s=0.5)

@@ -101,7 +101,7 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], timeout_s: float, what:
             recancelled += 1
             recancel_at = loop.time() + RECANCEL_EVERY_S
     if pending:
-        log.error("stop: %s still running %.1f s after being cancelled (%d times again); "
+        log.error("stop: %s still running %.1f s after the cancel (asked again %d times); "
                   "waiting in:\n%s", what, loop.time() - start, recancelled,
                   describe_tasks(pending))
     elif recancelled and loop.time() - start > recancel_after_s + RECANCEL_EVERY_S:

@@ -20,7 +20,6 @@ import copy
 import json
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import strategies as st
@@ -38,21 +37,29 @@ HEALTH_CAP = 20_000         # the fleet registry truncates a stored health docum
 
 
 
-@dataclass(frozen=True)
 class Hostile:
-    """One hostile message: what it is (for reports) and its bytes."""
+    """One hostile message: what it is (for reports) and its bytes.
 
-    name: str
-    blob: bytes
+    A plain class (not a dataclass, which hypothesis would print field by field) made inside
+    a composite strategy (``labelled``; a ``.map`` would have hypothesis print its input), so
+    a falsifying example reads ``Hostile('100,000 nested [', 100008 bytes: ...)``.
+    """
 
-    def __repr__(self) -> str:  # hypothesis prints it: keep 100 kB payloads out of reports
+    __slots__ = ("blob", "name")
+
+    def __init__(self, name: str, blob: bytes) -> None:
+        self.name = name
+        self.blob = blob
+
+    def __repr__(self) -> str:
         more = "..." if len(self.blob) > 40 else ""
         return f"Hostile({self.name!r}, {len(self.blob)} bytes: {self.blob[:40]!r}{more})"
 
 
-def named(name: str) -> Any:
-    """``strategy.map(named("x"))``: label the bytes a strategy makes."""
-    return lambda blob: Hostile(name, blob)
+@st.composite
+def labelled(draw: st.DrawFn, name: str, blobs: st.SearchStrategy[bytes]) -> Hostile:
+    """The bytes ``blobs`` makes, labelled ``name``."""
+    return Hostile(name, draw(blobs))
 
 
 # ------------------------------------------------------------------ plain builders
@@ -327,17 +334,16 @@ def bundle_messages(own: bytes, other: bytes) -> st.SearchStrategy[Hostile]:
         ("envelope over its cap", oversized_envelope)]
     fixed = [Hostile(name, make()) for name, make in makers]
     return st.one_of(
-        st.binary(min_size=1, max_size=512).map(named("random bytes")),
-        st.integers(1, len(own) - 1).map(lambda n: Hostile("truncated", truncated(own, n))),
-        byte_mutations(other).map(named("mutated")),
-        edited_envelopes(other).map(named("edited envelope")),
-        raw_json_texts().map(lambda t: Hostile("framed hostile JSON", frame(t))),
+        labelled("random bytes", st.binary(min_size=1, max_size=512)),
+        labelled("truncated", st.integers(1, len(own) - 1).map(lambda n: truncated(own, n))),
+        labelled("mutated", byte_mutations(other)),
+        labelled("edited envelope", edited_envelopes(other)),
+        labelled("framed hostile JSON", raw_json_texts().map(frame)),
         st.sampled_from(fixed),
-        st.binary(min_size=4, max_size=4).filter(lambda m: m != MAGIC)
-        .map(lambda m: Hostile("random magic", m + own[4:])),
-        st.integers(0, 2**32 - 1).map(
-            lambda n: Hostile("random envelope length", own[:4] + struct.pack(">I", n)
-                              + own[8:])),
+        labelled("random magic", st.binary(min_size=4, max_size=4)
+                 .filter(lambda m: m != MAGIC).map(lambda m: m + own[4:])),
+        labelled("random envelope length", st.integers(0, 2**32 - 1)
+                 .map(lambda n: own[:4] + struct.pack(">I", n) + own[8:])),
     )
 
 
@@ -356,9 +362,8 @@ def report_documents() -> st.SearchStrategy[Hostile]:
              Hostile("100,000 nested [", deep_brackets()),
              Hostile("health over 20,000 characters", big_health())]
     return st.one_of(
-        docs.map(named("hostile document")), raw_json_texts().map(named("hostile JSON text")),
-        st.integers(HEALTH_CAP, 2 * HEALTH_CAP).map(lambda n: Hostile("big health",
-                                                                      big_health(n))),
+        labelled("hostile document", docs), labelled("hostile JSON text", raw_json_texts()),
+        labelled("big health", st.integers(HEALTH_CAP, 2 * HEALTH_CAP).map(big_health)),
         st.sampled_from(fixed),
     )
 
@@ -394,15 +399,16 @@ def data_messages(gateway: str, genuine: bytes) -> st.SearchStrategy[Hostile]:
              Hostile("seq 2**63-1", v2_batch({"g": gateway, "e": 2**63 - 1, "s": 2**63 - 1,
                                               "x": []}, empty_codec()))]
     return st.one_of(
-        st.binary(min_size=1, max_size=512).map(named("random bytes")),
-        st.tuples(st.sampled_from([b"\x01", b"\x02"]), st.binary(max_size=256))
-        .map(lambda t: Hostile("version byte + random", t[0] + t[1])),
-        byte_mutations(genuine).map(named("mutated")),
-        st.integers(1, len(genuine) - 1).map(
-            lambda n: Hostile("truncated", truncated(genuine, n))),
-        st.tuples(v2_headers(gateway), bodies)
-        .map(lambda t: Hostile("hostile v2 header", v2_batch(*t))),
-        st.tuples(raw_json_texts(), bodies)
-        .map(lambda t: Hostile("hostile v2 header text", v2_batch(*t))),
+        labelled("random bytes", st.binary(min_size=1, max_size=512)),
+        labelled("version byte + random", st.tuples(st.sampled_from([b"\x01", b"\x02"]),
+                                                    st.binary(max_size=256))
+                 .map(lambda t: t[0] + t[1])),
+        labelled("mutated", byte_mutations(genuine)),
+        labelled("truncated", st.integers(1, len(genuine) - 1)
+                 .map(lambda n: truncated(genuine, n))),
+        labelled("hostile v2 header", st.tuples(v2_headers(gateway), bodies)
+                 .map(lambda t: v2_batch(*t))),
+        labelled("hostile v2 header text", st.tuples(raw_json_texts(), bodies)
+                 .map(lambda t: v2_batch(*t))),
         st.sampled_from(fixed),
     )

@@ -4,20 +4,23 @@
 served by one simulator), so one agent runs one poller task per device: the shape of a
 40-device field site, where a stop that lands while the replies of every bus arrive together
 is the moment a lost cancel needs. ``StopLine`` reads what the agent logged when it stopped,
-and ``accounted`` checks that every batch it built was acknowledged or is in the spool.
+``accounted`` checks that every batch it built was acknowledged or is in the spool, and
+``sigterm_try`` is one start, SIGTERM and check (the stop test and bench/stop_bench.py).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -62,6 +65,20 @@ def site_devices(n: int, *, poll_s: float, profile: str = "streetlight") -> str:
     """One device ``dNN`` (unit 1) on each bus ``bNN``, polled every ``poll_s``."""
     return "".join(f'[devices.d{i:02d}]\nbus = "b{i:02d}"\nunit_id = 1\nprofile = "{profile}"\n'
                    f"poll_interval_s = {poll_s}\n" for i in range(n))
+
+
+def tcp_site_part(tmp: Path, ports: list[int], part: int, parts: int, *, poll_s: float,
+                  name: str) -> Path:
+    """The buses ``i % parts == part`` of the site on ``ports`` (one simulator's share)."""
+    path = tmp / name
+    mine = [i for i in range(len(ports)) if i % parts == part]
+    text = site_head(tmp / "state", ports).split("[buses.", 1)[0]
+    for i in mine:
+        text += (f'[buses.b{i:02d}]\ntype = "tcp"\nhost = "127.0.0.1"\nport = {ports[i]}\n'
+                 f'[devices.d{i:02d}]\nbus = "b{i:02d}"\nunit_id = 1\n'
+                 f'profile = "streetlight"\npoll_interval_s = {poll_s}\n')
+    path.write_text(text)
+    return path
 
 
 def tcp_site(tmp: Path, n: int = 40, *, poll_s: float = 0.2, state_dir: Path | None = None,
@@ -166,3 +183,67 @@ def accounted(stop: StopLine, spool: Path, data: Batches,
         time.sleep(0.1)
     # A batch both acknowledged and still on disk (its delete not yet committed) counts once.
     return missing, sum({**stored, **received}.values())
+
+
+# Lines of a stop that had to force a step: a stop test counts them as failures.
+FORCED = ("still running", "did not finish within", "stop was forced", "will not end")
+
+
+@dataclass
+class Try:
+    """One start and SIGTERM: how long the stop took and what went wrong, if anything."""
+
+    index: int
+    took_s: float | None                  # None: it did not exit in time and was killed
+    problems: list[str] = field(default_factory=list)
+    last_window: int = 0                  # readings the agent flushed at its stop
+
+
+def sigterm_try(i: int, tmp: Path, ports: list[int], broker_url: str, data: Batches,
+                rng: random.Random, *, poll_s: float, deadline_s: float) -> Try:
+    """Start ``edge-agent run`` on the site, let it poll, SIGTERM it a few ms after a poll mark,
+    and check its exit (in time, status 0, nothing forced) and its batches (all kept)."""
+    state = tmp / f"state{i}"
+    site = tcp_site(tmp, len(ports), poll_s=poll_s, state_dir=state, ports=ports,
+                    name=f"site{i}.toml")
+    log = tmp / f"agent{i}.log"
+    proc = spawn_until_ready([*PY, "run", str(site), "--broker", broker_url], log,
+                             "agent gw-test starting", timeout_s=30, what=f"agent {i}")
+    took: float | None = None
+    try:
+        time.sleep(rng.uniform(0.8, 1.6))  # polling, batching and publishing by now
+        sleep_to_mark(poll_s, rng.uniform(0.001, 0.025))
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(deadline_s)
+            took = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        stop_process(proc, timeout_s=1.0)   # kills one that overran: the try has failed
+    text = log.read_text(errors="replace")
+    result = Try(i, took)
+    problems = result.problems
+    if took is None:
+        problems.append(f"no exit within {deadline_s:g} s (killed)")
+    elif proc.returncode != 0:
+        problems.append(f"exit status {proc.returncode}")
+    problems += [f"log: {line}" for line in text.splitlines()
+                 if any(marker in line for marker in FORCED)][:5]
+    window = re.findall(r"stopping: flushing (\d+) pending readings", text)
+    result.last_window = int(window[-1]) if window else 0
+    stop = StopLine.find(text)
+    if stop is None:
+        problems.append("no 'stopped' line in the log")
+    else:
+        missing, readings = accounted(stop, state / "spool.db", data)
+        if missing:
+            problems.append(f"batches built but neither acknowledged nor spooled: "
+                            f"{sorted(missing)[:10]} of {stop.built}")
+        if stop.sent is not None and readings != stop.sent:
+            problems.append(f"{stop.sent} readings sent into batches, {readings} acknowledged "
+                            f"or spooled")
+    if problems:
+        problems.append(f"end of {log}:\n{text[-2500:]}")
+    return result
