@@ -105,12 +105,17 @@ async def _end(run: asyncio.Task[None]) -> None:
     the test reports instead of hanging."""
     done, _ = await asyncio.wait({run}, timeout=30)
     if done:
-        run.result()
+        if not run.cancelled():  # cancelled: by a failed switch's own timeout, reported above
+            run.result()
         return
+    # Cancels get lost there again, and stopping tasks start new ones (reconnects): cancel
+    # until nothing has been left for a few turns, or asyncio.run would wait on them forever.
     me = asyncio.current_task()
-    for _ in range(200):
+    quiet = 0
+    for _ in range(1200):
         left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not left:
+        quiet = 0 if left else quiet + 1
+        if quiet >= 3:
             return
         for t in left:
             t.cancel()

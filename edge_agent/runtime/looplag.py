@@ -88,18 +88,23 @@ class Stall:
 
 def classify(lag_s: float, *, suspended_s: float, cpu_s: float, witness_gap_s: float | None,
              threshold_s: float = THRESHOLD_S) -> str:
-    """The cause of a ``lag_s`` stall from what moved meanwhile (see the module docstring)."""
+    """The cause of a ``lag_s`` stall from what moved meanwhile (see the module docstring).
+
+    The lag is how late the sampler woke: the stall itself was that long or up to one sample
+    interval longer, hence "at least".
+    """
     if suspended_s > threshold_s:
         return (f"system suspended for {suspended_s:.1f} s (CLOCK_BOOTTIME ran ahead of "
                 f"CLOCK_MONOTONIC)")
     if cpu_s >= lag_s / 2:
-        return (f"event loop blocked for {lag_s:.1f} s (busy: the process used {cpu_s:.1f} s "
+        return (f"event loop blocked for at least {lag_s:.1f} s (busy: the process used "
+                f"{cpu_s:.1f} s "
                 f"of CPU meanwhile)")
     if witness_gap_s is not None and witness_gap_s < lag_s / 2:
-        return (f"event loop blocked for {lag_s:.1f} s (waiting: the process ran, the loop "
-                f"thread did not)")
-    return (f"process or VM paused for {lag_s:.1f} s (nothing in the process ran: SIGSTOP, "
-            f"a VM pause or a starved host)")
+        return (f"event loop blocked for at least {lag_s:.1f} s (waiting: the process ran, "
+                f"the loop thread did not)")
+    return (f"process or VM paused for at least {lag_s:.1f} s (nothing in the process ran: "
+            f"SIGSTOP, a VM pause or a starved host)")
 
 
 @dataclass
