@@ -9,8 +9,6 @@ the cost of a request from the cost of the readings it carries.
 
 from __future__ import annotations
 
-import socket
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +47,6 @@ def write_profile(directory: Path, n_points: int) -> Path:
     path = directory / f"bench_{n_points}pt.toml"
     path.write_text(profile_toml(f"bench_{n_points}pt", n_points))
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports, all free a moment ago (held open together)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-    return ports
 
 
 @dataclass(frozen=True, slots=True)

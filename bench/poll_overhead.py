@@ -29,10 +29,11 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the repository root too: the port helper is the test harness's (tests.support.stopkit)
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from _pollproc import HealthWatch, Window, agent, cpu_s, measure, simulator
 from _pollsite import (
     SiteOptions,
-    free_ports,
     profile_registers,
     pty_site_text,
     split,
@@ -45,6 +46,7 @@ from edge_agent.drivers.bus import SerialBus
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.model import Table
 from edge_agent.tools.devbroker import Mosquitto
+from tests.support.stopkit import free_ports
 
 MB = 1024 * 1024
 

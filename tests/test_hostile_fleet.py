@@ -17,7 +17,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -27,11 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet.brokerconf import CONF_NAME, mosquitto_hash, write_broker_config
@@ -39,6 +36,7 @@ from edge_agent.fleet.registry import Registry
 from edge_agent.tools.devbroker import Mosquitto, free_port
 from edge_agent.tools.procs import stop_process
 from tests.support import hostile as h
+from tests.support.acked import AckedClient, log_tail
 from tests.support.fleetkit import Pki, enrol_direct, running, serve_args
 from tests.support.hostile import Hostile
 
@@ -62,34 +60,6 @@ def http_args() -> list[str]:
                                        else [])]
 
 
-def log_tail(path: Path, chars: int = 4000) -> str:
-    """The end of a process's log, for assertion messages."""
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return f"\n--- end of {path} ---\n{text[-chars:]}"
-
-
-class Client:
-    """A paho client logged in as one broker user (QoS 1, every publish acknowledged)."""
-
-    def __init__(self, port: int, user: str, password: str, client_id: str) -> None:
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.c.username_pw_set(user, password)
-        connected = threading.Event()
-        self.c.on_connect = lambda *_a: connected.set()
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert connected.wait(10), f"{user} could not connect"
-
-    def publish(self, topic: str, blob: bytes, *, retain: bool = False) -> None:
-        info = self.c.publish(topic, blob, qos=1, retain=retain)
-        info.wait_for_publish(30)
-        assert info.is_published(), f"publish to {topic} not acknowledged"
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
 def _password(state_root: Path, gw: str) -> str:
     return str(json.loads((state_root / gw / "identity.json").read_bytes())["mqtt"]["password"])
 
@@ -104,19 +74,19 @@ class Fleet:
     db: str
     reg: Registry
     http: int
-    clients: dict[str, Client] = field(default_factory=dict)
+    clients: dict[str, AckedClient] = field(default_factory=dict)
     probes: int = 0
 
     @property
-    def evil(self) -> Client:
+    def evil(self) -> AckedClient:
         return self.clients["evil"]
 
     @property
-    def good(self) -> Client:
+    def good(self) -> AckedClient:
         return self.clients["good"]
 
     @property
-    def ops(self) -> Client:
+    def ops(self) -> AckedClient:
         return self.clients["ops"]
 
     def alive(self, why: str) -> None:
@@ -208,7 +178,7 @@ class Fleet:
 
 
 @contextmanager
-def deployed_fleet(tmp_path: Path, before_start: Callable[[Client], None] | None = None,
+def deployed_fleet(tmp_path: Path, before_start: Callable[[AckedClient], None] | None = None,
                    ) -> Iterator[Fleet]:
     """Registry, two enrolled gateways, mosquitto with their ACL, ``edge-fleet serve``.
 
@@ -228,11 +198,11 @@ def deployed_fleet(tmp_path: Path, before_start: Callable[[Client], None] | None
     broker = Mosquitto(extra_conf=(tmp_path / "auth" / CONF_NAME).read_text()
                        + f"listener {ops_port} 127.0.0.1\n", port=gw_port)
     broker.start()
-    clients: list[Client] = []
+    clients: list[AckedClient] = []
     try:
-        evil = Client(gw_port, EVIL, _password(state_root, EVIL), EVIL)
-        good = Client(gw_port, GOOD, _password(state_root, GOOD), GOOD)
-        opsc = Client(ops_port, "fleet", FLEET_PW, "hostile-ops")
+        evil = AckedClient(gw_port, EVIL, _password(state_root, EVIL), EVIL)
+        good = AckedClient(gw_port, GOOD, _password(state_root, GOOD), GOOD)
+        opsc = AckedClient(ops_port, "fleet", FLEET_PW, "hostile-ops")
         clients += [evil, good, opsc]
         if before_start is not None:
             before_start(evil)
@@ -337,7 +307,7 @@ def test_a_retained_hostile_report_found_at_start(case: str, tmp_path: Path) -> 
     """Reports are retained: one the service cannot take is delivered at every (re)start."""
     kind, blob = CASES[case]
 
-    def leave(evil: Client) -> None:
+    def leave(evil: AckedClient) -> None:
         evil.publish(f"edge/{EVIL}/{kind}", blob, retain=True)
 
     with deployed_fleet(tmp_path, leave) as fleet:

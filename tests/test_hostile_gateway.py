@@ -32,6 +32,7 @@ from edge_agent.fleet.registry import Registry
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support import hostile as h
+from tests.support.acked import log_tail
 from tests.support.fleetkit import Pki, enrol_direct
 from tests.support.hostile import Hostile
 from tests.support.sitekit import agent, simulator, write_site
@@ -53,12 +54,6 @@ APPLY_TIMEOUT_S = 60.0
 
 
 # ------------------------------------------------------------------ harness
-
-
-def log_tail(path: Path, chars: int = 4000) -> str:
-    """The end of a process's log, for assertion messages."""
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return f"\n--- end of {path} ---\n{text[-chars:]}"
 
 
 class Watcher:

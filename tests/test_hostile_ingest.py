@@ -18,24 +18,22 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.codecs.batch_v2 import encode_batch_v2
 from edge_agent.protocol.readings import Reading
 from edge_agent.tools.devbroker import Mosquitto
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 from tests.support import hostile as h
+from tests.support.acked import AckedClient, log_tail
 from tests.support.hostile import Hostile
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -55,38 +53,12 @@ def batch(gw: str, seq: int, *, epoch: int = EPOCH, n: int = 5) -> bytes:
     return encode_batch_v2(gw, epoch, seq, rs)
 
 
-def log_tail(path: Path, chars: int = 4000) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return f"\n--- end of {path} ---\n{text[-chars:]}"
-
-
 def peak_rss_kib(pid: int) -> int:
     """The process's resident-set high-water mark (VmHWM), KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmHWM for {pid}")
-
-
-class Publisher:
-    """A plain MQTT client publishing at QoS 1, each publish acknowledged."""
-
-    def __init__(self, port: int) -> None:
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2)
-        connected = threading.Event()
-        self.c.on_connect = lambda *_a: connected.set()
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert connected.wait(10)
-
-    def publish(self, topic: str, blob: bytes, *, retain: bool = False) -> None:
-        info = self.c.publish(topic, blob, qos=1, retain=retain)
-        info.wait_for_publish(30)
-        assert info.is_published(), f"publish to {topic} not acknowledged"
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @dataclass
@@ -173,8 +145,8 @@ def ingest(broker: Mosquitto, tmp: Path, *, client_id: str = "hostile-ingest",
 
 
 @pytest.fixture
-def publisher(own_broker: Mosquitto) -> Iterator[Publisher]:
-    p = Publisher(own_broker.port)
+def publisher(own_broker: Mosquitto) -> Iterator[AckedClient]:
+    p = AckedClient(own_broker.port)
     yield p
     p.close()
 
@@ -188,7 +160,7 @@ ALREADY_DEAD = "before this example started (killed by it on its first run: hypo
 
 
 def test_ingest_keeps_consuming_and_accounts_for_every_hostile_message(
-        tmp_path: Path, own_broker: Mosquitto, publisher: Publisher) -> None:
+        tmp_path: Path, own_broker: Mosquitto, publisher: AckedClient) -> None:
     with ingest(own_broker, tmp_path) as ing:
         state = {"sent": 0, "seq": 0}
 
@@ -241,7 +213,7 @@ CASES: dict[str, bytes] = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_hostile_batch_then_a_genuine_one(case: str, tmp_path: Path,
                                               own_broker: Mosquitto,
-                                              publisher: Publisher) -> None:
+                                              publisher: AckedClient) -> None:
     with ingest(own_broker, tmp_path) as ing:
         publisher.publish(f"edge/{BAD}/data", CASES[case])
         publisher.publish(f"edge/{GOOD}/data", batch(GOOD, 1))
@@ -252,7 +224,7 @@ def test_one_hostile_batch_then_a_genuine_one(case: str, tmp_path: Path,
 
 
 def test_a_small_batch_decoding_to_a_million_readings(tmp_path: Path, own_broker: Mosquitto,
-                                                      publisher: Publisher) -> None:
+                                                      publisher: AckedClient) -> None:
     """23 KB that decode to 1,000,000 readings: refused without the memory or the time."""
     blob = h.v2_batch({"g": BAD, "e": EPOCH, "s": 1, "x": []}, h.amplified_codec(1_000_000))
     assert len(blob) < 30_000
@@ -276,7 +248,7 @@ def test_a_small_batch_decoding_to_a_million_readings(tmp_path: Path, own_broker
 
 
 def test_huge_epoch_and_seq_then_a_genuine_batch_and_the_report(
-        tmp_path: Path, own_broker: Mosquitto, publisher: Publisher) -> None:
+        tmp_path: Path, own_broker: Mosquitto, publisher: AckedClient) -> None:
     """Epoch and seq at 2**63-1 are in range: stored (or refused), never a dead consumer, and
     the gap scan and ``--report`` over them still work."""
     top = 2**63 - 1
@@ -305,7 +277,7 @@ POISON = CASES["lone-surrogate-series-in-extras"]
 
 
 def test_a_restart_after_a_crash_does_not_die_on_the_redelivered_poison(
-        tmp_path: Path, own_broker: Mosquitto, publisher: Publisher) -> None:
+        tmp_path: Path, own_broker: Mosquitto, publisher: AckedClient) -> None:
     """kill -9 right after a poison message: whatever was not acknowledged comes again."""
     with ingest(own_broker, tmp_path, client_id="hostile-restart", name="first") as first:
         publisher.publish(f"edge/{BAD}/data", POISON)
@@ -322,7 +294,7 @@ def test_a_restart_after_a_crash_does_not_die_on_the_redelivered_poison(
 
 
 def test_a_restart_with_poison_queued_for_its_session(
-        tmp_path: Path, own_broker: Mosquitto, publisher: Publisher) -> None:
+        tmp_path: Path, own_broker: Mosquitto, publisher: AckedClient) -> None:
     """Hostile messages queued while it was down are the first it gets when it starts."""
     with ingest(own_broker, tmp_path, client_id="hostile-queued", name="first"):
         pass  # subscribe once: the persistent session now queues for it
