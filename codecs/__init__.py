@@ -2,9 +2,12 @@
 
 ``encode_batch`` and ``decode_batch`` use the Cython fast path when it is built and the
 pure-Python reference otherwise (or when ``EDGE_AGENT_PURE_PYTHON=1``); both produce and
-accept identical bytes. ``IMPLEMENTATION`` says which is active. This package imports
-nothing from the agent except its error type, so a cloud consumer can decode batches
-without the agent's runtime dependencies.
+accept identical bytes. ``IMPLEMENTATION`` says which is active. ``batch`` frames a data
+batch (a version byte, then that version's body) around the codec.
+
+May import ``edge_agent.protocol`` (errors, readings, safe JSON) and ``edge_agent.fastpath``,
+and nothing else of the project, with only the standard library at run time (msgpack only
+for old version 1 batches): a cloud consumer decodes batches without the gateway's runtime.
 """
 
 from __future__ import annotations

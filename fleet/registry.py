@@ -118,8 +118,8 @@ class Registry:
             try:
                 import psycopg
             except ImportError as exc:  # pragma: no cover - a dependency
-                raise ConfigError("postgresql:// needs psycopg: pip install 'psycopg[binary]'") \
-                    from exc
+                raise ConfigError("postgresql:// needs psycopg: "
+                                  "pip install 'edge-agent[postgresql]'") from exc
             try:
                 self._conn: Any = psycopg.connect(url, autocommit=True)
             except psycopg.Error as exc:

@@ -54,6 +54,15 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
                       keepalive_s=keepalive_s)
 
 
+def url_has_credentials(url: str) -> bool:
+    """True if ``url`` carries a user name or password (which never belong in a broker URL)."""
+    try:
+        parts = urlsplit(url)
+        return parts.username is not None or parts.password is not None
+    except ValueError:
+        return False  # not a URL at all: split_broker_url says what is wrong with it
+
+
 def split_broker_url(url: str) -> tuple[str, str, int]:
     """(scheme, host or socket path, port) of a broker URL; ConfigError if it is not one."""
     def bad(why: str) -> ConfigError:
@@ -66,7 +75,7 @@ def split_broker_url(url: str) -> tuple[str, str, int]:
         raise bad("the port is not a number in 1..65535") from None
     if parts.query or parts.fragment:
         raise bad("a query or fragment has no meaning here")
-    if parts.username is not None or parts.password is not None:
+    if url_has_credentials(url):
         raise bad("credentials do not go in the URL (use a user name and a password file)")
     if parts.scheme == "unix":
         if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:

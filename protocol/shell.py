@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from edge_agent.protocol.broker import url_has_credentials
 from edge_agent.protocol.errors import CommandError, ConfigError, EdgeError
 
 P = ParamSpec("P")
@@ -103,12 +104,7 @@ def add_broker_login(ap: argparse.ArgumentParser) -> None:
 
 def check_broker_url(url: str, option: str = "--broker") -> str:
     """``url`` if it carries no credentials, else CommandError (which does not repeat them)."""
-    try:
-        parts = urlsplit(url)
-        userinfo = parts.username is not None or parts.password is not None
-    except ValueError:
-        return url  # not this check's business: the broker URL parser says what is wrong
-    if userinfo:
+    if url_has_credentials(url):
         raise CommandError(f"{option} {shown_url(url)}: credentials do not go in the URL (it "
                            "shows in ps, shell history and logs); use --username with "
                            f"--password-file or ${PASSWORD_ENV}")

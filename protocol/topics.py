@@ -101,16 +101,6 @@ def reported_topic(prefix: str, gateway: str) -> str:
     return _topic(prefix, gateway, REPORTED)
 
 
-def cmd_topic(prefix: str, gateway: str, cmd_id: str) -> str:
-    """The topic a command with this id is sent on."""
-    return _topic(prefix, gateway, CMD, check_level("command id", cmd_id))
-
-
-def cmd_result_topic(prefix: str, gateway: str, cmd_id: str) -> str:
-    """The topic a command's result is published on."""
-    return _topic(prefix, gateway, CMD_RESULT, check_level("command id", cmd_id))
-
-
 def subscription(prefix: str, kind: str, gateway: str = "+") -> str:
     """A topic filter for one kind on one gateway or, with gateway "+", on all of them.
 

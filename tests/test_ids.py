@@ -94,8 +94,6 @@ def test_topic_builders_refuse_them(gid: str) -> None:
     with pytest.raises(ValueError, match="gateway id"):
         topics.desired_topic("edge", gid, "config")
     with pytest.raises(ValueError, match="gateway id"):
-        topics.cmd_topic("edge", gid, "1")
-    with pytest.raises(ValueError, match="gateway id"):
         topics.subscription("edge", topics.DATA, gid)
     assert topics.subscription("edge", topics.DATA) == "edge/+/data"
 

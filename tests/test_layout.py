@@ -37,9 +37,15 @@ GATEWAY_ROOMS = ("config", "runtime", "control", "tools")
 # Third-party packages that belong to one side only.
 ONLY_IN: dict[str, frozenset[str]] = {
     "psycopg": frozenset({"fleet"}),
+    "psycopg2": frozenset({"fleet"}),
+    "asyncpg": frozenset({"fleet"}),
+    "sqlalchemy": frozenset({"fleet"}),
     "pymodbus": frozenset({"drivers", "tools"}),
     "serial": frozenset({"drivers", "tools"}),
 }
+# The test harness, the HIL bench and the benchmarks are not installed: the product never
+# imports them (a module moved out of the product must not be reached back into).
+NOT_INSTALLED = frozenset({"tests", "hil_tests", "bench", "scripts", "conftest"})
 # The codec is decoded by consumers that have only the standard library (msgpack is imported
 # lazily, for the old version 1 batches).
 CODEC_THIRD_PARTY = frozenset({"msgpack"})
@@ -154,6 +160,9 @@ def test_third_party_packages_stay_on_their_side() -> None:
             top = target.split(".")[0]
             if top in ONLY_IN and mine not in ONLY_IN[top]:
                 wrong.append(f"{mod.path.relative_to(ROOT)}:{line}: {mine} imports {top}")
+            if top in NOT_INSTALLED:
+                wrong.append(f"{mod.path.relative_to(ROOT)}:{line}: {mine} imports {target}, "
+                             "which is not installed with the product")
             if mine in ("codecs", "protocol") and mod.name.startswith("edge_agent.codecs") \
                     and top not in ("edge_agent", "__future__") \
                     and top not in CODEC_THIRD_PARTY and not _stdlib(top):
@@ -231,3 +240,6 @@ def test_the_contract_catches_a_wrong_import(tmp_path: Path) -> None:
     assert "edge_agent.fleet.registry" in targets
     assert room("edge_agent.fleet.registry") not in ALLOWED["runtime"]
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+    harness = Module("edge_agent.fleet.bad", tmp_path / "bad.py",
+                     ast.parse("from tests.support.fleetkit import Pki\n"))
+    assert {t.split(".")[0] for t, _ in imports(harness)} & NOT_INSTALLED

@@ -572,10 +572,9 @@ def test_topic_builders_and_parser_agree() -> None:
         topics.health_topic("city/edge", "gw1"): ("health", ""),
         topics.reported_topic("city/edge", "gw1"): ("reported", ""),
         topics.desired_topic("city/edge", "gw1", "config"): ("desired", "config"),
-        topics.cmd_topic("city/edge", "gw1", "42"): ("cmd", "42"),
-        topics.cmd_result_topic("city/edge", "gw1", "42"): ("cmd-result", "42"),
+        "city/edge/gw1/cmd/42": ("cmd", "42"),
+        "city/edge/gw1/cmd-result/42": ("cmd-result", "42"),
     }
-    assert topics.cmd_result_topic("city/edge", "gw1", "42") == "city/edge/gw1/cmd-result/42"
     for topic, (kind, arg) in built.items():
         assert topics.parse_topic(topic, "city/edge") == ("gw1", kind, arg)
     assert topics.subscription("edge", topics.DESIRED) == "edge/+/desired/+"

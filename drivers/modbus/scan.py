@@ -1,6 +1,6 @@
 """The pure parts of a bus scan: which settings to try, how long to wait, who a device is.
 
-No I/O: ``edge_agent/scan.py`` sends the requests. A sweep sends one short read to each
+No I/O: ``edge_agent.tools.scan`` sends the requests. A sweep sends one short read to each
 unit id (1-247; 0 is broadcast and 248-255 are reserved, Modbus over serial line V1.02,
 2.2) and waits only as long as the timing model says a reply can take: a device that
 answers anything, data or a Modbus exception, is present. A present device is then

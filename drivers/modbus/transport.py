@@ -68,6 +68,16 @@ def bus_timeout_s(bus: Bus) -> float:
     return bus.timeout_s if bus.timeout_s is not None else DEFAULT_TCP_TIMEOUT_S
 
 
+def bus_gap_s(bus: Bus) -> float:
+    """The silence kept between frames on this bus (none on Modbus TCP)."""
+    return inter_frame_gap_s(bus) if isinstance(bus, SerialBus) else 0.0
+
+
+def request_budget_s(bus: Bus) -> float:
+    """The longest one read may hold this bus: every attempt timing out, each after its gap."""
+    return (1 + bus.retries) * (bus_timeout_s(bus) + bus_gap_s(bus))
+
+
 def _cancel_requests() -> int:
     """How many cancels the running task has been asked for (0 outside a task)."""
     task = asyncio.current_task()
@@ -91,6 +101,8 @@ class WriteRequest:
 
 # The transport the scheduler polls through: any FieldTransport speaking these requests.
 ModbusTransport: TypeAlias = FieldTransport[ReadRequest, WriteRequest]
+# How the agent and the gateway's dry run open a bus (tests pass a scripted fake bus).
+TransportFactory: TypeAlias = Callable[[Bus], ModbusTransport]
 
 
 _READERS = {
@@ -107,7 +119,7 @@ class BusTransport:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.timeout_s = bus_timeout_s(bus)
-        self.gap_s = inter_frame_gap_s(bus) if isinstance(bus, SerialBus) else 0.0
+        self.gap_s = bus_gap_s(bus)
         self.stats = BusStats()
         self._lock = asyncio.Lock()
         self._last_frame_end = 0.0

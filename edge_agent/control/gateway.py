@@ -1,7 +1,7 @@
 """The gateway process: runs the agent on its config and takes signed configs from the fleet.
 
 A config bundle arrives retained on ``{prefix}/{gateway}/desired/config``. The control plane
-(edge_agent/control.py) verifies it against the trust pinned at enrolment, then calls back
+(``edge_agent.control.plane``) verifies it against the trust pinned at enrolment, then calls back
 here to validate it (parse it as a site config), dry-run it (every device of the new config
 answers one read on the live bus), switch (stop the running agent, start one on the new
 config) and check health (uplink up, no device offline) for the hold time, and then commits
@@ -33,7 +33,7 @@ from edge_agent.config.model import SiteConfig
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, SerialBus
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
@@ -63,8 +63,9 @@ class Gateway:
 
     def __init__(self, config_path: Path, *, broker_url: str | None = None,
                  health_gate_s: float = 30.0, clock: Clock | None = None,
-                 own_process: bool = True) -> None:
+                 own_process: bool = True, make_transport: TransportFactory = BusTransport) -> None:
         self.config_path = config_path
+        self.make_transport = make_transport
         # The gateway is the whole process (``edge-agent run``): at exit, tasks left running
         # are cancelled until they end, and if they will not the process exits anyway.
         self.own_process = own_process
@@ -108,8 +109,9 @@ class Gateway:
 
     async def dry_run(self, cfg: SiteConfig) -> None:
         """Every device of ``cfg`` must answer one read on the live bus (any answer counts)."""
-        running = {} if self.agent is None else {
-            _endpoint(t.bus): t for t in self.agent.transports.values()}
+        agent = self.agent
+        running = {} if agent is None else {
+            _endpoint(agent.cfg.buses[name]): t for name, t in agent.transports.items()}
         silent: list[str] = []
         for name, bus in cfg.buses.items():
             devices = cfg.devices_on(name)
@@ -118,12 +120,11 @@ class Gateway:
             # A bus the running agent holds (a serial port is exclusive) is probed through
             # its transport, whose lock interleaves the probe with the live polls.
             shared = running.get(_endpoint(bus))
-            transport = shared or BusTransport(bus)
+            transport = shared or self.make_transport(bus)
             try:
                 for d in devices:
                     first = plan_reads(d.points[:1], max_gap=0)[0]
-                    reply = await transport.read(d.unit_id, first.table, first.address,
-                                                 first.count)
+                    reply = await transport.read_request(d.unit_id, first)
                     if reply.error is not None or reply.exception_code in GATEWAY_NO_ANSWER:
                         why = reply.error or f"gateway exception {reply.exception_code}"
                         silent.append(f"{d.name} (unit {d.unit_id} on {name}): {why}")
@@ -191,7 +192,7 @@ class Gateway:
     async def _start_agent(self, cfg: SiteConfig) -> None:
         store = await open_store(cfg)   # first: the agent and its uplink share it
         self.cfg = cfg
-        self.agent = Agent(cfg, store, self.clock)
+        self.agent = Agent(cfg, store, self.clock, make_transport=self.make_transport)
         if self.control is not None:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),

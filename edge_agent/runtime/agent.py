@@ -27,7 +27,7 @@ from typing import NamedTuple
 from edge_agent import __version__
 from edge_agent.codecs.batch import encode_batch
 from edge_agent.config.model import SiteConfig
-from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory, request_budget_s
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import SpoolError
@@ -147,7 +147,8 @@ class _Sealed(NamedTuple):
 class Agent:
     """One gateway: polls its buses into ``store`` and reports over MQTT until stopped."""
 
-    def __init__(self, cfg: SiteConfig, store: BatchStore, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: SiteConfig, store: BatchStore, clock: Clock | None = None, *,
+                 make_transport: TransportFactory = BusTransport) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.epoch = int(self.clock.now() * 1000)
@@ -165,7 +166,7 @@ class Agent:
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
         self._sealed: deque[_Sealed] = deque()
-        self.transports = {name: BusTransport(bus) for name, bus in cfg.buses.items()
+        self.transports = {name: make_transport(bus) for name, bus in cfg.buses.items()
                            if cfg.devices_on(name)}
         self.lag = LagMonitor(witness=Witness())  # the real loop, whatever clock polls
         self._missed = MissedSlots()
@@ -179,7 +180,7 @@ class Agent:
             self.schedulers[name] = BusScheduler(
                 t, devices, self._on_readings, self.clock, max_gap=cfg.max_gap,
                 seed=zlib.crc32(name.encode()), heartbeat=hb,
-                request_budget_s=(1 + t.bus.retries) * (t.timeout_s + t.gap_s) + 1.0,
+                request_budget_s=request_budget_s(cfg.buses[name]) + 1.0,
                 on_missed=self._missed_on(name))
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored

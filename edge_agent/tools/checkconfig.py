@@ -87,7 +87,7 @@ def check_config_main(path: str, out: TextIO | None = None, err: TextIO | None =
               file=err)
         return 2
     print(summarize(cfg), file=out)
-    # The bus budget (drivers/timing.py): a line over 100 % cannot keep its poll slots.
+    # The bus budget (drivers/modbus/timing.py): a line over 100 % cannot keep its poll slots.
     over = [b for b in bus_budget(cfg).values() if b.status == "over"]
     for b in over:
         print(f"bus {b.bus} is over capacity ({b.utilisation:.0%}): poll no faster than every "

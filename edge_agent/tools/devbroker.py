@@ -7,8 +7,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from edge_agent.protocol.errors import EdgeError
+from edge_agent.tools.procs import spawn_until_ready, stop_process
 
 
 def free_port() -> int:
@@ -24,7 +26,7 @@ class Mosquitto:
     def __init__(self, extra_conf: str = "", port: int | None = None) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
-            raise RuntimeError("mosquitto is not installed: run 'apt-get install -y mosquitto'")
+            raise EdgeError("mosquitto is not installed: run 'apt-get install -y mosquitto'")
         self.exe = exe
         self.dir = Path(tempfile.mkdtemp(prefix="edge-mosq-"))
         self.port = port or free_port()
@@ -45,31 +47,23 @@ class Mosquitto:
         if os.geteuid() == 0:
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
-        log = (self.dir / "mosquitto.log").open("ab")
         # Its own session: a Ctrl-C at the terminal must not stop the broker before the
         # agent has said goodbye through it; its owner stops it last.
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
+        self.proc = spawn_until_ready([self.exe, "-c", str(conf)], self.dir / "mosquitto.log",
+                                      self._listening, timeout_s=10, what="mosquitto",
+                                      new_session=True)
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop the broker (clients see the connection drop)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s=5)
         self.proc = None
 
     def close(self) -> None:

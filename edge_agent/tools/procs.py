@@ -31,12 +31,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None
 def spawn_until_ready(cmd: Sequence[str], log_path: Path | None,
                       ready: str | Callable[[], bool] | None = None, *, timeout_s: float = 30.0,
                       env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                      what: str | None = None) -> subprocess.Popen[bytes]:
+                      what: str | None = None, new_session: bool = False,
+                      ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` with its output appended to ``log_path`` and return it once it is ready.
 
     ``ready`` is a text the process writes to its log, a predicate, or None (do not wait). With
-    ``log_path`` None the output goes where this process's goes. If the process exits first or
-    ``timeout_s`` passes, it is stopped and EdgeError carries the end of its log.
+    ``log_path`` None the output goes where this process's goes. ``new_session`` keeps a
+    Ctrl-C at the terminal from reaching it. If the process exits first or ``timeout_s``
+    passes, it is stopped and EdgeError carries the end of its log.
     """
     name = what or shlex.join(cmd)[:200]
     # Readiness is read from the log: a Python child must not keep its lines in a buffer.
@@ -64,11 +66,12 @@ def spawn_until_ready(cmd: Sequence[str], log_path: Path | None,
         return f"; the end of {log_path}:\n{text}"
 
     if log_path is None:
-        proc = subprocess.Popen(list(cmd), env=child_env, cwd=cwd)
+        proc = subprocess.Popen(list(cmd), env=child_env, cwd=cwd,
+                                start_new_session=new_session)
     else:
         with log_path.open("ab") as log:  # the child holds its own descriptor of the file
             proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
-                                    env=child_env, cwd=cwd)
+                                    env=child_env, cwd=cwd, start_new_session=new_session)
     try:
         deadline = time.monotonic() + timeout_s
         while not is_ready():

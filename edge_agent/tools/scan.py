@@ -1,9 +1,10 @@
 """``edge-agent scan PORT``: find the devices on an RS-485 line of unknown speed and addresses.
 
 For each candidate setting (most common first) every unit id gets one short probe with a
-timeout from the timing model (``drivers/scan.py``); present devices are recognised by
-the shipped profiles' registers, and a draft site config is written. The sweep stops at
-the first setting that finds devices unless ``--all`` is given (one line has one setting).
+timeout from the timing model (``edge_agent.drivers.modbus.scan``); present devices are
+recognised by the shipped profiles' registers, and a draft site config is written. The
+sweep stops at the first setting that finds devices unless ``--all`` is given (one line has
+one setting).
 """
 
 from __future__ import annotations

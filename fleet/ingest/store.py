@@ -210,7 +210,7 @@ class IngestStore:
                 import psycopg
             except ImportError as exc:
                 raise ConfigError(f"--db {url}: PostgreSQL needs psycopg "
-                                  "(pip install 'edge-agent[ingest-pg]')") from exc
+                                  "(pip install 'edge-agent[postgresql]')") from exc
             self.conn: Any = psycopg.connect(url, autocommit=False)
             if schema:
                 if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
