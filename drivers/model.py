@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Poll intervals, of a device or a point: above 50 ms (a Modbus exchange takes longer) and at
+# most a week (slow points such as a firmware version); outside, the grid arithmetic breaks.
+MIN_POLL_S = 0.05
+MAX_POLL_S = 7 * 86_400.0
+POLL_TEXT = f"a number of seconds from {MIN_POLL_S} to {MAX_POLL_S:.0f}"
+
+
+def poll_interval_ok(seconds: float) -> bool:
+    """True for a poll interval the scheduler can keep."""
+    return MIN_POLL_S <= seconds <= MAX_POLL_S
+
 
 class Table(StrEnum):
     """The four Modbus data tables (Modbus application protocol V1.1b3, 4.3)."""

@@ -16,7 +16,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edge_agent.drivers.model import TYPE_LAYOUT, Access, DataType, Point, Table, WordOrder
+from edge_agent.drivers.model import (
+    POLL_TEXT,
+    TYPE_LAYOUT,
+    Access,
+    DataType,
+    Point,
+    Table,
+    WordOrder,
+    poll_interval_ok,
+)
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.tomlcheck import Checker, load_toml
 
@@ -74,8 +83,8 @@ def parse_point(chk: Checker, name: str, raw: Any, path: str) -> Point | None:
     offset = chk.get(raw, path, "offset", float, 0.0)
     unit = chk.get(raw, path, "unit", str, "")
     description = chk.get(raw, path, "description", str, "")
-    interval_s = chk.get(raw, path, "interval_s", float, None, check=lambda v: v > 0,
-                         expected="a positive number of seconds")
+    interval_s = chk.get(raw, path, "interval_s", float, None, check=poll_interval_ok,
+                         expected=POLL_TEXT)
     deadband = chk.get(raw, path, "deadband", float, None, check=lambda v: v >= 0,
                        expected="a number >= 0")
     bit = chk.get(raw, path, "bit", int, None, check=lambda v: 0 <= v <= 15,

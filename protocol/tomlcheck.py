@@ -14,6 +14,7 @@ a problem of the file.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import tomllib
@@ -196,8 +197,10 @@ class Checker:
     ) -> T:
         """Read ``table[key]`` as ``kind``; on a problem record it and return ``default``.
 
-        Integers are accepted where a float is asked for; booleans never pass as numbers.
-        A required key (no default) that is missing or bad returns None after recording.
+        Integers are accepted where a float is asked for; booleans never pass as numbers, and
+        neither do TOML's ``inf`` and ``nan`` (no setting means them, and arithmetic on them
+        fails far from here). A required key (no default) that is missing or bad returns None
+        after recording.
         """
         full = f"{path}.{key}" if path else key
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -213,6 +216,9 @@ class Checker:
                 value, ok = float(value), True
             except OverflowError:  # an integer past 1.8e308 is no number of seconds either
                 ok = False
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            self.problem(full, value, f"a finite number: {expected or _kind_text(kinds)}")
+            return None if default is _MISSING else default  # type: ignore[return-value]
         if ok and check is not None and not check(value):
             ok = False
         if not ok:

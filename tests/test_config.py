@@ -206,7 +206,7 @@ def test_unknown_keys_in_known_tables(tmp_path: Path, old: str, new: str, key_pa
 @pytest.mark.parametrize(("old", "new", "fragment"), [
     ("unit_id = 1", 'unit_id = "1"', "devices.meter1.unit_id = '1': expected a unit id"),
     ("poll_interval_s = 10", 'poll_interval_s = "10s"',
-     "devices.meter1.poll_interval_s = '10s': expected a number of seconds >= 0.05"),
+     "devices.meter1.poll_interval_s = '10s': expected a number of seconds from 0.05 to 604800"),
     ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaudrate = 9600.0',
      "buses.rs485.baudrate = 9600.0: expected one of 1200, 2400"),
     ('id = "gw-01"', "id = 1", "gateway.id = 1: expected a gateway id: 1-64 characters of "
@@ -293,7 +293,8 @@ def test_same_serial_port_as_two_buses(tmp_path: Path) -> None:
     ("table='holding_register'\naddress=0\ntype='string'\nlength=126",
      "devices.meter1.extra_points.x.length = 126: expected a string length of 1 to 125"),
     ("table='input_register'\naddress=0\ntype='uint16'\ninterval_s=0.01",
-     "devices.meter1.extra_points.x.interval_s = 0.01: expected a number of seconds >= 0.05"),
+     "devices.meter1.extra_points.x.interval_s = 0.01: expected a number of seconds from 0.05 "
+     "to 604800"),
     ("table='coil'\naddress=0\ntype='uint16'",
      "devices.meter1.extra_points.x.type = 'uint16': expected 'bool' (coil holds single bits)"),
 ])
@@ -316,7 +317,8 @@ def test_override_of_a_point_the_profile_lacks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("override", "fragment"), [
     ("scale = 0", "devices.meter1.points.voltage_l1.scale = 0.0: expected a non-zero number"),
     ("deadband = -1", "devices.meter1.points.voltage_l1.deadband = -1.0: expected a number >= 0"),
-    ("interval_s = 0.01", "voltage_l1.interval_s = 0.01: expected a number of seconds >= 0.05"),
+    ("interval_s = 0.01",
+     "voltage_l1.interval_s = 0.01: expected a number of seconds from 0.05 to 604800"),
     ("enabled = 'no'", "devices.meter1.points.voltage_l1.enabled = 'no': expected a boolean"),
     ("unit = 5", "devices.meter1.points.voltage_l1.unit = 5: expected a string"),
 ])
@@ -340,7 +342,7 @@ def test_disabling_every_point_is_rejected(tmp_path: Path) -> None:
 def test_poll_interval_below_50_ms(tmp_path: Path, interval: float) -> None:
     one(tmp_path, BASE.replace("poll_interval_s = 10", f"poll_interval_s = {interval}"),
         f"devices.meter1.poll_interval_s = {float(interval)!r}: expected a number of seconds "
-        ">= 0.05")
+        "from 0.05 to 604800")
 
 
 def test_poll_interval_of_50_ms_accepted(tmp_path: Path) -> None:
@@ -507,7 +509,8 @@ def test_missing_required_keys(tmp_path: Path) -> None:
         "defined)",
         f"{path}: devices.m.unit_id: missing; expected a unit id from 1 to 247 (0 is broadcast, "
         "248-255 reserved: serial line V1.02, 2.2)",
-        f"{path}: devices.m.poll_interval_s: missing; expected a number of seconds >= 0.05",
+        f"{path}: devices.m.poll_interval_s: missing; expected a number of seconds from 0.05 "
+        "to 604800",
         f"{path}: devices.m.profile = 'nope': expected a shipped profile ("
         + (", ".join(shipped_profiles()) or "none")
         + f") or a profile file; there is no file at {tmp_path / 'nope'}",
@@ -802,7 +805,7 @@ def test_parser_failures_beyond_syntax_are_problems_of_the_file(tmp_path: Path) 
 def test_an_integer_too_large_for_a_float_is_a_bad_value(tmp_path: Path) -> None:
     big = "9" * 400
     one(tmp_path, BASE.replace("poll_interval_s = 10", f"poll_interval_s = {big}"),
-        "devices.meter1.poll_interval_s = 9999", "expected a number of seconds >= 0.05")
+        "devices.meter1.poll_interval_s = 9999", "expected a number of seconds from 0.05 to 604800")
 
 
 def test_control_characters_in_key_names_are_shown_escaped(tmp_path: Path) -> None:
@@ -957,3 +960,52 @@ def test_every_toml_example_in_the_docs_parses() -> None:
     assert len(blocks) >= 4
     for block in blocks:
         tomllib.loads(block.split("```")[0])
+
+
+# --- numbers the scheduler cannot keep: refused at load, never an exception later ---------
+
+@pytest.mark.parametrize(("setting", "fragment"), [
+    ("poll_interval_s = inf", "devices.meter1.poll_interval_s = inf: expected a finite number"),
+    ("poll_interval_s = nan", "devices.meter1.poll_interval_s = nan: expected a finite number"),
+    ("poll_interval_s = -inf", "devices.meter1.poll_interval_s = -inf: expected a finite"),
+    ("poll_interval_s = 1e300", "devices.meter1.poll_interval_s = 1e+300: expected a number "
+                                "of seconds from 0.05 to 604800"),
+    ("poll_interval_s = 604801", "expected a number of seconds from 0.05 to 604800"),
+])
+def test_non_finite_and_huge_poll_intervals_are_refused(tmp_path: Path, setting: str,
+                                                         fragment: str) -> None:
+    one(tmp_path, BASE.replace("poll_interval_s = 10", setting), fragment)
+
+
+@pytest.mark.parametrize(("section", "fragment"), [
+    ("[gateway]\nhealth_interval_s = inf", "gateway.health_interval_s = inf: expected a finite"),
+    ("[gateway]\nhealth_interval_s = 1e9", "expected a number of seconds from 1 to 86400"),
+    ("[batch]\nwindow_s = inf", "batch.window_s = inf: expected a finite number"),
+    ("[batch]\nwindow_s = 1e300", "batch.window_s = 1e+300: expected a number of seconds above 0"),
+    ("[batch]\nmax_silence_s = nan", "batch.max_silence_s = nan: expected a finite number"),
+    ("[spool]\nreplay_bytes_per_s = inf", "spool.replay_bytes_per_s = inf: expected a finite"),
+])
+def test_non_finite_and_huge_durations_elsewhere_are_refused(tmp_path: Path, section: str,
+                                                              fragment: str) -> None:
+    table, line = section.split("\n")
+    text = BASE.replace(table, f"{table}\n{line}") if table in BASE else f"{BASE}\n{section}\n"
+    one(tmp_path, text, fragment)
+
+
+@pytest.mark.parametrize("interval", ["1e-9", "inf", "1e300"])
+def test_a_profile_point_interval_follows_the_same_rule(tmp_path: Path, interval: str) -> None:
+    profile = tmp_path / "odd.toml"
+    profile.write_text('[profile]\nname = "odd"\n[points.v]\ntable = "input_register"\n'
+                       f'address = 0\ntype = "uint16"\ninterval_s = {interval}\n')
+    text = BASE.replace(f'profile = "{METER_REF}"', 'profile = "odd.toml"')
+    message = one(tmp_path, text, "points.v.interval_s")
+    assert "expected a" in message
+
+
+def test_check_config_refuses_an_infinite_interval_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("poll_interval_s = 10", "poll_interval_s = inf"))
+    done = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert "poll_interval_s = inf: expected a finite number" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -297,3 +297,69 @@ def test_an_overdue_step_is_named_until_it_ends(state: Path) -> None:
         assert ops.overdue() == ["stopping the agent still running 6.0 s after it started "
                                  "(deadline 5 s)"]
     assert ops.overdue() == [] and not ops.busy
+
+
+class BuggyAgent(FakeAgent):
+    """Callbacks that fail with exceptions that are not the project's: bugs, not verdicts."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def validate(self, payload: bytes) -> str:
+        if self.where == "validate" and payload == b"cfg:five":
+            raise TypeError("unhashable type: 'list'")
+        return super().validate(payload)
+
+    async def dry_run(self, cfg: str) -> None:
+        if self.where == "dry_run" and cfg == "cfg:five":
+            raise OverflowError("cannot convert float infinity to integer")
+        await super().dry_run(cfg)
+
+    async def switch(self, cfg: str) -> None:
+        if self.where == "switch" and cfg == "cfg:five":
+            self.switches.append(cfg)
+            raise OverflowError("cannot convert float infinity to integer")
+        await super().switch(cfg)
+
+
+@pytest.mark.parametrize(("where", "result"), [("validate", "invalid"),
+                                               ("dry_run", "dry_run_failed"),
+                                               ("switch", "reverted")])
+def test_a_bug_in_a_step_costs_the_bundle_not_the_gateway(state: Path, where: str,
+                                                         result: str) -> None:
+    agent, clock = BuggyAgent(where), FakeClock(NOW)
+    cp = plane(state, agent, clock, hold_s=2)
+    assert asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))["result"] == "applied"
+    report = asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    assert report["result"] == result, report
+    assert "internal error in" in str(report["reason"]) and "Error" in str(report["reason"])
+    assert agent.running == "cfg:four" and load_trust(state).floor("config") == 4
+    assert cp.journal.trial is None and cp.journal.good_version == 4 and not cp.ops.busy
+    # The plane takes the next bundle as usual.
+    agent.where = ""
+    assert asyncio.run(cp.offer(config_bundle(6, b"cfg:six"), "cfg:four"))["result"] == "applied"
+
+
+class HangingDryRun(FakeAgent):
+    async def dry_run(self, cfg: str) -> None:
+        self.dry_runs.append(cfg)
+        await asyncio.Event().wait()  # a probe that never ends: only the deadline ends it
+
+
+def test_a_dry_run_that_never_ends_fails_at_its_deadline(state: Path) -> None:
+    agent, clock = HangingDryRun(), FakeClock(NOW)
+    sizes: list[str] = []
+
+    def budget(cfg: str) -> float:
+        sizes.append(cfg)
+        return 0.2
+
+    cp = ControlPlane(state, validate=agent.validate, dry_run=agent.dry_run, switch=agent.switch,
+                      healthy=agent.healthy, hold_s=3, clock=clock, fsync=False,
+                      dry_run_timeout_s=budget)
+    report = asyncio.run(asyncio.wait_for(cp.offer(config_bundle(5, b"cfg:five"), "local"), 5))
+    assert report["result"] == "dry_run_failed", report
+    assert "dry run did not complete within 0.2 s" in str(report["reason"])
+    assert sizes == ["cfg:five"] and agent.switches == [] and not cp.ops.busy
+    assert load_trust(state).floor("config") == 0 and cp.journal.trial is None

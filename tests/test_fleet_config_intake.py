@@ -195,6 +195,18 @@ def test_a_deep_or_unparseable_signed_config_is_refused_and_reported(enrolled: E
     assert enrolled.dry_runs == []
 
 
+@pytest.mark.parametrize("interval", ["inf", "nan", "1e300"])
+def test_a_signed_config_with_an_interval_no_scheduler_can_keep_is_refused(
+        enrolled: Enrolled, interval: str) -> None:
+    # It used to pass validation and the dry run and then raise OverflowError building the
+    # new agent, mid-switch, with the old one already stopped.
+    report = enrolled.offer(site_text().replace("poll_interval_s = 1",
+                                                f"poll_interval_s = {interval}").encode())
+    assert report["result"] == "invalid", report
+    assert "devices.meter.poll_interval_s" in report["reason"], report
+    assert enrolled.dry_runs == []
+
+
 # --- validation needs no write access outside the state dir ------------------------------
 
 def test_validation_in_a_read_only_config_directory_writes_nothing_outside_the_state_dir(

@@ -22,13 +22,12 @@ from typing import Any
 from edge_agent.config.model import SAFE_ID, SAFE_ID_TEXT
 from edge_agent.config.paths import FileRoots
 from edge_agent.drivers.bus import Bus, DeviceConfig, Parity, SerialBus, TcpBus, TcpFraming
-from edge_agent.drivers.model import DataType, Point
+from edge_agent.drivers.model import POLL_TEXT, DataType, Point, poll_interval_ok
 from edge_agent.drivers.profile import DeviceProfile, parse_point, parse_profile, shipped_profiles
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.tomlcheck import Checker, load_toml
 
 STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-MIN_POLL_S = 0.05
 # The Modbus over serial line V1.02 2.2 address space: 0 is broadcast, 248-255 reserved.
 UNIT_TEXT = "a unit id from 1 to 247 (0 is broadcast, 248-255 reserved: serial line V1.02, 2.2)"
 SERIAL_KEYS = ("type", "port", "baudrate", "parity", "stopbits", "inter_frame_gap_ms",
@@ -204,8 +203,8 @@ def parse_devices(chk: Checker, raw: dict[str, Any], buses: dict[str, Bus], decl
                 chk.problem(f"{p}.unit_id", unit, f"a unit id not already used on bus {bus!r} "
                             f"(devices.{units[bus, unit]} has it)")
             units.setdefault((bus, unit), name)
-        poll = chk.get(d, p, "poll_interval_s", float, check=lambda v: v >= MIN_POLL_S,
-                       expected=f"a number of seconds >= {MIN_POLL_S}")
+        poll = chk.get(d, p, "poll_interval_s", float, check=poll_interval_ok,
+                       expected=POLL_TEXT)
         profile = _profile(chk, d, p, base, roots, profiles)
         points = _points(chk, d, p, profile)
         if len(chk.problems) == before and profile is not None and bus in buses:
@@ -274,10 +273,7 @@ def _points(chk: Checker, raw: dict[str, Any], p: str,
             chk.note(xp, f"the profile already has a point {xname!r}; expected a new name "
                      "(change profile points under points.NAME)")
         point = parse_point(chk, xname, x, xp)
-        if point is not None and point.interval_s is not None and point.interval_s < MIN_POLL_S:
-            chk.problem(f"{xp}.interval_s", point.interval_s,
-                        f"a number of seconds >= {MIN_POLL_S}")
-        elif point is not None:
+        if point is not None:
             result.append(point)
     if profile is not None and not result:
         chk.note(p, "every point is disabled; expected at least one point to poll")
@@ -289,7 +285,7 @@ def _override(chk: Checker, o: dict[str, Any], op: str, target: Point | None) ->
     chk.keys(o, op, OVERRIDE_KEYS)
     changes: dict[str, Any] = {}
     for key, kind, check, expected in (
-        ("interval_s", float, lambda v: v >= MIN_POLL_S, f"a number of seconds >= {MIN_POLL_S}"),
+        ("interval_s", float, poll_interval_ok, POLL_TEXT),
         ("deadband", float, lambda v: v >= 0, "a number >= 0"),
         ("scale", float, lambda v: v != 0, "a non-zero number"),
         ("offset", float, None, "a number"),

@@ -38,6 +38,8 @@ MIN_SPOOL_BYTES = 256 * 1024
 GATEWAY_KEYS = ("id", "site", "state_dir", "health_interval_s")
 MQTT_KEYS = ("url", "username", "password", "password_file", "ca_file", "cert_file", "key_file",
              "client_id", "topic_prefix", "keepalive_s")
+HOUR_S = 3600.0
+DAY_S = 86_400.0
 DEFAULT_STATE_DIR = "/var/lib/edge-agent"
 GATEWAY_ID_TEXT = f"a gateway id: {ID_RULE}"
 # `edge-agent scan` writes this into its draft config until the operator names the gateway.
@@ -122,8 +124,9 @@ def _gateway(chk: Checker, raw: dict[str, Any], base: Path,
     site = chk.get(raw, "gateway", "site", str, "")  # free text, never an identifier
     state_name = chk.get(raw, "gateway", "state_dir", str, None,
                          check=lambda v: bool(v) and "\0" not in v, expected="a directory path")
-    health = chk.get(raw, "gateway", "health_interval_s", float, 60.0, check=lambda v: v >= 1,
-                     expected="a number of seconds >= 1")
+    health = chk.get(raw, "gateway", "health_interval_s", float, 60.0,
+                     check=lambda v: 1 <= v <= DAY_S,
+                     expected="a number of seconds from 1 to 86400")
     if fixed_state is None:
         return gid, site, base / (state_name or DEFAULT_STATE_DIR), health
     # A config from the fleet runs with the local config's state dir: the trust state, the
@@ -265,12 +268,13 @@ def _batch(chk: Checker, raw: dict[str, Any]) -> BatchConfig:
     chk.keys(raw, p, ("window_s", "max_readings", "max_silence_s"))
     d = BatchConfig()
     return BatchConfig(
-        window_s=chk.get(raw, p, "window_s", float, d.window_s, check=lambda v: v > 0,
-                         expected="a positive number of seconds"),
+        window_s=chk.get(raw, p, "window_s", float, d.window_s, check=lambda v: 0 < v <= HOUR_S,
+                         expected="a number of seconds above 0, at most 3600"),
         max_readings=chk.get(raw, p, "max_readings", int, d.max_readings,
                              check=lambda v: v >= 1, expected="an integer >= 1"),
         max_silence_s=chk.get(raw, p, "max_silence_s", float, d.max_silence_s,
-                              check=lambda v: v > 0, expected="a positive number of seconds"))
+                              check=lambda v: 0 < v <= 7 * DAY_S,
+                              expected="a number of seconds above 0, at most a week (604800)"))
 
 
 def _spool(chk: Checker, raw: dict[str, Any]) -> SpoolConfig:

@@ -33,7 +33,7 @@ from edge_agent.config.model import SiteConfig
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, SerialBus
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory
+from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory, request_budget_s
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 2.0        # beyond the agent's stop budget before its run is cancelled
 START_MARGIN_S = 5.0       # a switch's deadline beyond stopping and getting the new one going
+DRY_RUN_MARGIN_S = 5.0     # a dry run's deadline beyond its probes (opening ports, connects)
 HELPERS_STOP_S = 2.0       # the gateway's own tasks (watchdog, offers) to end at exit
 SWEEP_S = 2.0              # tasks still left at exit to end after their cancel
 EXIT_STUCK = 70            # EX_SOFTWARE: exited although tasks would not end
@@ -89,6 +90,7 @@ class Gateway:
                 self.local.state_dir, validate=self.validate, dry_run=self.dry_run,
                 switch=self.switch, healthy=self.healthy, kind="config",
                 hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
+                dry_run_timeout_s=self.dry_run_budget_s,
                 ops=self.ops)
 
     # ------------------------------------------------------------------ callbacks
@@ -133,6 +135,16 @@ class Gateway:
                     await transport.close()
         if silent:
             raise DeviceError("devices did not answer: " + "; ".join(silent))
+
+    def dry_run_budget_s(self, cfg: SiteConfig) -> float:
+        """The deadline of ``dry_run(cfg)``: one read per device, each bus in turn.
+
+        A probe on a bus the running agent holds may wait for the poll in flight first, so
+        each device is allowed two reads' worth of its bus's request budget.
+        """
+        per_bus = (2 * request_budget_s(bus) * len(cfg.devices_on(name))
+                   for name, bus in cfg.buses.items())
+        return sum(per_bus) + DRY_RUN_MARGIN_S
 
     def _start_wait_s(self, cfg: SiteConfig) -> float:
         slowest = max((d.poll_interval_s for d in cfg.devices), default=1.0)
@@ -250,9 +262,11 @@ class Gateway:
             blob = await self._offers.get()
             try:
                 report = await self.control.offer(blob, self.cfg)
-            except EdgeError as exc:  # the control plane reports; this is a last resort
+            except Exception as exc:  # the control plane reports; this is the consumer's last
+                # resort: one bundle must never end the loop that takes the next one.
                 log.exception("config bundle could not be handled")
-                report = {"kind": "config", "result": "failed", "reason": str(exc)}
+                report = {"kind": "config", "result": "failed",
+                          "reason": f"{type(exc).__name__}: {exc}"}
             await self._publish_report(report)
 
     async def _ping_watchdog(self, watchdog: Watchdog, interval_s: float) -> None:

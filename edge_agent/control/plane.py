@@ -5,10 +5,12 @@ trial) and ``recover`` (what a restart must do). Thin async shell: ``ControlPlan
 runs one bundle through the stages with callables the agent supplies (validate, dry-run, switch,
 healthy), persisting the journal before each step that changes what runs.
 
-Nothing waits forever: a switch (and a switch back) that does not complete within its deadline
-counts as failed, the trial is reverted and reported. A revert that fails too is reported and
-kept in ``revert_failed``, so the gateway's watchdog stops pinging and systemd restarts it on
-the last known good config (the journal already says so).
+Nothing waits forever: a dry run or a switch (and a switch back) that does not complete within
+its deadline counts as failed, the trial is reverted (or dropped) and reported. A revert that
+fails too is reported and kept in ``revert_failed``, so the gateway's watchdog stops pinging
+and systemd restarts it on the last known good config (the journal already says so). A step
+that raises anything but the project's own errors is a bug: logged with its stack, it fails
+the trial like any other failure, and the gateway goes on.
 
 Crash safety: the journal is written atomically before the switch (stage "switched") and again
 at commit, in this order: journal (good = new) first, then the trust floor. A restart finding a
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 JOURNAL_FILE = "control.json"
 SWITCH_TIMEOUT_S = 300.0   # a switch's deadline unless the caller sizes it per config
+DRY_RUN_TIMEOUT_S = 120.0  # a dry run's deadline unless the caller sizes it per config
 GATE_MARGIN_S = 10.0       # the health gate's deadline beyond its hold (one slow check)
 
 
@@ -178,6 +181,7 @@ class ControlPlane(Generic[C]):
                  hold_s: float = 30.0, check_every_s: float = 1.0, clock: Clock | None = None,
                  max_payload: int = MAX_PAYLOAD, fsync: bool = True,
                  switch_timeout_s: float | Callable[[C], float] = SWITCH_TIMEOUT_S,
+                 dry_run_timeout_s: float | Callable[[C], float] = DRY_RUN_TIMEOUT_S,
                  ops: Operations | None = None) -> None:
         self.state_dir = state_dir
         self.kind = kind
@@ -192,6 +196,7 @@ class ControlPlane(Generic[C]):
         self.fsync = fsync
         self.counters = ControlCounters()
         self.switch_timeout_s = switch_timeout_s
+        self.dry_run_timeout_s = dry_run_timeout_s
         # Shared with the gateway, whose watchdog stops pinging when a step is overdue.
         self.ops = ops or Operations(self.clock)
         self.revert_failed: str | None = None
@@ -292,14 +297,16 @@ class ControlPlane(Generic[C]):
         journal = self.journal.advance(Stage.VERIFIED, bundle)
         try:
             config = self.validate(bundle.payload)
-        except EdgeError as exc:
-            return self._failed(journal, Stage.FAILED, Result.INVALID, f"invalid config: {exc}")
+        except Exception as exc:  # a bug in validation must cost this bundle, not the gateway
+            return self._failed(journal, Stage.FAILED, Result.INVALID,
+                                f"invalid config: {_why(exc, 'validation')}")
         journal = journal.advance(Stage.VALIDATED)
         try:
-            await self.dry_run(config)
-        except EdgeError as exc:
+            await self._within(self.dry_run(config), self.dry_run_timeout_s, config,
+                               f"{self.kind} v{bundle.version}: dry run")
+        except Exception as exc:
             return self._failed(journal, Stage.FAILED, Result.DRY_RUN_FAILED,
-                                f"dry run failed: {exc}")
+                                f"dry run failed: {_why(exc, 'the dry run')}")
         journal = journal.advance(Stage.DRY_RUN_OK)
         # Persist before switching: from here a restart must revert.
         atomic_write(self.trial_path, bundle.payload, fsync=self.fsync)
@@ -310,18 +317,19 @@ class ControlPlane(Generic[C]):
             with self.ops.step(f"{self.kind} v{bundle.version}: health gate",
                                self.hold_s + self.check_every_s + GATE_MARGIN_S):
                 ok, why = await self._health_gate()
-        except EdgeError as exc:
-            ok, why = False, f"switch failed: {exc}"
+        except Exception as exc:  # whatever broke the switch, the revert below still runs
+            ok, why = False, f"switch failed: {_why(exc, 'the switch')}"
         if not ok:
             back = f"reverted to v{good}"
             if current is not None:
                 try:
                     await self._switch_within(current, f"revert to {self.kind} v{good}")
-                except EdgeError as exc:
-                    self.revert_failed = f"the revert to {self.kind} v{good} failed: {exc}"
+                except Exception as exc:
+                    exc_text = _why(exc, "the revert")
+                    self.revert_failed = f"the revert to {self.kind} v{good} failed: {exc_text}"
                     log.error("%s; the watchdog will have the gateway restarted on it",
                               self.revert_failed)
-                    back = f"the revert to v{good} failed ({exc}); restarting on it"
+                    back = f"the revert to v{good} failed ({exc_text}); restarting on it"
             return self._failed(self.journal, Stage.REVERTED, Result.REVERTED,
                                 f"health gate failed: {why}; {back}")
         # Commit: good payload, then journal, then the floor (see the module docstring).
@@ -342,12 +350,16 @@ class ControlPlane(Generic[C]):
 
     async def _switch_within(self, config: C, what: str) -> None:
         """``switch(config)`` within its deadline; Overrun (an EdgeError) if it did not end."""
-        limit = (self.switch_timeout_s(config) if callable(self.switch_timeout_s)
-                 else self.switch_timeout_s)
+        await self._within(self.switch(config), self.switch_timeout_s, config, what)
+
+    async def _within(self, step: Awaitable[None], limit_s: float | Callable[[C], float],
+                      config: C, what: str) -> None:
+        """Await ``step`` as a tracked operation; Overrun (an EdgeError) past its deadline."""
+        limit = limit_s(config) if callable(limit_s) else limit_s
         with self.ops.step(what, limit):
             try:
                 async with asyncio.timeout(limit):
-                    await self.switch(config)
+                    await step
             except TimeoutError as exc:
                 log.error("%s did not complete within %g s: cancelled", what, limit)
                 raise Overrun(f"{what} did not complete within {limit:g} s") from exc
@@ -365,3 +377,13 @@ class ControlPlane(Generic[C]):
                 return True, f"{checks} checks passed"
             await self.clock.sleep(min(self.check_every_s,
                                        max(0.0, deadline - self.clock.monotonic())))
+
+
+def _why(exc: Exception, step: str) -> str:
+    """An exception as a report's reason; one that is not ours is a bug, logged with its stack."""
+    if isinstance(exc, EdgeError):
+        return str(exc)
+    log.error("%s raised %s (a bug: the trial fails, the gateway goes on)", step,
+              type(exc).__name__, exc_info=exc)
+    return f"internal error in {step}: {type(exc).__name__}: {exc}"
+
