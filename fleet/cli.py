@@ -32,6 +32,7 @@ from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
     check_broker_url,
+    host_port,
     opened,
     run_cli,
     run_until_signal,
@@ -177,21 +178,19 @@ def _http_endpoint(args: argparse.Namespace) -> tuple[str | None, int, ssl.SSLCo
         if args.tls_cert or args.tls_key or args.insecure_http:
             raise CommandError("--tls-cert, --tls-key and --insecure-http need --http HOST:PORT")
         return None, 0, None
-    host, _, p = args.http.rpartition(":")
-    if not host or not p.isdigit() or int(p) > 65535:
-        raise CommandError(f"--http {args.http!r}: expected HOST:PORT")
+    host, port = host_port(args.http, "--http")
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise CommandError("--tls-cert FILE and --tls-key FILE go together")
         if args.insecure_http:
             raise CommandError("--insecure-http contradicts --tls-cert/--tls-key: choose one")
-        return host, int(p), server_tls_context(args.tls_cert, args.tls_key)
+        return host, port, server_tls_context(args.tls_cert, args.tls_key)
     if not args.insecure_http:
         raise CommandError(f"--http {args.http}: enrolment hands out broker passwords and takes "
                            "tokens, so it is served over TLS: give --tls-cert FILE --tls-key FILE "
                            "(PEM), or --insecure-http for plain HTTP on loopback or behind a "
                            "TLS-terminating proxy")
-    return host, int(p), None
+    return host, port, None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

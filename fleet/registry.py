@@ -34,6 +34,7 @@ from edge_agent.fleet.intake import (
     parse_report,
     read_stored_json,
 )
+from edge_agent.fleet.pgconnect import connect_postgresql, is_postgresql
 from edge_agent.fleet.registry_schema import SCHEMA
 from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
@@ -114,16 +115,8 @@ class Registry:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.Lock()
-        if url.startswith(("postgresql://", "postgres://")):
-            try:
-                import psycopg
-            except ImportError as exc:  # pragma: no cover - a dependency
-                raise ConfigError("postgresql:// needs psycopg: "
-                                  "pip install 'edge-agent[postgresql]'") from exc
-            try:
-                self._conn: Any = psycopg.connect(url, autocommit=True)
-            except psycopg.Error as exc:
-                raise ConfigError(f"cannot connect to {url.split('@')[-1]}: {exc}") from exc
+        if is_postgresql(url):
+            self._conn: Any = connect_postgresql(url, autocommit=True)
             self.pg = True
         else:
             # sqlite:///relative.db and sqlite:////absolute/path.db (SQLAlchemy's spelling)

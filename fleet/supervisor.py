@@ -14,7 +14,6 @@ with a non-zero status (``TaskFailedError`` carries it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,14 @@ from typing import Any
 from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
 # The process's exit status when a supervised task cannot be restarted: an outcome, not a
 # usage mistake (2), in the convention of CommandError.
 EXIT_TASK_FAILED = 1
+STOP_S = 5.0  # how long a stop waits for the supervised tasks to end after their cancel
 
 RUNNING, RESTARTING, FAILED, STOPPED = "running", "restarting", "failed", "stopped"
 
@@ -145,12 +146,9 @@ class Supervisor:
         """Whether every supervised task is running (none restarting or failed)."""
         return bool(self.tasks) and all(st.state == RUNNING for st in self.tasks.values())
 
-    async def stop(self) -> None:
-        """Cancel every task and wait for them to end."""
-        tasks = list(self._running.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+    async def stop(self, timeout_s: float = STOP_S) -> list[str]:
+        """Cancel every task and wait up to ``timeout_s`` for them to end; the names of those
+        that did not (logged with their stacks: the owner's exit goes on without them)."""
+        left = await stop_tasks(list(self._running.values()), timeout_s, "supervised tasks")
         self._running.clear()
+        return sorted(t.get_name() for t in left)

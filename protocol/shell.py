@@ -102,6 +102,14 @@ def add_broker_login(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--password", action=_NoPassword, help=argparse.SUPPRESS)
 
 
+def host_port(value: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` of a listening option; CommandError naming the option if it is not one."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise CommandError(f"{option} {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def check_broker_url(url: str, option: str = "--broker") -> str:
     """``url`` if it carries no credentials, else CommandError (which does not repeat them)."""
     if url_has_credentials(url):

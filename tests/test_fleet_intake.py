@@ -5,6 +5,7 @@ the registry's checks and tolerant read-back, the supervisor, and the service's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -405,3 +406,34 @@ def test_edge_fleet_serve_exits_1_when_a_task_cannot_be_restarted(
                        "--broker", "mqtt://127.0.0.1:1"])
     assert status == 1
     assert "task fleet-tick failed 3 times in a row" in capsys.readouterr().err
+
+
+def test_a_stop_ends_even_when_a_task_will_not(caplog: pytest.LogCaptureFixture) -> None:
+    holding = True
+
+    async def stubborn() -> None:
+        while holding:  # swallows every cancel while holding: the stop must end without it
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    async def polite() -> None:
+        await asyncio.sleep(3600)
+
+    async def scenario() -> tuple[list[str], float]:
+        nonlocal holding
+        sup = Supervisor(clock=FakeClock())
+        sup.start("stubborn", stubborn)
+        sup.start("polite", polite)
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        left = await sup.stop(timeout_s=0.5)
+        took = loop.time() - started
+        holding = False  # now it may end, so the test's own loop can close
+        return left, took
+
+    with caplog.at_level(logging.ERROR):
+        left, took = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert left == ["stubborn"]
+    assert took < 5  # the deadline ended the wait, not the task
+    assert "supervised tasks still running" in caplog.text and "stubborn" in caplog.text

@@ -256,3 +256,16 @@ def test_rows_from_before_the_checks_never_reach_the_broker(db_url: str) -> None
     with pytest.raises(ConfigError, match=r"registry: gateway id 'gw-1\\nfleet'.*remove"):
         reg.password_hashes()
     reg.close()
+
+
+def test_a_postgresql_connection_cannot_wait_forever(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("timeouts of a PostgreSQL connection")
+    reg = Registry(db_url)
+    try:
+        conn = reg._conn
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "2min"
+        assert conn.info.get_parameters()["connect_timeout"] == "10"
+        assert conn.info.get_parameters()["keepalives"] == "1"
+    finally:
+        reg.close()

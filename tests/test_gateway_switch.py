@@ -25,7 +25,7 @@ import pytest
 
 from edge_agent.config.loader import load_config
 from edge_agent.control.gateway import Gateway
-from edge_agent.runtime.lifecycle import describe_tasks
+from edge_agent.protocol.tasks import describe_tasks
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support.stopkit import (
     Batches,

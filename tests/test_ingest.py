@@ -47,7 +47,7 @@ from edge_agent.fleet.supervisor import Supervisor
 from edge_agent.protocol.broker import parse_broker_url
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.protocol.shell import PASSWORD_ENV
-from tests.support.brokers import Mosquitto
+from tests.support.brokers import Mosquitto, free_port
 from tests.support.sitekit import ingest_process
 
 SEED = 7707
@@ -275,6 +275,48 @@ def test_ingest_logs_in_with_a_password_file_or_the_environment(tmp_path: Path) 
     for name in ("by-file", "by-env"):
         assert secret not in (tmp_path / f"{name}.log").read_text()
 
+
+
+def get_health(port: int) -> dict[str, Any]:
+    """``GET /v1/health`` of an ingest's endpoint."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def wait_health(port: int, ok: bool, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The health document once its ``ok`` is ``ok`` (or the last one read)."""
+    deadline = time.monotonic() + timeout_s
+    doc = get_health(port)
+    while doc["ok"] is not ok and time.monotonic() < deadline:
+        time.sleep(0.1)
+        doc = get_health(port)
+    return doc
+
+
+@pytest.mark.integration
+def test_the_ingest_health_endpoint_tells_the_truth(tmp_path: Path) -> None:
+    b = Mosquitto()
+    b.start()
+    http = free_port()
+    db = f"sqlite:///{tmp_path / 'ingest.db'}"
+    try:
+        with ingest_process(b.url, db, tmp_path, "--http", f"127.0.0.1:{http}"):
+            publish(b.port, [("edge/gwh/data", batch(0, gw="gwh")),
+                             ("edge/gwh/data", b"\x07nonsense")])
+            assert stored_batches(db, 1) == 1
+            doc = wait_health(http, True)
+            assert doc["ok"] and doc["connected"] and doc["subscription"] == "edge/+/data"
+            assert (doc["stored"], doc["rejected"]) == (1, 1), doc
+            assert all(t["state"] == "running" for t in doc["tasks"].values()), doc
+            b.stop()   # the broker goes away: the consumer is not connected, and says so
+            down = wait_health(http, False)
+            assert not down["ok"] and not down["connected"], down
+            b.start()
+            assert wait_health(http, True)["connects"] >= 2
+    finally:
+        b.close()
 
 
 # ------------------------------------------------------------------ nothing stops silently

@@ -37,8 +37,9 @@ from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory, 
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
+from edge_agent.protocol.tasks import describe_tasks, stop_tasks
 from edge_agent.runtime.agent import Agent, open_store, stop_budget_s
-from edge_agent.runtime.lifecycle import Operations, Overrun, describe_tasks, stop_tasks
+from edge_agent.runtime.lifecycle import Operations, Overrun
 from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
 

@@ -32,8 +32,9 @@ from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.readings import Reading
+from edge_agent.protocol.tasks import stop_tasks
 from edge_agent.runtime.batcher import Batcher, ReportFilter
-from edge_agent.runtime.lifecycle import Heartbeat, bounded, stop_tasks
+from edge_agent.runtime.lifecycle import Heartbeat, bounded
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
 from edge_agent.runtime.scheduler import BusScheduler
 from edge_agent.runtime.spool import Spool

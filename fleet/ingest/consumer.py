@@ -22,6 +22,7 @@ from typing import Any
 
 import aiomqtt
 
+from edge_agent.fleet.httpd import serve_http
 from edge_agent.fleet.ingest.intake import (
     DEFAULT_INGEST_LIMITS,
     IngestCounters,
@@ -46,6 +47,7 @@ from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
     check_broker_url,
+    host_port,
     opened,
     run_until_signal,
     setup_logging,
@@ -54,6 +56,7 @@ from edge_agent.protocol.shell import (
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 500  # messages committed in one transaction at most
+HTTP_ROUTES = {"/v1/health": ("GET",)}
 STATUS_S = 60.0  # how often a running ingest logs its status line
 
 
@@ -231,6 +234,15 @@ class Ingest:
                 "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
                 "commits": c.commits, "tasks": self.supervisor.snapshot()}
 
+    def health(self) -> dict[str, Any]:
+        """What ``GET /v1/health`` answers: ``ok`` only while subscribed with every task running."""
+        return {"ok": self.subscribed.is_set() and self.supervisor.all_running(),
+                "client_id": self.client_id, "subscription": self.filter, **self.status()}
+
+    async def http(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """The health endpoint's handler (the routes let only ``GET /v1/health`` through)."""
+        return 200, self.health()
+
     def status_line(self) -> str:
         """``status()`` as one log line."""
         s = self.status()
@@ -260,6 +272,9 @@ def add_ingest_arguments(ap: argparse.ArgumentParser) -> None:
                     help="MQTT client id; its session keeps unacknowledged messages (unique "
                     "per worker)")
     ap.add_argument("--gap-scan-s", type=float, default=10.0)
+    ap.add_argument("--http", metavar="HOST:PORT",
+                    help="serve GET /v1/health here (read-only status; bind it to loopback or a "
+                    "monitoring network)")
     ap.add_argument("--report", action="store_true", help="print totals and open gaps, exit")
     ap.add_argument("-v", "--verbose", action="store_true")
 
@@ -297,13 +312,23 @@ def ingest_command(args: argparse.Namespace) -> int:
             return 0
         ingest = Ingest(mqtt, store, share_group=args.share, client_id=args.client_id,
                         gap_scan_s=args.gap_scan_s)
+        listen = host_port(args.http, "--http") if args.http else None
 
         async def main(stop: asyncio.Event) -> None:
+            server = None
+            if listen is not None:
+                server = await serve_http(*listen, ingest.http, routes=HTTP_ROUTES)
+                port = server.sockets[0].getsockname()[1]
+                log.info("ingest health on http://%s:%d/v1/health", listen[0], port)
             task = asyncio.create_task(ingest.run())
-            await stop.wait()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                await stop.wait()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if server is not None:
+                    server.close()
 
         started = time.monotonic()
         run_until_signal(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch import DataBatch
+from edge_agent.fleet.pgconnect import connect_postgresql, is_postgresql
 from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.readings import Quality, Reading, Value
@@ -203,15 +204,9 @@ class IngestStore:
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.url = url
-        self.dialect = "postgresql" if url.startswith(("postgresql://", "postgres://")) else \
-            "sqlite"
+        self.dialect = "postgresql" if is_postgresql(url) else "sqlite"
         if self.dialect == "postgresql":
-            try:
-                import psycopg
-            except ImportError as exc:
-                raise ConfigError(f"--db {url}: PostgreSQL needs psycopg "
-                                  "(pip install 'edge-agent[postgresql]')") from exc
-            self.conn: Any = psycopg.connect(url, autocommit=False)
+            self.conn: Any = connect_postgresql(url, autocommit=False)
             if schema:
                 if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
                     raise ConfigError(f"--db-schema {schema!r}: expected a lower-case SQL name")
