@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 import psutil
 import pytest
@@ -32,7 +33,8 @@ from edge_agent.fleet import cli
 from edge_agent.fleet.brokerconf import mosquitto_hash
 from edge_agent.fleet.ingest import consumer
 from edge_agent.fleet.ingest.consumer import Ingest
-from edge_agent.fleet.ingest.intake import ReadingBudget, decode_message
+from edge_agent.fleet.ingest.intake import IngestLimits, ReadingBudget, decode_message
+from edge_agent.fleet.ingest.schema import reading_from
 from edge_agent.fleet.ingest.store import (
     DUPLICATE,
     REJECTED,
@@ -40,11 +42,11 @@ from edge_agent.fleet.ingest.store import (
     IngestStore,
     Outcome,
     Received,
-    reading_from,
     storable_problem,
 )
 from edge_agent.fleet.supervisor import Supervisor
 from edge_agent.protocol.broker import parse_broker_url
+from edge_agent.protocol.clock import FakeClock
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.protocol.shell import PASSWORD_ENV
 from tests.support.brokers import Mosquitto, free_port
@@ -593,3 +595,87 @@ def test_the_ingest_command_exits_1_when_its_consumer_cannot_be_restarted(
         cli.main(["ingest", "--broker", broker.url, "--db", str(tmp_path / "i.db"),
                   "--client-id", "cmd-fail", "--prefix", "cmdf"])
     assert info.value.code == 1
+
+
+# ------------------------------------------------------------------ over budget: deferred, not lost
+
+def message(topic: str, payload: bytes, mid: int = 1) -> aiomqtt.Message:
+    """A data message as aiomqtt delivers it."""
+    return aiomqtt.Message(topic, payload, 1, False, mid, None)
+
+
+def test_batches_over_the_budget_are_deferred_whole_and_stored_as_it_refills(
+        store_url: tuple[str, str | None]) -> None:
+    url, schema = store_url
+    store = IngestStore(url, schema=schema)
+    clock = FakeClock()
+    limits = IngestLimits(gateway_readings_per_s=10, gateway_burst_readings=100)
+    ingest = Ingest(parse_broker_url("mqtt://127.0.0.1:1"), store, limits=limits, clock=clock)
+    try:
+        # 60 readings each: the first fits the burst of 100, the next two must wait.
+        ingest._commit([message("edge/gwd/data", batch(s, gw="gwd", n=60), s) for s in range(3)])
+        c = ingest.counters
+        assert (c.batches, c.deferred, c.rejected) == (1, 2, 0)
+        assert store.deferred_backlog()[0] == 2
+        assert ingest.release_deferred() == 0          # no time has passed: nothing refilled
+        clock.advance(2)                                # 40 + 20 = 60 readings of budget
+        assert ingest.release_deferred() == 1 and store.deferred_backlog()[0] == 1
+        clock.advance(6)
+        assert ingest.release_deferred() == 1 and store.deferred_backlog() == (0, 0)
+        assert store.query("SELECT count(*) FROM batches")[0][0] == 3
+        assert store.query("SELECT count(*) FROM readings")[0][0] == 180
+        assert store.scan_gaps() == [] and store.summary()["rejected"] == 0
+        assert (c.batches, c.released) == (3, 2)
+    finally:
+        store.close()
+
+
+def test_a_gateway_whose_deferred_backlog_is_full_has_the_rest_set_aside(tmp_path: Path) -> None:
+    store = IngestStore(str(tmp_path / "ingest.db"))
+    one = batch(0, gw="gwf", n=60)
+    limits = IngestLimits(gateway_readings_per_s=10, gateway_burst_readings=60,
+                          gateway_deferred_bytes=2 * len(one) + 10)
+    ingest = Ingest(parse_broker_url("mqtt://127.0.0.1:1"), store, limits=limits,
+                    clock=FakeClock())
+    try:
+        ingest._commit([message("edge/gwf/data", batch(s, gw="gwf", n=60), s) for s in range(5)])
+        c = ingest.counters
+        assert (c.batches, c.deferred, c.rejected) == (1, 2, 2)
+        assert ingest.rejections.counts == {"rate": 2}
+        assert store.summary()["rejected_by_reason"] == {"rate": 2}
+    finally:
+        store.close()
+
+
+def test_the_rejected_table_keeps_its_newest_rows_and_exact_totals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.fleet.ingest import store as store_module
+
+    monkeypatch.setattr(store_module, "REJECTED_ROWS", 5)
+    monkeypatch.setattr(store_module, "PRUNE_EVERY", 10)
+    store = IngestStore(str(tmp_path / "ingest.db"))
+    try:
+        for i in range(25):
+            store.record_each([Received("edge/gwr/data", b"\x07junk", None, "bad", "codec",
+                                        "gwr")], now_ms=1000 + i)
+        kept = store.query("SELECT received_ms FROM rejected ORDER BY received_ms")
+        assert len(kept) <= 5 + 10 and kept[-1][0] == 1024  # pruned, the newest kept
+        assert store.summary()["rejected"] == 25            # totals are exact all the same
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_the_totals_gets_them_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.db"
+    IngestStore(str(path)).close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE rejected_totals; INSERT INTO rejected (topic, received_ms, "
+                       "bytes, error, reason) VALUES ('t', 1, 1, 'e', NULL), "
+                       "('t', 2, 1, 'e', 'codec');")
+    conn.close()
+    for _ in range(2):  # reopened twice: counted once
+        store = IngestStore(str(path))
+        try:
+            assert store.summary()["rejected_by_reason"] == {"codec": 1, "undecodable": 1}
+        finally:
+            store.close()

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiomqtt
@@ -31,6 +32,7 @@ from edge_agent.fleet.ingest.intake import (
     decode_message,
 )
 from edge_agent.fleet.ingest.store import (
+    DEFERRED,
     DUPLICATE,
     STORED,
     IngestStore,
@@ -56,6 +58,7 @@ from edge_agent.protocol.shell import (
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 500  # messages committed in one transaction at most
+DEFERRED_POLL_S = 1.0  # how often deferred batches are offered to their gateways' budgets
 HTTP_ROUTES = {"/v1/health": ("GET",)}
 STATUS_S = 60.0  # how often a running ingest logs its status line
 
@@ -91,6 +94,7 @@ class Ingest:
                  supervisor: Supervisor | None = None, clock: Clock | None = None) -> None:
         self.mqtt = mqtt
         self.store = store
+        store.deferred_cap_bytes = limits.gateway_deferred_bytes
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
         data = topics.subscription(self.prefix, topics.DATA)
         self.filter = f"$share/{share_group}/{data}" if share_group else data
@@ -122,6 +126,7 @@ class Ingest:
         sup = self.supervisor
         sup.start("ingest-mqtt", self._mqtt_loop)
         sup.start("ingest-gaps", self._scan_loop)
+        sup.start("ingest-deferred", self._deferred_loop)
         sup.start("ingest-status", self._status_loop)
         try:
             await sup.fatal.wait()
@@ -154,6 +159,29 @@ class Ingest:
             gaps = self.store.scan_gaps()
             if gaps:
                 log.info("ingest: %d open gaps, e.g. %s", len(gaps), gaps[:3])
+
+    async def _deferred_loop(self) -> None:
+        while True:
+            await self.clock.sleep(DEFERRED_POLL_S)
+            self.release_deferred()
+
+    def release_deferred(self) -> int:
+        """Store deferred batches, oldest first per gateway, as far as their gateways' budgets
+        allow now; how many were released."""
+        released = 0
+        for gateway in self.store.deferred_gateways():
+            ready: list[Received] = []
+            for row_id, topic, payload in self.store.next_deferred(gateway, MAX_GROUP):
+                r = decode_message(topic, payload, self.prefix, self.limits)
+                n = len(r.batch.readings) if r.batch is not None else 0
+                if not self.budget.take(gateway, n, self.clock.monotonic()):
+                    break
+                ready.append(replace(r, deferred_id=row_id))
+            if ready:
+                self._record(ready)
+                released += len(ready)
+        self.counters.released += released
+        return released
 
     async def _status_loop(self) -> None:
         while True:
@@ -194,23 +222,28 @@ class Ingest:
         b = r.batch
         if b is not None and not self.budget.take(b.gateway, len(b.readings),
                                                   self.clock.monotonic()):
-            return Received(topic, payload, None,
+            return Received(topic, payload, b,
                             f"gateway {b.gateway!r} is over its budget of "
                             f"{self.limits.gateway_readings_per_s:.0f} readings/s (burst "
                             f"{self.limits.gateway_burst_readings}): batch epoch {b.epoch} "
-                            f"seq {b.seq} of {len(b.readings)} readings set aside",
-                            "rate", r.gateway)
+                            f"seq {b.seq} of {len(b.readings)} readings deferred",
+                            "rate", r.gateway, defer=True)
         return r
 
     def _commit(self, group: list[aiomqtt.Message]) -> None:
         """Store a group; raises only if the database itself fails (nothing is acked then)."""
         self.counters.messages += len(group)
         self.last_message_ms = self._now_ms()
-        received = [self._intake(m) for m in group]
+        self._record([self._intake(m) for m in group])
+
+    def _record(self, received: list[Received]) -> None:
+        """Store what the intake made of a group and count each outcome."""
         outcomes = self.store.record_each(received)
         self.counters.commits += 1
         for r, outcome in zip(received, outcomes, strict=True):
-            if outcome.status == STORED:
+            if outcome.status == DEFERRED:
+                self.counters.deferred += 1
+            elif outcome.status == STORED:
                 self.counters.batches += 1
                 self.counters.readings += len(r.batch.readings) if r.batch is not None else 0
             elif outcome.status == DUPLICATE:
@@ -231,6 +264,7 @@ class Ingest:
                 else round(max(0, self._now_ms() - last) / 1000, 3),
                 "received": c.messages, "stored": c.batches, "readings": c.readings,
                 "duplicates": c.duplicates, "rejected": c.rejected,
+                "deferred": c.deferred, "released": c.released,
                 "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
                 "commits": c.commits, "tasks": self.supervisor.snapshot()}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edge_agent.codecs.batch import BatchLimits, decode_batch
-from edge_agent.fleet.ingest.store import Received, storable_problem
+from edge_agent.fleet.ingest.store import DEFERRED_CAP_BYTES, Received, storable_problem
 from edge_agent.fleet.intake import quote
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import CodecError
@@ -26,15 +26,18 @@ class IngestLimits:
     run-length readings is refused, not expanded. The agent sends batches of at most 5000
     readings by default (``[batch] max_readings``), a few hundred KB at most. Per gateway,
     readings are a token bucket of ``gateway_readings_per_s`` refilling up to
-    ``gateway_burst_readings`` (0 per second: no bound): a spool replaying a backlog at its
-    default pace (50 batches/s, 256 KiB/s) stays below it, a flooding gateway does not, and
-    what is over it is set aside (``rejected``, reason ``rate``), not stored.
+    ``gateway_burst_readings`` (0 per second: no bound). A good batch over it is deferred: kept
+    whole (compressed, as it came) and stored when the budget allows, so a spool replaying a
+    long backlog loses nothing while a flooding gateway costs the database only its budget.
+    Past ``gateway_deferred_bytes`` waiting, a gateway's next batches are set aside
+    (``rejected``, reason ``rate``).
     """
 
     max_payload: int = 1024 * 1024
     max_readings: int = 50_000
     gateway_readings_per_s: float = 100_000.0
     gateway_burst_readings: int = 1_000_000
+    gateway_deferred_bytes: int = DEFERRED_CAP_BYTES
 
     def batch_limits(self) -> BatchLimits:
         """The decoder's limits for these."""
@@ -55,6 +58,8 @@ class IngestCounters:
     readings: int = 0     # in the batches stored
     duplicates: int = 0
     rejected: int = 0     # set aside in the rejected table (by reason in rejected_by_reason)
+    deferred: int = 0     # kept whole for later: their gateway was over its budget
+    released: int = 0     # deferred batches taken up again once the budget allowed
     commits: int = 0
     connects: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)

@@ -20,97 +20,39 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch import DataBatch
+from edge_agent.fleet.ingest.schema import (
+    CLAIM,
+    COUNT_REJECTED,
+    CURRENT_GAPS,
+    DDL,
+    DEFER,
+    DEFERRED_BACKLOG,
+    DEFERRED_BYTES,
+    DEFERRED_GATEWAYS,
+    INSERT_READING,
+    INSERT_REJECTED,
+    INT64_RANGE,
+    NEXT_DEFERRED,
+    PRUNE_EVERY,
+    PRUNE_REJECTED,
+    REJECTED_ADDED,
+    REJECTED_PREFIX,
+    REJECTED_ROWS,
+    REJECTED_TEXT,
+    RELEASE_DEFERRED,
+    SEED_TOTALS,
+    STREAM,
+    reading_rows,
+)
 from edge_agent.fleet.pgconnect import connect_postgresql, is_postgresql
 from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.readings import Quality, Reading, Value
-
-_INT64 = (-(2**63), 2**63 - 1)
-
-# One schema, two dialects: SQLite's INTEGER is already 64-bit and its INTEGER PRIMARY KEY
-# auto-increments; PostgreSQL needs BIGINT, BIGSERIAL and DOUBLE PRECISION spelt out.
-_DDL_TEMPLATE = """
-CREATE TABLE IF NOT EXISTS batches (gateway TEXT NOT NULL, epoch {big} NOT NULL,
-    seq {big} NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    received_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch, seq));
-CREATE TABLE IF NOT EXISTS readings (id {serial} PRIMARY KEY, gateway TEXT NOT NULL,
-    epoch {big} NOT NULL, seq {big} NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
-    ts_ms {big} NOT NULL, quality TEXT NOT NULL, exception_code INTEGER, kind TEXT NOT NULL,
-    value_int {big}, value_real {real}, value_text TEXT);
-CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, point, ts_ms);
-CREATE TABLE IF NOT EXISTS streams (gateway TEXT NOT NULL, epoch {big} NOT NULL,
-    batches {big} NOT NULL, readings {big} NOT NULL, duplicates {big} NOT NULL,
-    max_seq {big} NOT NULL, last_ms {big} NOT NULL, PRIMARY KEY (gateway, epoch));
-CREATE TABLE IF NOT EXISTS gaps (gateway TEXT NOT NULL, epoch {big} NOT NULL,
-    seq_from {big} NOT NULL, seq_to {big} NOT NULL, detected_ms {big} NOT NULL,
-    closed_ms {big}, PRIMARY KEY (gateway, epoch, seq_from, seq_to));
-CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT NULL,
-    bytes INTEGER NOT NULL, error TEXT NOT NULL, gateway TEXT, reason TEXT, payload_hex TEXT);
-"""
-# Columns added to ``rejected`` after its first version: a database made before them gets them
-# with ALTER TABLE when opened (the same SQL in both dialects).
-REJECTED_ADDED = ("gateway", "reason", "payload_hex")
-REJECTED_PREFIX = 256  # bytes of a rejected payload kept (in hex): enough to see what it was
-REJECTED_TEXT = 2000   # characters of a rejection's error text kept
-INSERT_REJECTED = ("INSERT INTO rejected (topic, gateway, received_ms, bytes, reason, error, "
-                   "payload_hex) VALUES (?, ?, ?, ?, ?, ?, ?)")
-DDL = {
-    "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL"),
-    "postgresql": _DDL_TEMPLATE.format(big="BIGINT", serial="BIGSERIAL",
-                                       real="DOUBLE PRECISION"),
-}
-
-CLAIM = ("INSERT INTO batches (gateway, epoch, seq, readings, bytes, received_ms) "
-         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-INSERT_READING = ("INSERT INTO readings (gateway, epoch, seq, device, point, ts_ms, quality, "
-                  "exception_code, kind, value_int, value_real, value_text) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-STREAM = ("INSERT INTO streams (gateway, epoch, batches, readings, duplicates, max_seq, last_ms) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, epoch) DO UPDATE SET "
-          "batches = streams.batches + excluded.batches, "
-          "readings = streams.readings + excluded.readings, "
-          "duplicates = streams.duplicates + excluded.duplicates, "
-          "max_seq = CASE WHEN excluded.max_seq > streams.max_seq THEN excluded.max_seq "
-          "ELSE streams.max_seq END, last_ms = excluded.last_ms")
-# Missing seqs between received ones, and before the first (seqs count from 0 per epoch).
-CURRENT_GAPS = ("SELECT gateway, epoch, prev + 1, seq - 1 FROM (SELECT gateway, epoch, seq, "
-                "LAG(seq, 1, -1) OVER (PARTITION BY gateway, epoch ORDER BY seq) AS prev "
-                "FROM batches) AS t WHERE seq > prev + 1")
-
-
-def value_columns(value: object) -> tuple[str, int | None, float | None, str | None]:
-    """(kind, value_int, value_real, value_text) holding ``value`` exactly."""
-    if value is None:
-        return "n", None, None, None
-    if isinstance(value, bool):
-        return "b", int(value), None, None
-    if isinstance(value, int):
-        if _INT64[0] <= value <= _INT64[1]:
-            return "i", value, None, None
-        return "I", None, None, str(value)  # beyond int64 (uint64 counters): exact as text
-    if isinstance(value, float):
-        return "f", None, value, None
-    return "s", None, None, str(value)
-
-
-def value_from(kind: str, vi: int | None, vr: float | None, vt: str | None) -> Value | None:
-    """The value stored by ``value_columns``."""
-    if kind == "b":
-        return bool(vi)
-    if kind == "I":
-        return int(vt) if vt is not None else None
-    if kind == "i":
-        return vi
-    if kind == "f":
-        return vr
-    return vt if kind == "s" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +65,15 @@ class Received:
     error: str | None = None  # why it was refused, naming the field and value
     reason: str = "undecodable"  # the refusal's reason code, counted per reason
     gateway: str | None = None   # the gateway the topic names, if it names a valid one
+    defer: bool = False          # a good batch over its gateway's budget: keep it for later
+    deferred_id: int | None = None  # taken from ``deferred``: released when this is recorded
+
+
+DEFERRED_CAP_BYTES = 256 * 1024 * 1024  # per gateway: what one spool's worth of backlog may be
 
 
 # What ``IngestStore.record_each`` did with each message.
-STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+STORED, DUPLICATE, REJECTED, DEFERRED = "stored", "duplicate", "rejected", "deferred"
 
 
 class Outcome(NamedTuple):
@@ -168,11 +115,11 @@ def storable_problem(b: DataBatch) -> str | None:
     int64 are fine: they are stored as text.
     """
     for what, v in (("epoch", b.epoch), ("seq", b.seq)):
-        if type(v) is not int or not _INT64[0] <= v <= _INT64[1]:
+        if type(v) is not int or not INT64_RANGE[0] <= v <= INT64_RANGE[1]:
             return f"batch {what} {v!r} is not an int64"
     names = {b.gateway}
     for i, r in enumerate(b.readings):
-        if type(r.ts_ms) is not int or not _INT64[0] <= r.ts_ms <= _INT64[1]:
+        if type(r.ts_ms) is not int or not INT64_RANGE[0] <= r.ts_ms <= INT64_RANGE[1]:
             return f"reading {i}: timestamp {r.ts_ms!r} is not an int64"
         code = r.exception_code
         if code is not None and (type(code) is not int or not 0 <= code <= 2**31 - 1):
@@ -202,8 +149,11 @@ def _text_problem(text: str) -> str | None:
 class IngestStore:
     """A connection to the ingest database and the few statements the ingest needs."""
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None,
+                 deferred_cap_bytes: int = DEFERRED_CAP_BYTES) -> None:
         self.url = url
+        self.deferred_cap_bytes = deferred_cap_bytes
+        self._since_prune = 0
         self.dialect = "postgresql" if is_postgresql(url) else "sqlite"
         if self.dialect == "postgresql":
             self.conn: Any = connect_postgresql(url, autocommit=False)
@@ -215,6 +165,7 @@ class IngestStore:
             self.conn.execute(DDL["postgresql"])
             self._add_rejected_columns()
             self.conn.commit()
+            self._seed_totals()
         else:
             path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
             if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
@@ -227,6 +178,7 @@ class IngestStore:
             self.conn.execute("PRAGMA busy_timeout = 10000")
             self.conn.executescript(DDL["sqlite"])
             self._add_rejected_columns()
+            self._seed_totals()
 
     def _add_rejected_columns(self) -> None:
         """Give a ``rejected`` table made by an older version the columns added since."""
@@ -239,6 +191,16 @@ class IngestStore:
         for column in REJECTED_ADDED:
             if column not in have:
                 self.conn.execute(f"ALTER TABLE rejected ADD COLUMN {column} TEXT")
+
+    def _seed_totals(self) -> None:
+        """Count what a database made before ``rejected_totals`` had already set aside."""
+        cur = self._begin()
+        try:
+            cur.execute(SEED_TOTALS)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
@@ -290,6 +252,8 @@ class IngestStore:
                     error = f"the database refused it: {type(exc).__name__}: {exc}"
                     self._reject(cur, m, now_ms, "database", error)
                     outcomes.append(Outcome(REJECTED, "database", error))
+                if m.deferred_id is not None:  # whatever became of it, it waits no more
+                    cur.execute(self._sql(RELEASE_DEFERRED), (m.deferred_id,))
                 cur.execute("RELEASE SAVEPOINT message")
             self._commit()
         except BaseException:
@@ -303,22 +267,58 @@ class IngestStore:
             error = m.error or "undecodable"
             self._reject(cur, m, now_ms, m.reason, error)
             return Outcome(REJECTED, m.reason, error)
+        if m.defer:
+            return self._defer(cur, m, now_ms)
         cur.execute(self._sql(CLAIM), (b.gateway, b.epoch, b.seq, len(b.readings),
                                        len(m.payload), now_ms))
         fresh = cur.rowcount == 1
         if fresh:
-            cur.executemany(self._sql(INSERT_READING), list(_rows(b)))
+            cur.executemany(self._sql(INSERT_READING), list(reading_rows(b)))
         cur.execute(self._sql(STREAM), (b.gateway, b.epoch, int(fresh),
                                         len(b.readings) if fresh else 0, int(not fresh),
                                         b.seq, now_ms))
         return Outcome(STORED if fresh else DUPLICATE)
 
+    def _defer(self, cur: Any, m: Received, now_ms: int) -> Outcome:
+        """Keep a good batch over its gateway's budget whole until the budget allows it; set it
+        aside (reason ``rate``) only when the gateway's deferred backlog is full."""
+        gateway = m.gateway or ""
+        cur.execute(self._sql(DEFERRED_BYTES), (gateway,))
+        used = int(cur.fetchone()[0])
+        if used + len(m.payload) > self.deferred_cap_bytes:
+            error = (f"{m.error}; its deferred backlog of {used} bytes is full (cap "
+                     f"{self.deferred_cap_bytes})")
+            self._reject(cur, m, now_ms, "rate", error)
+            return Outcome(REJECTED, "rate", error)
+        cur.execute(self._sql(DEFER), (gateway, m.topic, now_ms, m.payload))
+        return Outcome(DEFERRED, "rate", m.error or "")
+
     def _reject(self, cur: Any, m: Received, now_ms: int, reason: str, error: str) -> None:
-        """Set a message aside in ``rejected`` (every text made storable first)."""
+        """Set a message aside in ``rejected`` (every text made storable first), count it, and
+        keep the table to its newest REJECTED_ROWS rows."""
         cur.execute(self._sql(INSERT_REJECTED),
                     (_text(m.topic, 500), None if m.gateway is None else _text(m.gateway, 64),
                      now_ms, len(m.payload), _text(reason, 64), _text(error),
                      m.payload[:REJECTED_PREFIX].hex()))
+        cur.execute(self._sql(COUNT_REJECTED), (_text(reason, 64),))
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            cur.execute(self._sql(PRUNE_REJECTED), (REJECTED_ROWS,))
+
+    def deferred_gateways(self) -> list[str]:
+        """The gateways with batches waiting for their budget."""
+        return [str(r[0]) for r in self.query(DEFERRED_GATEWAYS)]
+
+    def next_deferred(self, gateway: str, limit: int) -> list[tuple[int, str, bytes]]:
+        """(id, topic, payload) of ``gateway``'s oldest waiting batches."""
+        return [(int(i), str(t), bytes(p))
+                for i, t, p in self.query(NEXT_DEFERRED, (gateway, limit))]
+
+    def deferred_backlog(self) -> tuple[int, int]:
+        """(batches, bytes) waiting for their gateways' budgets."""
+        rows, size = self.query(DEFERRED_BACKLOG)[0]
+        return int(rows), int(size)
 
     def scan_gaps(self, now_ms: int | None = None) -> list[tuple[str, int, int, int]]:
         """Record gaps that opened and close the ones filled since; the open gaps."""
@@ -358,26 +358,13 @@ class IngestStore:
                              "FROM streams ORDER BY gateway, epoch")
         gaps = self.query("SELECT gateway, epoch, seq_from, seq_to FROM gaps "
                           "WHERE closed_ms IS NULL ORDER BY gateway, epoch, seq_from")
-        rejected = self.query("SELECT count(*) FROM rejected")[0][0]
-        # Rows from before reasons were recorded count as "undecodable", what they all were.
-        by_reason: Counter[str] = Counter()
-        for reason, count in self.query("SELECT reason, count(*) FROM rejected GROUP BY reason"):
-            by_reason[str(reason or "undecodable")] += int(count)
-        return {"streams": streams, "open_gaps": gaps, "rejected": rejected,
-                "rejected_by_reason": dict(sorted(by_reason.items()))}
+        by_reason = {str(r): int(n) for r, n in
+                     self.query("SELECT reason, total FROM rejected_totals")}
+        deferred, deferred_bytes = self.deferred_backlog()
+        return {"streams": streams, "open_gaps": gaps, "rejected": sum(by_reason.values()),
+                "rejected_by_reason": dict(sorted(by_reason.items())),
+                "deferred": deferred, "deferred_bytes": deferred_bytes}
 
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
-
-
-def _rows(b: DataBatch) -> Iterable[tuple[object, ...]]:
-    for r in b.readings:
-        yield (b.gateway, b.epoch, b.seq, r.device, r.point, r.ts_ms, str(r.quality),
-               r.exception_code, *value_columns(r.value))
-
-
-def reading_from(row: Sequence[Any]) -> Reading:
-    """A Reading from (device, point, ts_ms, quality, exception_code, kind, vi, vr, vt)."""
-    device, point, ts, quality, code, kind, vi, vr, vt = row
-    return Reading(device, point, int(ts), value_from(kind, vi, vr, vt), Quality(quality), code)
