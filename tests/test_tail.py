@@ -9,6 +9,8 @@ import sys
 
 import aiomqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.codecs.batch import DataBatch
 from edge_agent.protocol.readings import Quality, Reading
@@ -157,3 +159,27 @@ def test_tail_main_rejects_a_bad_url(capsys: pytest.CaptureFixture[str]) -> None
     assert tail_main(["--broker", "http://x"]) == 1
     assert "scheme 'http'" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 100_000,                                            # RecursionError in json.loads
+    b'{"status": "online", "version": "\\ud800"}',              # a lone surrogate
+    b'{"ts": 99999999999999999999, "status": "online"}',       # past the calendar
+    b'{"status": "\\u001b[2J\\u001b[31mOWNED"}',                # terminal escapes
+    b'{"a": ' * 30 + b"1" + b"}" * 30,                          # deeper than a document is
+    b"\xff\xfe not utf-8",
+])
+@pytest.mark.parametrize("kind", ["state", "health"])
+def test_hostile_documents_give_one_printable_line(kind: str, payload: bytes) -> None:
+    lines, readings = render(f"edge/gw1/{kind}", payload, "edge")
+    assert readings == 0 and len(lines) == 1
+    line = lines[0]
+    assert line.isprintable() and "\x1b" not in line, line
+    line.encode("utf-8")  # printable to a UTF-8 terminal: no lone surrogate left
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.binary(max_size=300), st.sampled_from(["data", "state", "health", "other"]))
+def test_render_never_raises_and_prints_safely(payload: bytes, kind: str) -> None:
+    lines, _ = render(f"edge/gw1/{kind}", payload, "edge")
+    assert lines and all(line.isprintable() for line in lines)

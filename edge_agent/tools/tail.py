@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ import aiomqtt
 from edge_agent.codecs.batch import DataBatch, decode_batch
 from edge_agent.protocol import topics
 from edge_agent.protocol.broker import client_options, parse_broker_url
-from edge_agent.protocol.errors import CodecError, CommandError, EdgeError
+from edge_agent.protocol.errors import CommandError, EdgeError
+from edge_agent.protocol.jsonsafe import loads_strict
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.protocol.shell import (
     add_broker_login,
@@ -30,6 +30,10 @@ from edge_agent.protocol.shell import (
     error_lines,
     shown_url,
 )
+
+# State and health documents are JSON objects of a few levels: these bound what one may cost.
+DOC_LIMITS: dict[str, Any] = {"max_bytes": 1024 * 1024, "max_depth": 16, "max_items": 100_000,
+                              "max_str": 8192, "allow_float": True}
 
 # Modbus exception codes, Modbus application protocol V1.1b3 section 7.
 EXCEPTION_NAMES = {
@@ -42,10 +46,22 @@ VALUE_WIDTH = 14
 
 
 def hms(ts_ms: int | float | None) -> str:
-    """HH:MM:SS (UTC) of a timestamp in ms, or of now when None."""
-    when = (datetime.datetime.now(datetime.UTC) if ts_ms is None
-            else datetime.datetime.fromtimestamp(ts_ms / 1000, datetime.UTC))
+    """HH:MM:SS (UTC) of a timestamp in ms, of now when None, ``??:??:??`` past the calendar."""
+    try:
+        when = (datetime.datetime.now(datetime.UTC) if ts_ms is None
+                else datetime.datetime.fromtimestamp(ts_ms / 1000, datetime.UTC))
+    except (OverflowError, ValueError, OSError):
+        return "??:??:??"
     return when.strftime("%H:%M:%S")
+
+
+def printable(line: str) -> str:
+    """``line`` safe for a terminal: control characters and lone surrogates escaped, so a
+    gateway's text can neither move the cursor nor stop the printing."""
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF
+                   else repr(c)[1:-1] for c in line)
 
 
 def format_value(reading: Reading, unit: str = "") -> str:
@@ -120,6 +136,11 @@ def _ts(doc: dict[str, Any]) -> int | None:
 
 def render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
     """Lines to print for one message and how many readings they show; never raises."""
+    lines, readings = _render(topic, payload, prefix)
+    return [printable(line) for line in lines], readings
+
+
+def _render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
     ref = topics.parse_topic(topic, prefix)
     if ref is None:
         return [f"{hms(None)}  ?  warning  message on unexpected topic {topic}"], 0
@@ -129,13 +150,13 @@ def render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
             return format_batch(batch), len(batch.readings)
         if not payload:  # a retained message being cleared
             return [f"{hms(None)}  {ref.gateway}  {ref.kind}  (cleared)"], 0
-        doc = json.loads(payload)
+        doc = loads_strict(payload, **DOC_LIMITS)
         if not isinstance(doc, dict):
             raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
         if ref.kind == topics.STATE:
             return [format_state(ref.gateway, doc)], 0
         return [format_health(ref.gateway, doc)], 0
-    except (CodecError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+    except Exception as exc:  # a display: whatever a message holds, the next one is shown
         what = "data batch" if ref.kind == topics.DATA else f"{ref.kind} document"
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return [f"{hms(None)}  {ref.gateway}  warning  undecodable {what} "
