@@ -15,7 +15,11 @@ from typing import Any
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
+from edge_agent.fleet.brokerconf import (
+    DEFAULT_FLEET_LISTENER,
+    mosquitto_hash,
+    write_broker_config,
+)
 from edge_agent.fleet.ingest.consumer import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
@@ -227,8 +231,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         entries = [(args.fleet_user, mosquitto_hash(args.fleet_password_file.read_text()
                                                     .strip())), *entries]
     snippet = write_broker_config(args.out, entries, prefix=args.prefix,
-                                  fleet_user=args.fleet_user)
-    print(f"{len(entries)} users; include {snippet} in mosquitto.conf, SIGHUP to reload")
+                                  fleet_user=args.fleet_user, fleet_listener=args.fleet_listener)
+    print(f"{len(entries)} users; include {snippet} in mosquitto.conf right after the "
+          f"gateways' listener (the fleet's listener is {args.fleet_listener}), SIGHUP to reload")
     return 0
 
 
@@ -327,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="edge")
     p.add_argument("--fleet-user", default="fleet")
     p.add_argument("--fleet-password-file", type=Path)
+    p.add_argument("--fleet-listener", default=DEFAULT_FLEET_LISTENER,
+                   metavar="HOST:PORT|unix:/PATH",
+                   help="the fleet's own listener, which refuses gateway credentials "
+                        f"(default {DEFAULT_FLEET_LISTENER}; docs/broker.md)")
     p.set_defaults(fn=cmd_broker_config)
 
     # its own --db: the readings database is not the registry

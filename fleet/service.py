@@ -49,6 +49,7 @@ from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import client_options, parse_broker_url
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, UplinkError
+from edge_agent.protocol.ids import check_broker_user, is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class FleetService:
         self.tick_s = tick_s
         self.clock = clock or SystemClock()
         self.owner = owner or f"fleet-{uuid.uuid4().hex[:8]}"
+        # The MQTT client id is a reserved name (fleet-*), which no gateway id can be: client
+        # ids are global across the broker's listeners, and a gateway always connects as its
+        # own id (docs/broker.md), so no gateway can throw this instance off.
+        try:
+            self.client_id = check_broker_user(
+                self.owner if is_reserved(self.owner) else f"fleet-{self.owner}")
+        except ValueError as e:
+            raise ConfigError(f"instance name {self.owner!r}: {e}") from None
         self.driver = RolloutDriver(registry, self._publish_desired, owner=self.owner,
                                     lease_s=lease_s)
         if http_host is not None and http_tls is None and not http_insecure:
@@ -174,7 +183,7 @@ class FleetService:
 
     async def _connection(self, backoff: Backoff) -> None:
         opts = client_options(self.mqtt)
-        async with aiomqtt.Client(identifier=self.owner, **opts) as client:
+        async with aiomqtt.Client(identifier=self.client_id, **opts) as client:
             for kind in INTAKE:
                 await client.subscribe(topics.subscription(self.prefix, kind), qos=1)
             self._client = client

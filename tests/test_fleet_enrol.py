@@ -108,11 +108,10 @@ def test_enrol_over_https_then_isolation_on_the_broker(tmp_path: Path,
     (tmp_path / "fleet.pw").write_text(FLEET_PASSWORD)
     auth = tmp_path / "auth"
     # The broker starts with only the fleet user; gateways are added after enrolment.
-    write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD))],
-                        persistence_dir=tmp_path)
     ops_port = free_port()
-    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text()
-                       + f"listener {ops_port} 127.0.0.1\n")
+    write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD))],
+                        persistence_dir=tmp_path, fleet_listener=f"127.0.0.1:{ops_port}")
+    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text(), anonymous=False)
     broker.start()
     try:
         with running(serve_args(db, f"mqtt://127.0.0.1:{ops_port}", "--username", "fleet",
@@ -146,7 +145,8 @@ def test_enrol_over_https_then_isolation_on_the_broker(tmp_path: Path,
             # Regenerate the broker's files from the registry and reload (SIGHUP).
             (tmp_path / "fleet.pw").write_text(FLEET_PASSWORD)
             write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD)),
-                                       *reg.password_hashes()], persistence_dir=tmp_path)
+                                       *reg.password_hashes()], persistence_dir=tmp_path,
+                                fleet_listener=f"127.0.0.1:{ops_port}")
             assert broker.proc is not None
             broker.proc.send_signal(1)
             time.sleep(0.5)

@@ -194,9 +194,9 @@ def deployed_fleet(tmp_path: Path, before_start: Callable[[AckedClient], None] |
     (tmp_path / "mq").mkdir()
     write_broker_config(tmp_path / "auth", [("fleet", mosquitto_hash(FLEET_PW)),
                                             *reg.password_hashes()],
-                        persistence_dir=tmp_path / "mq")
-    broker = Mosquitto(extra_conf=(tmp_path / "auth" / CONF_NAME).read_text()
-                       + f"listener {ops_port} 127.0.0.1\n", port=gw_port)
+                        persistence_dir=tmp_path / "mq", fleet_listener=f"127.0.0.1:{ops_port}")
+    broker = Mosquitto(extra_conf=(tmp_path / "auth" / CONF_NAME).read_text(), port=gw_port,
+                       anonymous=False)
     broker.start()
     clients: list[AckedClient] = []
     try:
