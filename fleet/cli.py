@@ -36,6 +36,7 @@ from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
     check_broker_url,
+    check_db_url,
     opened,
     run_cli,
     run_until_signal,
@@ -350,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-fleet`` console script."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
-    return run_cli(f"edge-fleet {args.command}", fn, args)
+
+    def checked(args: argparse.Namespace) -> int:
+        # Every command with a database (the registry's or the ingest's) refuses a password
+        # in its URL before anything else runs.
+        check_db_url(args.db)
+        return fn(args)
+
+    return run_cli(f"edge-fleet {args.command}", checked if hasattr(args, "db") else fn, args)
 
 
 if __name__ == "__main__":
