@@ -6,8 +6,9 @@ each message is parsed here under explicit limits (``JsonLimits``: payload bytes
 items, string lengths, UTF-8 without lone surrogates, integers within SQLite's int64) and
 then checked field by field for exact types, all before the database sees a value. Whatever
 is refused is an ``IntakeError`` with a short, stable reason code (for counting) and a text
-naming the field and the value (for the log), and ``Rejections`` counts the codes and logs
-the first of each, then a periodic count (one hostile gateway must not flood the log).
+naming the field and the value (for the log), and ``Rejections`` (protocol/rejections.py, the
+limiter every intake shares) counts the codes and logs the first of each, then a periodic
+count (one hostile gateway must not flood the log).
 
 Limits (why these numbers):
 
@@ -22,15 +23,14 @@ Limits (why these numbers):
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import EdgeError
 from edge_agent.protocol.jsonsafe import INT64_MAX, INT64_MIN, UnsafeJsonError, loads_strict, show
+from edge_agent.protocol.rejections import Rejections  # re-exported: the ingest uses it from here
 
 __all__ = ["HEALTH_LIMITS", "MAX_REASON", "REPORT_LIMITS", "STATE_LIMITS", "IntakeError",
            "JsonLimits", "Rejections", "Report", "health_text", "parse_report", "parse_state",
@@ -205,51 +205,3 @@ def parse_state(doc: Mapping[str, Any]) -> bool:
     _field(doc, "reason", (str,))
     return STATES[status]
 
-
-class Rejections:
-    """Counts refused messages per reason and logs them without flooding the log.
-
-    The first refusal of each reason is logged in full; later ones are counted and logged as
-    one summary line per reason every ``summary_s`` (``maybe_summarise``, called on every
-    refusal and from a periodic task so a count is never left unreported for long).
-    """
-
-    def __init__(self, what: str, logger: logging.Logger, *, summary_s: float = 60.0,
-                 clock: Clock | None = None) -> None:
-        self.what = what
-        self.log = logger
-        self.summary_s = summary_s
-        self.clock = clock or SystemClock()
-        self.counts: dict[str, int] = {}
-        self._pending: dict[str, tuple[int, str]] = {}
-        self._last_summary = self.clock.monotonic()
-
-    @property
-    def total(self) -> int:
-        """Every refusal so far."""
-        return sum(self.counts.values())
-
-    def reject(self, reason: str, detail: str) -> None:
-        """Count one refusal for ``reason``; ``detail`` names the topic, field and value."""
-        n = self.counts.get(reason, 0) + 1
-        self.counts[reason] = n
-        if n == 1:
-            self.log.warning("%s: rejected (%s): %s; further '%s' rejections are counted and "
-                             "summarised every %.0f s", self.what, reason, detail, reason,
-                             self.summary_s)
-        else:
-            count, _ = self._pending.get(reason, (0, ""))
-            self._pending[reason] = (count + 1, detail)
-        self.maybe_summarise()
-
-    def maybe_summarise(self, *, force: bool = False) -> None:
-        """Log the counts gathered since the last summary if ``summary_s`` has passed."""
-        now = self.clock.monotonic()
-        if not self._pending or (not force and now - self._last_summary < self.summary_s):
-            return
-        for reason, (count, detail) in sorted(self._pending.items()):
-            self.log.warning("%s: %d more '%s' rejections in the last %.0f s (%d in all), the "
-                             "latest: %s", self.what, count, reason, now - self._last_summary,
-                             self.counts[reason], detail)
-        self._pending.clear()
-        self._last_summary = now

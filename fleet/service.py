@@ -36,7 +36,6 @@ from edge_agent.fleet.intake import (
     STATE_LIMITS,
     IntakeError,
     JsonLimits,
-    Rejections,
     parse_state,
     quote,
     read_json,
@@ -50,6 +49,7 @@ from edge_agent.protocol.broker import client_options, parse_broker_url
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, UplinkError
 from edge_agent.protocol.ids import check_broker_user, is_reserved
+from edge_agent.protocol.rejections import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ class FleetService:
         self.stats = ConsumerStats()
         self.rejections = Rejections("fleet intake", log, summary_s=rejection_summary_s,
                                      clock=self.clock)
+        # The enrolment endpoint's refusals: counted in http_stats, logged through this.
+        self.http_rejections = Rejections("enrolment endpoint", log,
+                                          summary_s=rejection_summary_s, clock=self.clock)
         self.supervisor = supervisor or Supervisor(clock=self.clock)
         self._client: aiomqtt.Client | None = None
 
@@ -216,6 +219,7 @@ class FleetService:
         while True:
             await self.clock.sleep(STATUS_S)
             self.rejections.maybe_summarise()
+            self.http_rejections.maybe_summarise()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -276,6 +280,8 @@ class FleetService:
                 "rejected_total": self.rejections.total,
             },
             "tasks": self.supervisor.snapshot(),
+            # The enrolment endpoint's answers, refusals by reason and connections cut.
+            "http": None if self.http_host is None else self.http_stats.snapshot(),
             "rollouts_set_aside": dict(self.driver.broken),
             "enrolled": self.enrolled,
         }
@@ -289,7 +295,8 @@ class FleetService:
         if self.http_host is not None:
             server = await serve_http(self.http_host, self.http_port, self._http,
                                       tls=self.http_tls, limits=self.http_limits,
-                                      stats=self.http_stats, routes=HTTP_ROUTES)
+                                      stats=self.http_stats, routes=HTTP_ROUTES,
+                                      rejections=self.http_rejections)
             self.http_port = server.sockets[0].getsockname()[1]
             log.info("enrolment endpoint on %s://%s:%d/v1/enroll", self.http_scheme,
                      self.http_host, self.http_port)

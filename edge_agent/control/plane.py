@@ -32,10 +32,12 @@ from edge_agent.control.truststore import load_trust, save_trust
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import EdgeError
 from edge_agent.protocol.fileio import atomic_write
+from edge_agent.protocol.rejections import Rejections
 from edge_agent.protocol.trust import TrustedState
 from edge_agent.protocol.verify import (
     ACCEPTED,
     CURRENT,
+    FAULT,
     MAX_PAYLOAD,
     Bundle,
     claimed_version,
@@ -178,7 +180,7 @@ class ControlPlane(Generic[C]):
                  hold_s: float = 30.0, check_every_s: float = 1.0, clock: Clock | None = None,
                  max_payload: int = MAX_PAYLOAD, fsync: bool = True,
                  switch_timeout_s: float | Callable[[C], float] = SWITCH_TIMEOUT_S,
-                 ops: Operations | None = None) -> None:
+                 ops: Operations | None = None, rejection_summary_s: float = 60.0) -> None:
         self.state_dir = state_dir
         self.kind = kind
         self.validate = validate
@@ -191,6 +193,10 @@ class ControlPlane(Generic[C]):
         self.max_payload = max_payload
         self.fsync = fsync
         self.counters = ControlCounters()
+        # Anyone who can publish on desired/ can make us refuse bundles all day: each refusal
+        # is counted (health) and reported, but only the first of a reason is logged in full.
+        self.rejections = Rejections(f"{kind} bundles", log, summary_s=rejection_summary_s,
+                                     clock=self.clock)
         self.switch_timeout_s = switch_timeout_s
         # Shared with the gateway, whose watchdog stops pinging when a step is overdue.
         self.ops = ops or Operations(self.clock)
@@ -246,6 +252,16 @@ class ControlPlane(Generic[C]):
                 "good": self.journal.good_version,
                 "trial": None if t is None else {"version": t.version, "stage": str(t.stage)}}
 
+    def health(self) -> dict[str, Any]:
+        """The gateway health's ``control`` section: bundles offered, results, refusals by
+        reason, and where the committed and trial versions are. Also logs the summary of
+        refusals gathered since the last one (health is built periodically)."""
+        self.rejections.maybe_summarise()
+        return {"offered": self.counters.offered,
+                "by_result": dict(sorted(self.counters.by_result.items())),
+                "rejected_by_reason": dict(sorted(self.rejections.counts.items())),
+                **self.status()}
+
     async def offer(self, blob: bytes, current: C | None) -> dict[str, Any]:
         """Run one bundle through every stage; the report to publish. ``current`` is the config
         running now (switched back to on a revert)."""
@@ -268,17 +284,20 @@ class ControlPlane(Generic[C]):
         if verdict.code == CURRENT:
             return self._report(self.trust.floor(self.kind), Result.CURRENT, verdict.reason)
         if verdict.code != ACCEPTED or verdict.bundle is None:
-            log.warning("bundle rejected, nothing changed: %s", verdict.reason)
             # The version is the bundle's unverified claim, so the fleet can attribute it.
-            return self._report(claimed_version(blob), Result.REJECTED, verdict.reason)
+            claimed = claimed_version(blob)
+            self.rejections.reject("fault" if verdict.reason.startswith(FAULT) else "unverified",
+                                   f"v{claimed}, nothing changed: {verdict.reason}")
+            return self._report(claimed, Result.REJECTED, verdict.reason)
         bundle = verdict.bundle
         # An authentic newer root (rotation, revocation) is kept even if the config fails.
         if verdict.trust.root != self.trust.root:
             self._save_trust(replace(self.trust, root=verdict.trust.root))
         earlier = self.journal.already_failed(bundle)
         if earlier is not None:
-            return self._report(bundle.version, Result.REJECTED,
-                                f"v{bundle.version} already failed here: {earlier}")
+            reason = f"v{bundle.version} already failed here: {earlier}"
+            self.rejections.reject("already_failed", reason)
+            return self._report(bundle.version, Result.REJECTED, reason)
         if bundle.sha256 == self.journal.good_sha256:
             # Same config under a new version (a re-signed rollback, or a commit cut short by
             # a crash): nothing to switch, only the floor moves.

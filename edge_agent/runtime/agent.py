@@ -185,6 +185,8 @@ class Agent:
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True
+        # Health sections the agent's owner adds (the gateway: its control plane's counters).
+        self.health_sections: dict[str, Callable[[], object]] = {}
 
     def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
         def missed(device: str, slots: int, busy_s: float) -> None:
@@ -277,6 +279,8 @@ class Agent:
             "task_restarts": dict(self.restarts),
             "loop": self.lag.health(),
             "buses": buses, "devices": devices,
+            # Sections from the agent's owner (the gateway's control plane), by name.
+            **{name: section() for name, section in self.health_sections.items()},
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
