@@ -289,7 +289,10 @@ class Agent:
         stop = stop or asyncio.Event()
         log.info("agent %s starting: %d buses, %d devices, broker %s", self.cfg.gateway_id,
                  len(self.schedulers), len(self.cfg.devices), self.cfg.mqtt.url)
-        lag = asyncio.create_task(self.lag.run(), name="loop-lag")
+        # Supervised like the others: a monitor that died would leave health's loop numbers
+        # stale and stalls unexplained; it is restarted and counted in task_restarts.
+        lag = asyncio.create_task(
+            supervise("loop-lag", self.lag.run, self.clock, self.restarts), name="loop-lag")
         uplink = asyncio.create_task(
             supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
         others = [
