@@ -25,6 +25,7 @@ from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.ids import is_reserved
 from edge_agent.protocol.keys import (
     PrivateKey,
     load_private,
@@ -356,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         # Every command with a database (the registry's or the ingest's) refuses a password
         # in its URL before anything else runs.
         check_db_url(args.db)
+        client_id = getattr(args, "client_id", None)
+        if isinstance(client_id, str) and not is_reserved(client_id):
+            # Client ids are global on the broker: a gateway whose id equals this one would
+            # take the ingest's session (and its queued batches) over (docs/broker.md).
+            # Warned, not refused: renaming a persistent session orphans its queue.
+            print(f"edge-fleet {args.command}: warning: --client-id {client_id!r} is not one "
+                  "of the fleet's reserved names: a gateway enrolled with that id could take "
+                  "this session over; use edge-ingest-NAME or ingest-NAME", file=sys.stderr)
         return fn(args)
 
     return run_cli(f"edge-fleet {args.command}", checked if hasattr(args, "db") else fn, args)

@@ -216,6 +216,16 @@ def test_every_db_command_refuses_a_password_before_doing_anything(
         assert rc == 2 and SECRET not in out + err and "$PGPASSWORD" in err, err
 
 
+def test_an_ingest_client_id_a_gateway_could_take_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'ingest.db'}"
+    rc, _, err = run_fleet(capsys, "ingest", "--db", db, "--report", "--client-id", "gw-7")
+    assert rc == 0 and "warning: --client-id 'gw-7' is not one of the fleet's reserved" in err
+    for cid in ("edge-ingest", "edge-ingest-2", "ingest-north"):
+        rc, _, err = run_fleet(capsys, "ingest", "--db", db, "--report", "--client-id", cid)
+        assert rc == 0 and "warning" not in err, (cid, err)
+
+
 def test_edge_fleet_serve_refuses_a_login_in_either_broker_url(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
