@@ -31,9 +31,10 @@ never be one of the fleet's (those names are reserved, ``edge_agent.protocol.ids
 (mosquitto refuses to start otherwise), so the operator's own file sets none. docs/broker.md
 has the layout and the EMQX equivalent.
 
-File modes: ``passwd`` (hashes) and ``acl`` are 0600. mosquitto 2.0 drops to its ``user``
-before it opens them (and re-reads them as that user on SIGHUP), so when this runs as root
-both files get the owner and group of the directory they are written into: create it once
+File modes: ``passwd``, ``fleet-passwd`` (hashes), ``acl`` and ``fleet-acl`` are 0600.
+mosquitto 2.0 drops to its ``user`` before it opens them (and re-reads them as that user on
+SIGHUP), so when this runs as root the files get the owner and group of the directory they
+are written into: create it once
 with ``install -d -o mosquitto -g mosquitto -m 0700 /etc/mosquitto/edge``.
 """
 
