@@ -43,8 +43,9 @@ test: setup lint typecheck
 # docstring for the series behind the published figures).
 bench: setup
 	$(PIP) install -q --no-build-isolation -e ".[bench]"
-	for b in bench/codec_bench.py bench/fuzz_codec.py bench/spool_bench.py bench/fleet_scale.py \
-	         bench/poll_overhead.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in bench/codec_bench.py bench/fuzz_codec.py bench/fuzz_bundle.py bench/fuzz_batch.py \
+	         bench/spool_bench.py bench/fleet_scale.py bench/poll_overhead.py; do \
+	    echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastpath/*.c fastpath/*.so

@@ -23,7 +23,8 @@ commands:
   decode FILE|-                    decode a data batch (a file or standard input)
   ingest --broker URL --db URL     alias of `edge-fleet ingest` (the operations centre's
                                    ingest: every gateway's readings stored once, gaps noted)
-  enroll --fleet URL --token T     enrol this gateway with the fleet service
+  enroll --fleet URL --token-file F
+                                   enrol this gateway with the fleet service
   scan PORT                        find the devices on a serial bus; write a draft config
   read -c SITE.toml DEVICE POINT   read one point now
   write -c SITE.toml DEVICE POINT V

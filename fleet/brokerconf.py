@@ -13,27 +13,28 @@ default a client may pick any. Gateway A, logged in with its own credentials, co
 with client id ``gw-b``: the broker throws B off and hands A B's session, with the messages
 queued for B. ``use_username_as_clientid true`` makes the broker replace the client id with the
 user name, so a gateway only ever gets its own session. In mosquitto 2.0 it is a *listener*
-option: it applies to the ``listener`` declared before it (given before any listener, it makes
-mosquitto open a default listener on port 1883). So ``mosquitto-auth.conf`` ends with it and
-must be included right after the listener gateways connect to. Client ids are global across
-listeners; gateway ids cannot take the fleet's client ids because those names are reserved
-(``edge_agent.protocol.ids``).
+option: it applies to the ``listener`` declared before it.
 
 The fleet's own clients (several ``edge-fleet serve`` instances, the ingest consumers) share
-user names, so on a listener with the binding they would throw each other off. Give them a
-listener of their own, declared after the include (an internal address or a unix socket) or
-give each one its own user (``extra_fleet_users``).
+user names, so on a listener with that binding they would throw each other off: they get a
+listener of their own. Client ids are global across listeners, so that listener must not take
+gateway credentials at all, or a gateway could log in there as ``edge-ingest`` and take over
+the ingest's session with every batch queued for it. Hence ``per_listener_settings true`` and
+two sets of files: ``passwd``/``acl`` hold only gateways and serve only the gateways' listener
+(declared by the operator just before the fragment, with its TLS options), and
+``fleet-passwd``/``fleet-acl`` hold only the fleet's users and serve only the fleet's listener,
+which the fragment declares itself (``--fleet-listener``: loopback, an internal address or a
+unix socket). A gateway's password is refused on the fleet's listener, the fleet's on the
+gateways' listener, and on the gateways' listener a client id is always a gateway id, which can
+never be one of the fleet's (those names are reserved, ``edge_agent.protocol.ids``).
+``per_listener_settings`` must come before any other security setting in mosquitto.conf
+(mosquitto refuses to start otherwise), so the operator's own file sets none. docs/broker.md
+has the layout and the EMQX equivalent.
 
-EMQX does the same with ``mqtt.use_username_as_clientid = true`` (EMQX 5: ``mqtt {
-use_username_as_clientid = true }`` in ``emqx.conf``, per zone, so again a zone of its own for
-the fleet's listener) and file authorization rules on ``${username}``, e.g.
-``{allow, all, publish, ["edge/${username}/data", "edge/${username}/state", ...]}.``,
-``{allow, all, subscribe, ["edge/${username}/desired/#", "edge/${username}/cmd/#"]}.``,
-``{allow, {user, "fleet"}, all, ["edge/#"]}.`` and a final ``{deny, all}.``.
-
-File modes: ``passwd`` (hashes) and ``acl`` are 0600. mosquitto 2.0 drops to its ``user``
-before it opens them (and re-reads them as that user on SIGHUP), so when this runs as root
-both files get the owner and group of the directory they are written into: create it once
+File modes: ``passwd``, ``fleet-passwd`` (hashes), ``acl`` and ``fleet-acl`` are 0600.
+mosquitto 2.0 drops to its ``user`` before it opens them (and re-reads them as that user on
+SIGHUP), so when this runs as root the files get the owner and group of the directory they
+are written into: create it once
 with ``install -d -o mosquitto -g mosquitto -m 0700 /etc/mosquitto/edge``.
 """
 
@@ -52,6 +53,10 @@ from edge_agent.protocol.topics import check_prefix
 
 ITERATIONS = 101  # mosquitto_passwd's default in 2.0
 CONF_NAME = "mosquitto-auth.conf"
+# The gateways' files, then the fleet's: each listener reads only its own pair.
+GATEWAY_FILES = ("passwd", "acl")
+FLEET_FILES = ("fleet-passwd", "fleet-acl")
+DEFAULT_FLEET_LISTENER = "127.0.0.1:1884"
 PERSISTENCE_DIR = Path("/var/lib/mosquitto")  # Debian's persistence_location, mosquitto-owned
 
 # Queue sizing: a gateway publishes one data batch per batch window (5 s by default), and the
@@ -78,16 +83,11 @@ def _fleet_users(fleet_user: str, extra: Sequence[str]) -> list[str]:
     return users
 
 
-def acl_text(prefix: str = "edge", fleet_user: str = FLEET_BROKER_USER, *,
-             extra_fleet_users: Sequence[str] = ()) -> str:
-    """The ACL file: the fleet users everywhere under the prefix, each gateway its own topics."""
+def acl_text(prefix: str = "edge") -> str:
+    """The gateways' ACL: each gateway its own topics (its user name is its gateway id)."""
     check_prefix(prefix)
-    lines: list[str] = []
-    for user in _fleet_users(fleet_user, extra_fleet_users):
-        lines += [f"user {user}", f"topic readwrite {prefix}/#", ""]
     return "\n".join([
-        *lines,
-        "# every other user is a gateway whose username is its gateway id",
+        "# every user on this listener is a gateway whose username is its gateway id",
         f"pattern write {prefix}/%u/state",
         f"pattern write {prefix}/%u/data",
         f"pattern write {prefix}/%u/health",
@@ -97,6 +97,16 @@ def acl_text(prefix: str = "edge", fleet_user: str = FLEET_BROKER_USER, *,
         f"pattern write {prefix}/%u/cmd-result/#",
         "",
     ])
+
+
+def fleet_acl_text(prefix: str = "edge", fleet_user: str = FLEET_BROKER_USER, *,
+                   extra_fleet_users: Sequence[str] = ()) -> str:
+    """The fleet listener's ACL: every fleet user everywhere under the prefix."""
+    check_prefix(prefix)
+    lines: list[str] = []
+    for user in _fleet_users(fleet_user, extra_fleet_users):
+        lines += [f"user {user}", f"topic readwrite {prefix}/#", ""]
+    return "\n".join(lines)
 
 
 def _check_hash(user: str, h: str) -> str:
@@ -141,22 +151,43 @@ def _conf_path(path: Path) -> Path:
     return path
 
 
+def fleet_listener_line(spec: str) -> str:
+    """The mosquitto ``listener`` line of ``HOST:PORT`` or ``unix:/path/to/socket``."""
+    if spec.startswith("unix:"):
+        path = Path(spec[len("unix:"):].removeprefix("//"))
+        if not path.is_absolute():
+            raise ValueError(f"fleet listener {spec!r}: unix: needs an absolute socket path")
+        return f"listener 0 {_conf_path(path)}"
+    host, sep, port = spec.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:1884
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"fleet listener {spec!r}: expected HOST:PORT (port 1-65535) or "
+                         "unix:/path/to/socket")
+    if any(c.isspace() or ord(c) < 0x20 or c in "#[]" for c in host):
+        raise ValueError(f"fleet listener {spec!r}: the host must not contain spaces, "
+                         "control characters, '#' or brackets")
+    return f"listener {int(port)} {host}"
+
+
 def conf_text(out_dir: Path, *, gateways: int, persistence_dir: Path = PERSISTENCE_DIR,
-              outage_s: float = DEFAULT_OUTAGE_S) -> str:
-    """The mosquitto.conf fragment: authentication, persistence, and the client-id binding."""
+              outage_s: float = DEFAULT_OUTAGE_S,
+              fleet_listener: str = DEFAULT_FLEET_LISTENER) -> str:
+    """The mosquitto.conf fragment: per-listener authentication, persistence, the client-id
+    binding on the gateways' listener, and the fleet's own listener."""
     _conf_path(out_dir)
     _conf_path(persistence_dir)
+    listener = fleet_listener_line(fleet_listener)
     queued = queue_limit(gateways, outage_s=outage_s)
+    passwd, acl = (out_dir / name for name in GATEWAY_FILES)
+    fleet_passwd, fleet_acl = (out_dir / name for name in FLEET_FILES)
     return f"""\
 # Written by edge-fleet broker-config. Include it right AFTER the listener gateways connect
-# to: its last line is a listener option (see edge_agent/fleet/brokerconf.py). Declare a
-# separate listener for the fleet service and the ingest after the include.
+# to (with its TLS options), and set no security option (allow_anonymous, password_file,
+# acl_file, auth_plugin...) anywhere else: each listener gets its own here (see
+# docs/broker.md and edge_agent/fleet/brokerconf.py).
 
-# Global: one password file and one ACL for every listener.
-per_listener_settings false
-allow_anonymous false
-password_file {out_dir / 'passwd'}
-acl_file {out_dir / 'acl'}
+# Before any other security setting, or mosquitto refuses to start.
+per_listener_settings true
 
 # Sessions and queued messages survive a broker restart; saved every 60 s and on shutdown,
 # so a crash of the broker itself loses at most the last minute of queue changes.
@@ -172,10 +203,21 @@ persistent_client_expiration 7d
 # Regenerated with the users.
 max_queued_messages {queued}
 
-# Listener option, for the listener declared just before this file: the client id is the
-# user name, so no gateway can connect as another's client id and take over its session.
-# mosquitto reads it at start only: restart the broker (not SIGHUP) the first time.
+# The gateways' listener (declared just before this file): gateways only, and the client id
+# is the user name, so no gateway can connect as another's client id (or as one of the
+# fleet's) and take over its session. mosquitto reads use_username_as_clientid at start
+# only: restart the broker (not SIGHUP) the first time.
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}
 use_username_as_clientid true
+
+# The fleet's listener: the fleet service and the ingest only (they share user names and
+# pick their own client ids). A gateway's password is refused here.
+{listener}
+allow_anonymous false
+password_file {fleet_passwd}
+acl_file {fleet_acl}
 """
 
 
@@ -192,19 +234,32 @@ def write_broker_config(out_dir: Path, entries: Sequence[tuple[str, str]], *,
                         prefix: str = "edge", fleet_user: str = FLEET_BROKER_USER,
                         extra_fleet_users: Sequence[str] = (),
                         persistence_dir: Path = PERSISTENCE_DIR,
-                        outage_s: float = DEFAULT_OUTAGE_S) -> Path:
-    """Write passwd, acl and a mosquitto.conf fragment using them; the fragment's path.
+                        outage_s: float = DEFAULT_OUTAGE_S,
+                        fleet_listener: str = DEFAULT_FLEET_LISTENER) -> Path:
+    """Write the gateways' and the fleet's passwd and acl and a mosquitto.conf fragment using
+    them; the fragment's path.
 
-    Every text is built (and every name checked) before anything is written, so a bad
-    registry row leaves the broker's current files as they were.
+    ``entries`` holds (user, hash) pairs of gateways and fleet users alike; each goes to its
+    own listener's file. Without any fleet user's entry an existing ``fleet-passwd`` is kept
+    (regenerating after an enrolment needs no fleet password). Every text is built (and
+    every name checked) before anything is written, so a bad registry row leaves the
+    broker's current files as they were.
     """
     fleet = _fleet_users(fleet_user, extra_fleet_users)
-    passwd = passwd_text(entries, fleet_users=fleet)
-    acl = acl_text(prefix, fleet_user, extra_fleet_users=extra_fleet_users)
-    gateways = sum(1 for user, _ in entries if user not in fleet)
-    conf = conf_text(out_dir.absolute(), gateways=gateways, persistence_dir=persistence_dir,
-                     outage_s=outage_s)
-    for name, text in (("passwd", passwd), ("acl", acl)):
+    passwd_text(entries, fleet_users=fleet)  # checks every name once, across both files
+    gateway_entries = [(u, h) for u, h in entries if u not in fleet]
+    fleet_entries = [(u, h) for u, h in entries if u in fleet]
+    texts = {
+        GATEWAY_FILES[0]: passwd_text(gateway_entries, fleet_users=fleet),
+        GATEWAY_FILES[1]: acl_text(prefix),
+        FLEET_FILES[1]: fleet_acl_text(prefix, fleet_user, extra_fleet_users=extra_fleet_users),
+    }
+    if fleet_entries or not (out_dir / FLEET_FILES[0]).exists():
+        texts[FLEET_FILES[0]] = passwd_text(fleet_entries, fleet_users=fleet)
+    conf = conf_text(out_dir.absolute(), gateways=len(gateway_entries),
+                     persistence_dir=persistence_dir, outage_s=outage_s,
+                     fleet_listener=fleet_listener)
+    for name, text in texts.items():
         atomic_write(out_dir / name, text.encode(), 0o600)
         _owned_like_dir(out_dir / name)
     # No secrets in it, and mosquitto re-reads it as its own user on SIGHUP.

@@ -15,12 +15,17 @@ from typing import Any
 
 from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
-from edge_agent.fleet.brokerconf import mosquitto_hash, write_broker_config
+from edge_agent.fleet.brokerconf import (
+    DEFAULT_FLEET_LISTENER,
+    mosquitto_hash,
+    write_broker_config,
+)
 from edge_agent.fleet.ingest.consumer import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.ids import is_reserved
 from edge_agent.protocol.keys import (
     PrivateKey,
     load_private,
@@ -32,6 +37,7 @@ from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
     check_broker_url,
+    check_db_url,
     host_port,
     opened,
     run_cli,
@@ -226,8 +232,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         entries = [(args.fleet_user, mosquitto_hash(args.fleet_password_file.read_text()
                                                     .strip())), *entries]
     snippet = write_broker_config(args.out, entries, prefix=args.prefix,
-                                  fleet_user=args.fleet_user)
-    print(f"{len(entries)} users; include {snippet} in mosquitto.conf, SIGHUP to reload")
+                                  fleet_user=args.fleet_user, fleet_listener=args.fleet_listener)
+    print(f"{len(entries)} users; include {snippet} in mosquitto.conf right after the "
+          f"gateways' listener (the fleet's listener is {args.fleet_listener}), SIGHUP to reload")
     return 0
 
 
@@ -326,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="edge")
     p.add_argument("--fleet-user", default="fleet")
     p.add_argument("--fleet-password-file", type=Path)
+    p.add_argument("--fleet-listener", default=DEFAULT_FLEET_LISTENER,
+                   metavar="HOST:PORT|unix:/PATH",
+                   help="the fleet's own listener, which refuses gateway credentials "
+                        f"(default {DEFAULT_FLEET_LISTENER}; docs/broker.md)")
     p.set_defaults(fn=cmd_broker_config)
 
     # its own --db: the readings database is not the registry
@@ -340,7 +351,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-fleet`` console script."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
-    return run_cli(f"edge-fleet {args.command}", fn, args)
+
+    def checked(args: argparse.Namespace) -> int:
+        # Every command with a database (the registry's or the ingest's) refuses a password
+        # in its URL before anything else runs.
+        check_db_url(args.db)
+        client_id = getattr(args, "client_id", None)
+        if isinstance(client_id, str) and not is_reserved(client_id):
+            # Client ids are global on the broker: a gateway whose id equals this one would
+            # take the ingest's session (and its queued batches) over (docs/broker.md).
+            # Warned, not refused: renaming a persistent session orphans its queue.
+            print(f"edge-fleet {args.command}: warning: --client-id {client_id!r} is not one "
+                  "of the fleet's reserved names: a gateway enrolled with that id could take "
+                  "this session over; use edge-ingest-NAME or ingest-NAME", file=sys.stderr)
+        return fn(args)
+
+    return run_cli(f"edge-fleet {args.command}", checked if hasattr(args, "db") else fn, args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.jsonsafe import UnsafeJsonError, loads_strict, show
+from edge_agent.protocol.rejections import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -258,18 +259,26 @@ class Endpoint:
     """The per-connection work of one server: TLS, the request deadline, answers, counters."""
 
     def __init__(self, handler: Handler, tls: ssl.SSLContext | None, limits: HttpLimits,
-                 stats: HttpStats, routes: Routes | None) -> None:
+                 stats: HttpStats, routes: Routes | None,
+                 rejections: Rejections | None = None) -> None:
         self.handler = handler
         self.tls = tls
         self.limits = limits
         self.stats = stats
         self.routes = routes
+        # One client can send thousands of bad requests: the first of each reason is logged,
+        # the rest counted (stats) and summarised.
+        self.rejections = rejections or Rejections("enrolment endpoint", log)
         self.active = 0
 
     def _cut(self, peer: str, key: str, why: str, level: int = logging.WARNING) -> None:
         self.stats.cut[key] += 1
-        log.log(level, "enrolment endpoint: %s: connection closed without an answer: %s",
-                peer, why)
+        if level >= logging.WARNING:
+            self.rejections.reject(f"cut:{key}",
+                                   f"{peer}: connection closed without an answer: {why}")
+        else:
+            log.log(level, "enrolment endpoint: %s: connection closed without an answer: %s",
+                    peer, why)
 
     async def _answer(self, writer: asyncio.StreamWriter, peer: str, status: int,
                       doc: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
@@ -282,7 +291,7 @@ class Endpoint:
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       peer: str, refusal: Refused) -> None:
         self.stats.refused[refusal.key] += 1
-        log.warning("enrolment endpoint: %s: %d %s", peer, refusal.status, refusal.reason)
+        self.rejections.reject(refusal.key, f"{peer}: {refusal.status} {refusal.reason}")
         await self._answer(writer, peer, refusal.status, {"error": refusal.reason},
                            refusal.headers)
         # Closing with unread input makes the kernel send a reset, which can destroy the
@@ -364,15 +373,16 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 async def serve_http(host: str, port: int, handler: Handler, *,
                      tls: ssl.SSLContext | None = None, limits: HttpLimits | None = None,
-                     stats: HttpStats | None = None,
-                     routes: Routes | None = None) -> asyncio.Server:
+                     stats: HttpStats | None = None, routes: Routes | None = None,
+                     rejections: Rejections | None = None) -> asyncio.Server:
     """Start serving (HTTPS with ``tls``, else plain HTTP); the caller closes the server.
 
     ``routes`` (path -> methods), if given, has wrong paths and methods answered 404/405
-    before a body is read; ``stats`` receives the counters.
+    before a body is read; ``stats`` receives the counters; ``rejections`` logs refusals
+    without flooding (its owner calls ``maybe_summarise`` now and then).
     """
     limits = limits or HttpLimits()
     endpoint = Endpoint(handler, tls, limits, stats if stats is not None else HttpStats(),
-                        routes)
+                        routes, rejections)
     # The stream limit bounds the head: readuntil refuses a longer one without buffering it.
     return await asyncio.start_server(endpoint.on_client, host, port, limit=limits.max_head)

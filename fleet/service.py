@@ -36,7 +36,6 @@ from edge_agent.fleet.intake import (
     STATE_LIMITS,
     IntakeError,
     JsonLimits,
-    Rejections,
     parse_state,
     quote,
     read_json,
@@ -49,6 +48,8 @@ from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import client_options, parse_broker_url
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, UplinkError
+from edge_agent.protocol.ids import check_broker_user, is_reserved
+from edge_agent.protocol.rejections import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class FleetService:
         self.tick_s = tick_s
         self.clock = clock or SystemClock()
         self.owner = owner or f"fleet-{uuid.uuid4().hex[:8]}"
+        # The MQTT client id is a reserved name (fleet-*), which no gateway id can be: client
+        # ids are global across the broker's listeners, and a gateway always connects as its
+        # own id (docs/broker.md), so no gateway can throw this instance off.
+        try:
+            self.client_id = check_broker_user(
+                self.owner if is_reserved(self.owner) else f"fleet-{self.owner}")
+        except ValueError as e:
+            raise ConfigError(f"instance name {self.owner!r}: {e}") from None
         self.driver = RolloutDriver(registry, self._publish_desired, owner=self.owner,
                                     lease_s=lease_s)
         if http_host is not None and http_tls is None and not http_insecure:
@@ -113,6 +122,9 @@ class FleetService:
         self.stats = ConsumerStats()
         self.rejections = Rejections("fleet intake", log, summary_s=rejection_summary_s,
                                      clock=self.clock)
+        # The enrolment endpoint's refusals: counted in http_stats, logged through this.
+        self.http_rejections = Rejections("enrolment endpoint", log,
+                                          summary_s=rejection_summary_s, clock=self.clock)
         self.supervisor = supervisor or Supervisor(clock=self.clock)
         self._client: aiomqtt.Client | None = None
 
@@ -174,7 +186,7 @@ class FleetService:
 
     async def _connection(self, backoff: Backoff) -> None:
         opts = client_options(self.mqtt)
-        async with aiomqtt.Client(identifier=self.owner, **opts) as client:
+        async with aiomqtt.Client(identifier=self.client_id, **opts) as client:
             for kind in INTAKE:
                 await client.subscribe(topics.subscription(self.prefix, kind), qos=1)
             self._client = client
@@ -207,6 +219,7 @@ class FleetService:
         while True:
             await self.clock.sleep(STATUS_S)
             self.rejections.maybe_summarise()
+            self.http_rejections.maybe_summarise()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -267,6 +280,8 @@ class FleetService:
                 "rejected_total": self.rejections.total,
             },
             "tasks": self.supervisor.snapshot(),
+            # The enrolment endpoint's answers, refusals by reason and connections cut.
+            "http": None if self.http_host is None else self.http_stats.snapshot(),
             "rollouts_set_aside": dict(self.driver.broken),
             "enrolled": self.enrolled,
         }
@@ -280,7 +295,8 @@ class FleetService:
         if self.http_host is not None:
             server = await serve_http(self.http_host, self.http_port, self._http,
                                       tls=self.http_tls, limits=self.http_limits,
-                                      stats=self.http_stats, routes=HTTP_ROUTES)
+                                      stats=self.http_stats, routes=HTTP_ROUTES,
+                                      rejections=self.http_rejections)
             self.http_port = server.sockets[0].getsockname()[1]
             log.info("enrolment endpoint on %s://%s:%d/v1/enroll", self.http_scheme,
                      self.http_host, self.http_port)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from edge_agent.protocol.broker import url_has_credentials
 from edge_agent.protocol.errors import CommandError, ConfigError, EdgeError
@@ -117,6 +117,27 @@ def check_broker_url(url: str, option: str = "--broker") -> str:
                            "shows in ps, shell history and logs); use --username with "
                            f"--password-file or ${PASSWORD_ENV}")
     return url
+
+
+def check_db_url(url: str, option: str = "--db") -> str:
+    """``url`` if it carries no password (in its user info or a ``password=`` parameter), else
+    CommandError saying how libpq takes one instead; the password is not repeated."""
+    try:
+        parts = urlsplit(url)
+        in_userinfo = bool(parts.password)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:  # not a URL at all (a bare file path): no password in it
+        return url
+    if not in_userinfo and not any(k.lower() == "password" for k, _ in query):
+        return url
+    # Shown with the password replaced, wherever it was, so the user sees which URL it is.
+    shown = urlsplit(shown_url(url))
+    shown = shown._replace(query=urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in query], safe="*/:"))
+    raise CommandError(f"{option} {urlunsplit(shown)}: a password does not go in the URL (it "
+                       "shows in ps, shell history and logs); leave it out and let libpq read "
+                       "it from $PGPASSWORD, from ~/.pgpass ($PGPASSFILE), or from a password "
+                       "file named in the URL (?passfile=/path/to/pgpass, mode 0600)")
 
 
 def broker_password(username: str | None, password_file: Path | None,

@@ -17,6 +17,7 @@ from edge_agent.protocol.shell import (
     PASSWORD_ENV,
     broker_password,
     check_broker_url,
+    check_db_url,
     cli_command,
     run_cli,
     shown_url,
@@ -166,6 +167,63 @@ def test_edge_fleet_hides_a_database_password(capsys: pytest.CaptureFixture[str]
     rc, _, err = run_fleet(capsys, "ingest", "--db", url, "--report")
     assert rc == 2 and "Traceback" not in err and SECRET not in err, err
     assert "--db postgresql://fleet:***@127.0.0.1:1/none" in err
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://fleet:{SECRET}@127.0.0.1:1/none",
+    f"postgres://fleet:{SECRET}@db.internal/fleet?sslmode=require",
+    f"postgresql://fleet@127.0.0.1:1/none?password={SECRET}&connect_timeout=2",
+    f"postgresql://127.0.0.1/none?PassWord={SECRET}"])
+def test_a_password_in_a_db_url_is_refused_without_repeating_it(url: str) -> None:
+    with pytest.raises(CommandError) as info:
+        check_db_url(url)
+    text = str(info.value)
+    assert SECRET not in text and "***" in text, text
+    assert "$PGPASSWORD" in text and "~/.pgpass" in text and "passfile=" in text, text
+
+
+@pytest.mark.parametrize("url", ["sqlite:///fleet.db", "ingest.db", "/var/lib/x.db",
+                                 "postgresql://fleet@db.internal/fleet?sslmode=require",
+                                 "postgresql://fleet:@h/db",
+                                 "postgresql://fleet@h/db?passfile=/etc/edge/pgpass"])
+def test_a_db_url_without_a_password_is_taken_as_is(url: str) -> None:
+    assert check_db_url(url) == url
+
+
+# Every edge-fleet command that takes --db, with what else it needs to get that far.
+DB_COMMANDS = [("gateways",), ("keygen", "k"), ("root", "show"), ("rollout", "status", "x"),
+               ("enroll-token", "--gateway", "gw-1", "--site", "north"),
+               ("serve", "--broker", "mqtt://h"), ("broker-config", "--out", "auth"),
+               ("ingest", "--report"), ("sign", "--version", "1", "--payload", "p", "--key", "k",
+                                        "--out", "o")]
+
+
+@pytest.mark.parametrize("argv", DB_COMMANDS, ids=[a[0] for a in DB_COMMANDS])
+def test_every_db_command_refuses_a_password_before_doing_anything(
+        argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql://fleet:{SECRET}@127.0.0.1:1/none"
+    rc, out, err = run_fleet(capsys, *argv, "--db", url)
+    assert rc == 2 and SECRET not in out + err and "Traceback" not in err, err
+    assert "--db postgresql://fleet:***@127.0.0.1:1/none: a password does not go in the URL" \
+        in err and "$PGPASSWORD" in err, err
+    assert list(tmp_path.iterdir()) == []  # no key, no auth dir, no database file
+    # The same URL from the environment's default is refused the same way.
+    monkeypatch.setenv("EDGE_FLEET_DB", url)
+    if argv[0] != "ingest":  # the ingest's --db has its own default, not EDGE_FLEET_DB
+        rc, out, err = run_fleet(capsys, *argv)
+        assert rc == 2 and SECRET not in out + err and "$PGPASSWORD" in err, err
+
+
+def test_an_ingest_client_id_a_gateway_could_take_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'ingest.db'}"
+    rc, _, err = run_fleet(capsys, "ingest", "--db", db, "--report", "--client-id", "gw-7")
+    assert rc == 0 and "warning: --client-id 'gw-7' is not one of the fleet's reserved" in err
+    for cid in ("edge-ingest", "edge-ingest-2", "ingest-north"):
+        rc, _, err = run_fleet(capsys, "ingest", "--db", db, "--report", "--client-id", cid)
+        assert rc == 0 and "warning" not in err, (cid, err)
 
 
 def test_edge_fleet_serve_refuses_a_login_in_either_broker_url(

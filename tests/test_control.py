@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from edge_agent.control.plane import ControlPlane, Journal, Stage, Trial, recover
+from edge_agent.control.journal import Journal, Stage, Trial, recover
+from edge_agent.control.plane import ControlPlane
 from edge_agent.control.truststore import load_trust, save_trust
 from edge_agent.protocol.bundle import make_bundle, root_signed, sign_envelope
 from edge_agent.protocol.clock import FakeClock
@@ -130,6 +132,43 @@ def test_rejected_bundle_changes_nothing(state: Path) -> None:
     report = asyncio.run(cp.offer(config_bundle(4, b"cfg:x", gw="gw-b"), "local"))
     assert report["result"] == "rejected" and "does not target" in report["reason"]
     assert snapshot(state) == before and agent.switches == [] and agent.dry_runs == []
+
+
+def test_refusals_are_counted_in_health_and_logged_once_then_summarised(
+        state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, clock = FakeAgent(), FakeClock(NOW)
+    cp = plane(state, agent, clock)
+    hostile = [config_bundle(4, b"cfg:x", gw="gw-b"), b"not a bundle", b"\xff" * 40]
+
+    async def offer_all(n: int) -> None:
+        for i in range(n):
+            await cp.offer(hostile[i % len(hostile)], "local")
+
+    with caplog.at_level(logging.WARNING, logger="edge_agent.control.plane"):
+        asyncio.run(offer_all(300))
+    firsts = [r for r in caplog.records if "rejected (unverified)" in r.getMessage()]
+    assert len(firsts) == 1 and len(caplog.records) == 1, [r.getMessage() for r in
+                                                           caplog.records]
+    health = cp.health()
+    assert health["offered"] == 300 and health["by_result"] == {"rejected": 300}, health
+    assert health["rejected_by_reason"] == {"unverified": 300}, health
+    assert health["committed"] == 0 and health["trial"] is None
+    # A minute later the 299 counted since are summarised in one line, at the next health.
+    caplog.clear()
+    clock.advance(61)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.control.plane"):
+        assert cp.health()["offered"] == 300
+        assert cp.health()["offered"] == 300  # nothing new: no second summary
+    assert [r.getMessage().split(" in the last")[0] for r in caplog.records] == [
+        "config bundles: 299 more 'unverified' rejections"]
+    # A genuine bundle still applies, and is counted as such.
+    asyncio.run(cp.offer(config_bundle(4, b"cfg:four"), "local"))
+    assert cp.health()["by_result"] == {"applied": 1, "rejected": 300}
+    # The same failed version offered again is refused under its own reason.
+    agent.fail_dry_run = True
+    asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    asyncio.run(cp.offer(config_bundle(5, b"cfg:five"), "cfg:four"))
+    assert cp.health()["rejected_by_reason"] == {"already_failed": 1, "unverified": 300}
 
 
 @pytest.mark.parametrize("payload, result", [(b"garbage", "invalid"),

@@ -1,7 +1,8 @@
 """The broker files ``edge-fleet broker-config`` writes: no id can inject a line or pose as the
 fleet, file modes, and, on a real mosquitto, that a gateway cannot take over another's
 session by connecting with its client id (the session and its queued messages survive, also
-a broker restart)."""
+a broker restart), nor reach the fleet's own listener to throw the ingest or the fleet service
+off."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from edge_agent.fleet.brokerconf import (
     CONF_NAME,
     MIN_QUEUED,
     acl_text,
+    fleet_acl_text,
+    fleet_listener_line,
     mosquitto_hash,
     passwd_text,
     queue_limit,
@@ -52,12 +55,15 @@ def test_a_gateway_cannot_be_named_like_the_fleet(user: str) -> None:
 
 def test_fleet_users_must_be_names_no_gateway_can_take() -> None:
     with pytest.raises(ValueError, match="could also be a gateway id"):
-        acl_text("edge", "ops")
+        fleet_acl_text("edge", "ops")
     with pytest.raises(ValueError, match="could also be a gateway id"):
         passwd_text([("ops", H)], fleet_users=["ops"])
-    acl = acl_text("edge", "fleet", extra_fleet_users=["ingest"])
+    acl = fleet_acl_text("edge", "fleet", extra_fleet_users=["ingest"])
     for user in ("fleet", "ingest"):
         assert f"user {user}\ntopic readwrite edge/#\n" in acl
+    # The gateways' ACL names no user at all: only the %u patterns.
+    gateways_acl = acl_text("edge")
+    assert "\nuser " not in gateways_acl and "pattern read edge/%u/cmd/#" in gateways_acl
 
 
 @pytest.mark.parametrize("bad", ["$7$101$a$b\nevil:$7$1$x$y", "plain", "$7$1$a:b$c"])
@@ -69,20 +75,57 @@ def test_a_hash_cannot_forge_a_line_either(bad: str) -> None:
 def test_files_modes_and_fragment(tmp_path: Path) -> None:
     out = tmp_path / "auth"
     conf = write_broker_config(out, [("fleet", H), ("gw-a", H), ("gw-b", H)],
-                               persistence_dir=tmp_path / "db")
+                               persistence_dir=tmp_path / "db", fleet_listener="10.0.0.5:1884")
     assert conf == out / CONF_NAME
-    assert (out / "passwd").read_text() == f"fleet:{H}\ngw-a:{H}\ngw-b:{H}\n"
-    for name, mode in (("passwd", 0o600), ("acl", 0o600), (CONF_NAME, 0o644)):
+    # Each listener's users in their own file: gateways here, the fleet there.
+    assert (out / "passwd").read_text() == f"gw-a:{H}\ngw-b:{H}\n"
+    assert (out / "fleet-passwd").read_text() == f"fleet:{H}\n"
+    assert (out / "fleet-acl").read_text() == "user fleet\ntopic readwrite edge/#\n"
+    for name, mode in (("passwd", 0o600), ("acl", 0o600), ("fleet-passwd", 0o600),
+                       ("fleet-acl", 0o600), (CONF_NAME, 0o644)):
         assert (out / name).stat().st_mode & 0o777 == mode, name
     directives = [ln for ln in conf.read_text().splitlines() if ln and not ln.startswith("#")]
+    base = out.absolute()
     assert directives == [
-        "per_listener_settings false", "allow_anonymous false",
-        f"password_file {out.absolute() / 'passwd'}", f"acl_file {out.absolute() / 'acl'}",
+        # first: mosquitto refuses it after any other security setting
+        "per_listener_settings true",
         "persistence true", f"persistence_location {tmp_path / 'db'}/",
         "autosave_interval 60", "autosave_on_changes false",
         "persistent_client_expiration 7d", f"max_queued_messages {MIN_QUEUED}",
-        # last: a listener option, for the listener declared before the fragment
-        "use_username_as_clientid true"]
+        # the gateways' listener, declared before the fragment
+        "allow_anonymous false", f"password_file {base / 'passwd'}", f"acl_file {base / 'acl'}",
+        "use_username_as_clientid true",
+        # the fleet's own listener
+        "listener 1884 10.0.0.5", "allow_anonymous false",
+        f"password_file {base / 'fleet-passwd'}", f"acl_file {base / 'fleet-acl'}"]
+
+
+def test_regenerating_without_the_fleet_password_keeps_the_fleets_file(tmp_path: Path) -> None:
+    out = tmp_path / "auth"
+    write_broker_config(out, [("fleet", H), ("gw-a", H)], persistence_dir=tmp_path)
+    write_broker_config(out, [("gw-a", H), ("gw-b", H)], persistence_dir=tmp_path)
+    assert (out / "fleet-passwd").read_text() == f"fleet:{H}\n"
+    assert (out / "passwd").read_text() == f"gw-a:{H}\ngw-b:{H}\n"
+    fresh = tmp_path / "fresh"
+    write_broker_config(fresh, [("gw-a", H)], persistence_dir=tmp_path)
+    assert (fresh / "fleet-passwd").read_text() == ""
+
+
+@pytest.mark.parametrize(("spec", "line"), [
+    ("127.0.0.1:1884", "listener 1884 127.0.0.1"), ("[::1]:1884", "listener 1884 ::1"),
+    ("ops.internal:18830", "listener 18830 ops.internal"),
+    ("unix:/run/mosquitto/fleet.sock", "listener 0 /run/mosquitto/fleet.sock"),
+    ("unix:///run/mosquitto/fleet.sock", "listener 0 /run/mosquitto/fleet.sock")])
+def test_the_fleet_listener_line(spec: str, line: str) -> None:
+    assert fleet_listener_line(spec) == line
+
+
+@pytest.mark.parametrize("spec", ["1884", ":1884", "host:0", "host:65536", "host:x",
+                                  "a b:1884", "h\nallow_anonymous true:1", "unix:rel/sock",
+                                  "unix:/a b", "h#:1884"])
+def test_a_bad_fleet_listener_is_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"fleet listener|a path in mosquitto"):
+        fleet_listener_line(spec)
 
 
 def test_nothing_else_can_add_a_line_either(tmp_path: Path) -> None:
@@ -118,7 +161,7 @@ def test_as_root_the_files_belong_to_the_directory_owner(tmp_path: Path) -> None
     out.mkdir()
     os.chown(out, 4242, 4343)
     write_broker_config(out, [("gw-a", H)], persistence_dir=tmp_path)
-    for name in ("passwd", "acl"):
+    for name in ("passwd", "acl", "fleet-passwd", "fleet-acl"):
         st = (out / name).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600), name
 
@@ -131,7 +174,8 @@ PASSWORDS = {"fleet": "fleet-secret", "gw-a": "secret-of-a", "gw-b": "secret-of-
 class Session:
     """An MQTT 3.1.1 client with a persistent session; records messages and disconnects."""
 
-    def __init__(self, port: int, user: str, client_id: str, *, clean: bool = False) -> None:
+    def __init__(self, port: int, user: str, client_id: str, *, clean: bool = False,
+                 refused: bool = False) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.disconnects = 0
         self.connected = threading.Event()
@@ -145,8 +189,8 @@ class Session:
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        assert self.connected.wait(10), f"{user} did not connect"
-        assert self.rc is not None and not self.rc.is_failure, (user, self.rc)
+        assert self.connected.wait(10), f"{user} got no CONNACK"
+        assert self.rc is not None and self.rc.is_failure == refused, (user, self.rc)
 
     def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode,
                     _p: object) -> None:
@@ -183,14 +227,13 @@ class Session:
 
 @pytest.fixture
 def isolated_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int]]:
-    """mosquitto as deployed: the fragment after the gateways' listener, then the fleet's."""
+    """mosquitto as deployed: the gateways' listener, then the fragment (the fleet's listener)."""
     auth = tmp_path / "auth"
     (tmp_path / "db").mkdir()
-    write_broker_config(auth, [(u, mosquitto_hash(p)) for u, p in PASSWORDS.items()],
-                        persistence_dir=tmp_path / "db")
     ops_port = free_port()
-    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text()
-                       + f"listener {ops_port} 127.0.0.1\n")
+    write_broker_config(auth, [(u, mosquitto_hash(p)) for u, p in PASSWORDS.items()],
+                        persistence_dir=tmp_path / "db", fleet_listener=f"127.0.0.1:{ops_port}")
+    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text(), anonymous=False)
     broker.start()
     try:
         yield broker, ops_port
@@ -205,8 +248,9 @@ def test_a_gateway_cannot_take_over_anothers_session(tmp_path: Path,
     broker, ops_port = isolated_broker
     sessions: list[Session] = []
 
-    def session(port: int, user: str, client_id: str, *, clean: bool = False) -> Session:
-        sessions.append(Session(port, user, client_id, clean=clean))
+    def session(port: int, user: str, client_id: str, *, clean: bool = False,
+                refused: bool = False) -> Session:
+        sessions.append(Session(port, user, client_id, clean=clean, refused=refused))
         return sessions[-1]
 
     try:
@@ -240,10 +284,63 @@ def test_a_gateway_cannot_take_over_anothers_session(tmp_path: Path,
         wait_until(lambda: "edge/gw-b/cmd/2" in b2.topics(), 10,
                    "B's queued command after the takeover attempts and a broker restart")
         assert b2.topics() == ["edge/gw-b/cmd/2"]
-        # Control: the fleet's listener has no binding (the fleet's clients share a user
-        # name), so it must be out of the gateways' reach: there, the same attempt succeeds.
-        session(ops_port, "gw-a", "gw-b", clean=True)
-        wait_until(lambda: b2.disconnects > 0, 10, "the unbound listener to throw B off")
+        # The fleet's listener has no binding (the fleet's clients share a user name), so
+        # it takes no gateway credentials: the same attempt there is refused at CONNECT.
+        session(ops_port, "gw-a", "gw-b", clean=True, refused=True).close()
+        gw_a = session(broker.port, "gw-a", "gw-a", clean=True)
+        gw_a.publish("edge/gw-a/state", b"after")  # ordered after the refused attempt
+        fleet2 = session(ops_port, "fleet", "fleet-test2", clean=True)
+        fleet2.publish("edge/gw-b/cmd/3", b"third")
+        wait_until(lambda: "edge/gw-b/cmd/3" in b2.topics(), 10, "B's third command")
+        assert b2.disconnects == 0
+    finally:
+        for s in sessions:
+            s.close()
+
+
+@pytest.mark.integration
+def test_gateway_credentials_cannot_reach_the_fleets_own_clients(
+        isolated_broker: tuple[Mosquitto, int]) -> None:
+    broker, ops_port = isolated_broker
+    sessions: list[Session] = []
+
+    def session(port: int, user: str, client_id: str, *, clean: bool = False,
+                refused: bool = False) -> Session:
+        sessions.append(Session(port, user, client_id, clean=clean, refused=refused))
+        return sessions[-1]
+
+    try:
+        # The ingest (a persistent session: its queue is the gateways' acknowledged batches)
+        # and a fleet service instance, on the fleet's listener.
+        ingest = session(ops_port, "fleet", "edge-ingest")
+        ingest.subscribe("edge/+/data")
+        service = session(ops_port, "fleet", "fleet-0a1b2c3d", clean=True)
+        service.subscribe("edge/+/state")
+        for target in ("edge-ingest", "fleet-0a1b2c3d"):
+            for clean in (True, False):
+                # Gateway credentials on the fleet's listener: refused, whatever the id.
+                session(ops_port, "gw-a", target, clean=clean, refused=True).close()
+                # On the gateways' listener the id becomes the user name (gw-a).
+                session(broker.port, "gw-a", target, clean=clean).close()
+        # The fleet's password does not work on the gateways' listener either.
+        session(broker.port, "fleet", "edge-ingest", refused=True).close()
+        # Everything above was answered before this batch is published, so a takeover would
+        # have thrown the ingest off before the batch reaches it.
+        gw_b = session(broker.port, "gw-b", "gw-b", clean=True)
+        gw_b.publish("edge/gw-b/data", b"batch")
+        gw_b.publish("edge/gw-b/state", b"online")
+        wait_until(lambda: "edge/gw-b/data" in ingest.topics(), 10, "the batch at the ingest")
+        wait_until(lambda: "edge/gw-b/state" in service.topics(), 10, "the state at the service")
+        assert (ingest.disconnects, service.disconnects) == (0, 0)
+        assert ingest.topics() == ["edge/gw-b/data"], "a gateway's session got the ingest's"
+        # And the ingest's queue is still its own: offline, then a batch, then back.
+        ingest.close()
+        gw_b.publish("edge/gw-b/data", b"queued")
+        session(ops_port, "gw-b", "edge-ingest", refused=True).close()
+        session(broker.port, "gw-b", "edge-ingest", clean=True).close()
+        back = session(ops_port, "fleet", "edge-ingest")
+        wait_until(lambda: "edge/gw-b/data" in back.topics(), 10,
+                   "the ingest's queued batch after the attempts")
     finally:
         for s in sessions:
             s.close()

@@ -101,8 +101,12 @@ def test_operator_workflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (tmp_path / "fleet.pw").write_text("pw\n")
     rc, out, _ = run(capsys, "broker-config", *db, "--out", str(tmp_path / "auth"),
                      "--fleet-password-file", str(tmp_path / "fleet.pw"))
-    assert rc == 0 and "2 users" in out
+    assert rc == 0 and "2 users" in out and "fleet's listener is 127.0.0.1:1884" in out
     passwd = (tmp_path / "auth" / "passwd").read_text()
-    assert passwd.startswith("fleet:$7$101$") and "gw-3:$7$101$c2FsdA==$aGFzaA==" in passwd
+    assert passwd == "gw-3:$7$101$c2FsdA==$aGFzaA==\n"
+    assert (tmp_path / "auth" / "fleet-passwd").read_text().startswith("fleet:$7$101$")
+    rc, _, err = run(capsys, "broker-config", *db, "--out", str(tmp_path / "auth2"),
+                     "--fleet-listener", "ops.internal")
+    assert rc == 2 and "expected HOST:PORT" in err and not (tmp_path / "auth2").exists()
     assert "pattern read edge/%u/desired/#" in (tmp_path / "auth" / "acl").read_text()
     reg.close()

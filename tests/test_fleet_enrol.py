@@ -13,7 +13,9 @@ clients, which share the user name ``fleet``."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,9 +35,9 @@ from edge_agent.fleet.httpd import server_tls_context
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.service import FleetService
 from edge_agent.protocol.bundle import root_fingerprint
-from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.errors import ConfigError, EdgeError
 from edge_agent.tools.devbroker import Mosquitto, free_port
-from edge_agent.tools.enroll import enroll_main
+from edge_agent.tools.enroll import MAX_TOKEN, enroll_main, write_enrolment
 from tests.support.fleetkit import EnrolmentEndpoint, Pki, running, serve_args, wait_until
 from tests.support.tlskit import TlsFiles, make_tls
 
@@ -108,11 +110,10 @@ def test_enrol_over_https_then_isolation_on_the_broker(tmp_path: Path,
     (tmp_path / "fleet.pw").write_text(FLEET_PASSWORD)
     auth = tmp_path / "auth"
     # The broker starts with only the fleet user; gateways are added after enrolment.
-    write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD))],
-                        persistence_dir=tmp_path)
     ops_port = free_port()
-    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text()
-                       + f"listener {ops_port} 127.0.0.1\n")
+    write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD))],
+                        persistence_dir=tmp_path, fleet_listener=f"127.0.0.1:{ops_port}")
+    broker = Mosquitto(extra_conf=(auth / CONF_NAME).read_text(), anonymous=False)
     broker.start()
     try:
         with running(serve_args(db, f"mqtt://127.0.0.1:{ops_port}", "--username", "fleet",
@@ -146,7 +147,8 @@ def test_enrol_over_https_then_isolation_on_the_broker(tmp_path: Path,
             # Regenerate the broker's files from the registry and reload (SIGHUP).
             (tmp_path / "fleet.pw").write_text(FLEET_PASSWORD)
             write_broker_config(auth, [("fleet", mosquitto_hash(FLEET_PASSWORD)),
-                                       *reg.password_hashes()], persistence_dir=tmp_path)
+                                       *reg.password_hashes()], persistence_dir=tmp_path,
+                                fleet_listener=f"127.0.0.1:{ops_port}")
             assert broker.proc is not None
             broker.proc.send_signal(1)
             time.sleep(0.5)
@@ -335,6 +337,72 @@ def test_the_root_fingerprint_is_required_unless_trust_first_use(
     err = capsys.readouterr().err
     assert "warning: --trust-first-use" in err and "pin its own root" in err, err
     assert root_fingerprint(load_trust(tmp_path / "gw-u").root) == fp
+
+
+def test_the_token_comes_from_a_file_and_on_the_command_line_it_warns(
+        tmp_path: Path, fleet: tuple[Registry, Pki, str], tls_files: TlsFiles,
+        endpoint: EnrolmentEndpoint, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reg, _, _ = fleet
+
+    def args(gw: str, *token: str) -> list[str]:
+        return ["--fleet", endpoint.url, *token, "--state-dir", str(tmp_path / gw),
+                "--ca-file", str(tls_files.ca_cert),
+                "--root-sha256", root_fingerprint(reg.latest_root())]
+
+    # A file the token cannot be read from is refused before any network: no token spent.
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "two").write_text("one\ntwo\n")
+    (tmp_path / "big").write_text("x" * (MAX_TOKEN + 1))
+    (tmp_path / "latin1").write_bytes(b"tok\xe9n\n")
+    for name, why in (("empty", "on one line, found 0 lines"), ("two", "found 2 lines"),
+                      ("big", f"over {MAX_TOKEN} bytes"), ("latin1", "not UTF-8"),
+                      ("missing", "No such file"), (".", "Is a directory")):
+        assert enroll_main(args("gw-bad", "--token-file", str(tmp_path / name))) == 2, name
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, (name, err)
+    assert endpoint.stats.connections == 0 and written(tmp_path / "gw-bad") == []
+    with pytest.raises(SystemExit):  # one source of the token, not two
+        enroll_main(args("gw-bad", "--token", "t", "--token-file", str(tmp_path / "two")))
+    with pytest.raises(SystemExit):
+        enroll_main(args("gw-bad"))
+    capsys.readouterr()
+    # From a file (surrounding blank space ignored), and from standard input: no warning.
+    token = ops.issue_token(reg, "gw-file", "north", [])
+    (tmp_path / "token").write_text(f"  {token}\n\n")
+    assert enroll_main(args("gw-file", "--token-file", str(tmp_path / "token"))) == 0
+    assert "warning" not in capsys.readouterr().err
+    token = ops.issue_token(reg, "gw-stdin", "north", [])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f"{token}\n".encode())))
+    assert enroll_main(args("gw-stdin", "--token-file", "-")) == 0
+    assert "warning" not in capsys.readouterr().err
+    # On the command line it still works, and says where it shows.
+    token = ops.issue_token(reg, "gw-argv", "north", [])
+    assert enroll_main(args("gw-argv", "--token", token)) == 0
+    err = capsys.readouterr().err
+    assert "warning: --token" in err and "ps" in err and "--token-file" in err, err
+    for gw in ("gw-file", "gw-stdin", "gw-argv"):
+        assert load_trust(tmp_path / gw).gateway_id == gw
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("gateway_id", "gw-a\nfleet"), ("gateway_id", "fleet"), ("gateway_id", "edge-ingest"),
+    ("gateway_id", "GW-A"), ("gateway_id", "x" * 65), ("gateway_id", 7), ("gateway_id", "../x"),
+    ("site", "north\nsouth"), ("tags", ["lamps", "a b"])])
+def test_an_answer_with_a_bad_id_writes_nothing(tmp_path: Path, fleet: tuple[Registry, Pki, str],
+                                                field: str, value: object) -> None:
+    reg, _, _ = fleet
+    root = reg.latest_root()
+    answer: dict[str, object] = {
+        "gateway_id": "gw-a", "site": "north", "tags": ["lamps"], "root": root,
+        "mqtt": {"url": "mqtts://b:8883", "username": "gw-a", "password": "pw",
+                 "topic_prefix": "edge"}}
+    write_enrolment(tmp_path / "good", dict(answer), root_sha256=root_fingerprint(root))
+    assert written(tmp_path / "good") == ["identity.json", "mqtt.password", "trust.json"]
+    answer[field] = value
+    with pytest.raises(EdgeError, match="enrolment answer refused, nothing written"):
+        write_enrolment(tmp_path / "gw", answer, root_sha256=root_fingerprint(root))
+    assert not (tmp_path / "gw").exists()
 
 
 def test_serve_refuses_to_start_without_tls_or_insecure_http(

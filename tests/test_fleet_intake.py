@@ -20,11 +20,11 @@ from edge_agent.fleet import actions as ops
 from edge_agent.fleet import cli
 from edge_agent.fleet import service as service_module
 from edge_agent.fleet.intake import (
+    HEALTH_DEVICE_BUDGET,
     HEALTH_LIMITS,
     REPORT_LIMITS,
     STATE_LIMITS,
     IntakeError,
-    Rejections,
     health_text,
     parse_report,
     parse_state,
@@ -36,6 +36,7 @@ from edge_agent.fleet.service import FleetService
 from edge_agent.fleet.supervisor import FAILED, RESTARTING, RUNNING, Supervisor, TaskFailedError
 from edge_agent.protocol.clock import FakeClock
 from edge_agent.protocol.keys import PrivateKey
+from edge_agent.protocol.rejections import Rejections
 from tests.support.pgdb import pg_available, pg_schema
 
 T0 = 1_700_000_000_000
@@ -124,7 +125,7 @@ def test_health_is_stored_whole_or_refused_never_cut() -> None:
     doc = {"devices": {f"d{i}": {"status": "online", "pad": "x" * 900} for i in range(30)}}
     text = health_text(doc)
     assert len(text) > 20_000 and json.loads(text) == doc   # was cut at 20,000 before
-    huge = {"devices": {f"d{i}": {"pad": "x" * 1000} for i in range(300)}}
+    huge = {"devices": {f"d{i}": {"pad": "x" * 4000} for i in range(1100)}}
     with pytest.raises(IntakeError) as info:
         health_text(huge)
     assert info.value.code == "too_large"
@@ -132,6 +133,28 @@ def test_health_is_stored_whole_or_refused_never_cut() -> None:
         health_text({"bad": float("nan")})
     with pytest.raises(IntakeError):
         health_text({"s": "\ud800"})
+
+
+def test_the_health_of_a_gateway_with_ten_thousand_devices_is_taken() -> None:
+    # Each device as a gateway reports it, with a long name and a full error text (the
+    # largest entries seen), on 41 buses: the budget HEALTH_LIMITS is sized for.
+    device = {"status": "offline", "unit_id": 247, "bus": "rs485-north-cabinet-02",
+              "polls": 123456789, "good_polls": 123456000, "failed_polls": 789,
+              "skipped_slots": 12345, "missed_slots": 123, "probes": 42,
+              "consecutive_failures": 17, "last_good_ms": 1795880318000,
+              "last_error": "Modbus Error: [Input/Output] No response received after 1 "
+                            "retries (device timed out)",
+              "latency_ms": {"last": 17.8, "max": 1017.0, "mean": 11.3}}
+    bus = {"where": "serial port /dev/ttyUSB0 9600 8N1", "connected": True, "requests": 10**9,
+           "replies": 10**9, "timeouts": 789, "exceptions": 1, "retries": 12,
+           "busy_s": 123456.789, "last_error": "Modbus Error: [Input/Output] No response"}
+    doc = {"gateway": "gw-0001", "uptime_s": 1e6,
+           "buses": {f"rs485-{b:02d}": bus for b in range(HEALTH_DEVICE_BUDGET // 247 + 1)},
+           "devices": {f"streetlight-controller-{i:05d}": device
+                       for i in range(HEALTH_DEVICE_BUDGET)}}
+    text = health_text(doc)
+    assert json.loads(text) == doc
+    assert read_json(text.encode(), HEALTH_LIMITS) == doc
 
 
 # ------------------------------------------------------------------ rejections are counted
@@ -333,7 +356,7 @@ def test_the_service_handler_is_total_and_counts_every_rejection(tmp_path: Path)
         ("edge/gw-evil/reported", json.dumps({"version": 10**30}).encode()),
         ("edge/gw-evil/reported", b"[" * 100_000),
         ("edge/gw-evil/reported", b'{"result": "applied", "version": 1e400}'),
-        ("edge/gw-evil/health", json.dumps({"pad": "x" * 300_000}).encode()),
+        ("edge/gw-evil/health", json.dumps({"pad": "x" * 4_200_000}).encode()),
         ("edge/gw-evil/health", b'{"a": "\\udc00"}'),
         ("edge/gw-evil/state", b'{"status": "maybe"}'),
         ("edge/gw-evil/state", b""),

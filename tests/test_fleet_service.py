@@ -187,8 +187,8 @@ POISONS = {
     "version-overflow": ("reported", json.dumps({"version": 10**30}).encode(),
                          "reported:int_range"),
     "deep-nesting": ("reported", b"[" * 100_000, "reported:too_large"),
-    "oversize-health": ("health", json.dumps({"devices": {f"d{i}": {"pad": "x" * 1000}
-                                                          for i in range(300)}}).encode(),
+    "oversize-health": ("health", json.dumps({"devices": {f"d{i}": {"pad": "x" * 4000}
+                                                          for i in range(1100)}}).encode(),
                         "health:too_large"),
 }
 

@@ -92,3 +92,41 @@ def test_the_agent_polls_through_the_factory(site: Path) -> None:
     buses = agent.health()["buses"]
     assert isinstance(buses, dict)
     assert buses["rs485"]["where"] == "fake bus rs485"
+
+
+def test_a_dying_loop_lag_monitor_is_restarted_and_shown_in_health(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    factory = Buses()
+    for bus, unit in (("rs485", 1), ("rs485", 2), ("lan", 3)):
+        factory.answering(bus, unit)
+    gw = _gateway(site, factory)
+    agent = Agent(gw.local, MemoryStore(), make_transport=factory)  # the real clock
+    real_check = agent.lag.check
+    checks = {"n": 0}
+
+    def check() -> object:
+        checks["n"] += 1
+        if checks["n"] == 1:
+            raise RuntimeError("a bug in the monitor")
+        return real_check()
+
+    monkeypatch.setattr(agent.lag, "check", check)
+
+    async def main() -> dict[str, object]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        # The crash, then two samples by the restarted monitor.
+        while checks["n"] < 3:
+            assert loop.time() < deadline and not task.done(), checks
+            await asyncio.sleep(0.05)
+        health = agent.health()
+        stop.set()
+        await task
+        return health
+
+    health = asyncio.run(main())
+    assert health["task_restarts"] == {"loop-lag": 1}, health["task_restarts"]
+    assert agent.lag.stats.samples >= 2
+    assert agent.lag.witness is not None and not agent.lag.witness.ticking  # stopped with it

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -194,9 +195,9 @@ def deployed_fleet(tmp_path: Path, before_start: Callable[[AckedClient], None] |
     (tmp_path / "mq").mkdir()
     write_broker_config(tmp_path / "auth", [("fleet", mosquitto_hash(FLEET_PW)),
                                             *reg.password_hashes()],
-                        persistence_dir=tmp_path / "mq")
-    broker = Mosquitto(extra_conf=(tmp_path / "auth" / CONF_NAME).read_text()
-                       + f"listener {ops_port} 127.0.0.1\n", port=gw_port)
+                        persistence_dir=tmp_path / "mq", fleet_listener=f"127.0.0.1:{ops_port}")
+    broker = Mosquitto(extra_conf=(tmp_path / "auth" / CONF_NAME).read_text(), port=gw_port,
+                       anonymous=False)
     broker.start()
     clients: list[AckedClient] = []
     try:
@@ -442,6 +443,9 @@ _BODIES = st.one_of(
 def test_enrolment_endpoint_answers_every_hostile_request(tmp_path: Path,
                                                           broker: Mosquitto) -> None:
     with enrolment_service(tmp_path, broker) as fleet:
+        before = fleet.health()["http"]
+        statuses: Counter[str] = Counter()
+
         @settings(max_examples=60, derandomize=True, deadline=None, database=None,
                   phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -452,7 +456,23 @@ def test_enrolment_endpoint_answers_every_hostile_request(tmp_path: Path,
             assert status is not None and 400 <= status < 500, (
                 f"answered {answer[:200]!r} (expected a 4xx status line)"
                 f"{log_tail(fleet.log, 2500)}")
+            statuses[str(status)] += 1
             fleet.alive("after a hostile request")
 
         answered()
+        # Every refusal is counted in /v1/health, under the status it was answered with...
+        http = fleet.health()["http"]
+        sent = sum(statuses.values())
+        refused = sum(http["refused"].values()) - sum(before["refused"].values())
+        assert refused == sent and http["cut"] == before["cut"], (statuses, before, http)
+        for status, n in statuses.items():
+            assert http["answered"].get(status, 0) - before["answered"].get(status, 0) == n, (
+                status, statuses, http)
+        # ... and logged once per reason (then summarised each minute), not once per request.
+        firsts = [line.split("enrolment endpoint: rejected (", 1)[1].split(")", 1)[0]
+                  for line in fleet.log.read_text(errors="replace").splitlines()
+                  if "enrolment endpoint: rejected (" in line]
+        assert sorted(firsts) == sorted(http["refused"]), (firsts, http["refused"])
+        assert len(firsts) < sent, (firsts, sent)
         enrol_genuinely(fleet, "after the hostile requests")
+        print(f"{sent} hostile requests, answered {dict(statuses)}; {len(firsts)} log lines")

@@ -16,6 +16,7 @@ import random
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -234,6 +235,23 @@ def _wait_consuming(gw: Gateway, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"the gateway never answered on {DESIRED}{log_tail(gw.log)}")
 
 
+def _health_counts_every_report(gw: Gateway, timeout_s: float = 15.0
+                                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The reports so far and the first health ``control`` section that counts exactly as
+    many bundles offered (health lags reports by up to its interval; never fewer for long)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = gw.watcher.since(0)
+        control = gw.watcher.latest_health().get("control")
+        if isinstance(control, dict) and control.get("offered") == len(reports):
+            return reports, control
+        if time.monotonic() > deadline:
+            raise AssertionError(f"health never counted the {len(reports)} bundles answered: "
+                                 f"{control}{log_tail(gw.log)}")
+        gw.alive("while waiting for health to count the bundles")
+        time.sleep(0.1)
+
+
 def _assert_rejected(reports: list[dict[str, Any]], sent: list[Hostile]) -> None:
     for report in reports:
         assert report.get("result") == "rejected", (sent, report)
@@ -277,16 +295,23 @@ def test_gateway_keeps_consuming_through_hostile_messages(
             gw.alive(f"after {msgs}")
 
         hostile_then_probe()
-        time.sleep(1.5)  # one more health document (one a second) after the last rejection
+        # Every bundle answered is counted in the gateway's health, by result and by reason.
+        reports, control = _health_counts_every_report(gw)
+        results = Counter(str(r.get("result")) for r in reports)
+        assert control["by_result"] == dict(results), (control, results)
+        assert sum(control["rejected_by_reason"].values()) == results["rejected"], control
+        # ... and logged once per reason (then summarised each minute), not once per bundle.
+        firsts = gw.log.read_text(errors="replace").count("config bundles: rejected (")
+        assert 1 <= firsts <= len(control["rejected_by_reason"]) < results["rejected"], (
+            firsts, control)
         counters_after = h.rejection_counters(gw.watcher.latest_health())
-        if counters_after:  # the agent's health does not count rejections today: then skip
-            assert sum(counters_after.values()) > sum(counters_before.values()), (
-                counters_before, counters_after)
+        assert sum(counters_after.values()) > sum(counters_before.values()), (
+            counters_before, counters_after)
         for topic in OTHER_TOPICS:
             gw.watcher.publish(topic, b"", retain=True)
         gw.apply_genuine(1, "genuine after the hostile messages")
         print(f"{total['sent']} hostile messages, then a genuine config applied; "
-              f"rejection counters in health: {counters_after or 'none exposed'}")
+              f"control counters in health: {control}")
 
 
 # ------------------------------------------------------------------ regressions, one each

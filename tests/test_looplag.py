@@ -231,3 +231,29 @@ def test_the_witness_thread_ticks_and_stops() -> None:
     w.stop()
     time.sleep(0.05)
     assert not any(t.name == "loop-witness" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_witness_stopped_by_a_dying_monitor_starts_again() -> None:
+    # A supervised monitor that crashed stops its witness on the way out (run's finally) and
+    # starts it again when restarted: the witness must tick again, or every later stall would
+    # read as a paused process.
+    import threading
+    import time
+
+    w = Witness(interval_s=0.01)
+    try:
+        for _ in range(3):
+            w.start()
+            w.start()  # idempotent while ticking
+            assert w.ticking
+            alive = [t for t in threading.enumerate() if t.name == "loop-witness"
+                     and t.is_alive()]
+            assert len(alive) >= 1
+            time.sleep(0.1)
+            assert w.take_gap() < 0.09
+            w.stop()
+            assert not w.ticking
+    finally:
+        w.stop()
+    time.sleep(0.05)
+    assert not any(t.name == "loop-witness" and t.is_alive() for t in threading.enumerate())

@@ -207,6 +207,8 @@ class Gateway:
         self.cfg = cfg
         self.agent = Agent(cfg, store, self.clock, make_transport=self.make_transport)
         if self.control is not None:
+            # Bundles offered and refused survive agent switches: the plane keeps the counts.
+            self.agent.health_sections["control"] = self.control.health
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)

@@ -1,9 +1,9 @@
 """The gateway's control plane: verify -> validate -> dry-run -> switch -> health gate -> commit.
 
-Pure core: ``Stage`` with its transition table, the ``Journal`` (what is committed, what is on
-trial) and ``recover`` (what a restart must do). Thin async shell: ``ControlPlane.offer(blob)``
-runs one bundle through the stages with callables the agent supplies (validate, dry-run, switch,
-healthy), persisting the journal before each step that changes what runs.
+The pure core is ``control.journal`` (stages, the journal, what a restart must do). This is
+the thin async shell around it: ``ControlPlane.offer(blob)`` runs one bundle through the
+stages with callables the agent supplies (validate, dry-run, switch, healthy), persisting the
+journal before each step that changes what runs.
 
 Nothing waits forever: a dry run or a switch (and a switch back) that does not complete within
 its deadline counts as failed, the trial is reverted (or dropped) and reported. A revert that
@@ -25,19 +25,21 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from edge_agent.control.journal import Journal, Result, Stage, recover
 from edge_agent.control.truststore import load_trust, save_trust
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import EdgeError
 from edge_agent.protocol.fileio import atomic_write
+from edge_agent.protocol.rejections import Rejections
 from edge_agent.protocol.trust import TrustedState
 from edge_agent.protocol.verify import (
     ACCEPTED,
     CURRENT,
+    FAULT,
     MAX_PAYLOAD,
     Bundle,
     claimed_version,
@@ -52,116 +54,6 @@ JOURNAL_FILE = "control.json"
 SWITCH_TIMEOUT_S = 300.0   # a switch's deadline unless the caller sizes it per config
 DRY_RUN_TIMEOUT_S = 120.0  # a dry run's deadline unless the caller sizes it per config
 GATE_MARGIN_S = 10.0       # the health gate's deadline beyond its hold (one slow check)
-
-
-class Stage(StrEnum):
-    """Where a trial bundle is."""
-
-    VERIFIED = "verified"
-    VALIDATED = "validated"
-    DRY_RUN_OK = "dry_run_ok"
-    SWITCHED = "switched"
-    COMMITTED = "committed"
-    REVERTED = "reverted"
-    FAILED = "failed"
-
-
-# The only legal moves; anything else is a bug and raises (a table, not scattered ifs).
-TRANSITIONS: dict[Stage | None, frozenset[Stage]] = {
-    None: frozenset({Stage.VERIFIED}),
-    Stage.VERIFIED: frozenset({Stage.VALIDATED, Stage.FAILED}),
-    Stage.VALIDATED: frozenset({Stage.DRY_RUN_OK, Stage.FAILED}),
-    Stage.DRY_RUN_OK: frozenset({Stage.SWITCHED, Stage.FAILED}),
-    Stage.SWITCHED: frozenset({Stage.COMMITTED, Stage.REVERTED}),
-}
-
-
-class Result(StrEnum):
-    """What a bundle came to, as reported to the fleet."""
-
-    APPLIED = "applied"
-    CURRENT = "current"
-    REJECTED = "rejected"          # failed verification: nothing changed
-    INVALID = "invalid"            # verified but the config does not validate
-    DRY_RUN_FAILED = "dry_run_failed"
-    REVERTED = "reverted"          # switched, then the health gate (or a restart) reverted it
-
-
-@dataclass(frozen=True, slots=True)
-class Trial:
-    """A bundle on its way through the stages."""
-
-    version: int
-    sha256: str
-    issued: int
-    stage: Stage
-
-
-@dataclass(frozen=True, slots=True)
-class Journal:
-    """The persisted control state: the last known good config and the trial, if any."""
-
-    good_version: int = 0
-    good_sha256: str = ""
-    trial: Trial | None = None
-    failed: dict[str, Any] | None = None  # {version, sha256, reason} of the last failed trial
-
-    def advance(self, stage: Stage, bundle: Bundle | None = None) -> Journal:
-        """The journal after moving the trial to ``stage``; ValueError if illegal."""
-        current = self.trial.stage if self.trial else None
-        if stage not in TRANSITIONS.get(current, frozenset()):
-            raise ValueError(f"illegal control transition {current} -> {stage}")
-        if self.trial is None:
-            assert bundle is not None
-            return replace(self, trial=Trial(bundle.version, bundle.sha256, bundle.issued,
-                                             stage))
-        return replace(self, trial=replace(self.trial, stage=stage))
-
-    def commit(self) -> Journal:
-        """The trial becomes the last known good."""
-        t = self.advance(Stage.COMMITTED).trial
-        assert t is not None
-        return Journal(good_version=t.version, good_sha256=t.sha256, trial=None, failed=None)
-
-    def fail(self, stage: Stage, reason: str) -> Journal:
-        """The trial ends at ``stage`` (failed or reverted) and is remembered as failed."""
-        t = self.advance(stage).trial
-        assert t is not None
-        return replace(self, trial=None,
-                       failed={"version": t.version, "sha256": t.sha256, "reason": reason})
-
-    def already_failed(self, bundle: Bundle) -> str | None:
-        """The reason if exactly this bundle was tried before and failed."""
-        f = self.failed
-        if f and f["version"] == bundle.version and f["sha256"] == bundle.sha256:
-            return str(f["reason"])
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        """The journal as stored."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Journal:
-        """Parse a stored journal."""
-        t = doc.get("trial")
-        trial = Trial(int(t["version"]), str(t["sha256"]), int(t["issued"]),
-                      Stage(t["stage"])) if t else None
-        return cls(int(doc.get("good_version", 0)), str(doc.get("good_sha256", "")), trial,
-                   doc.get("failed"))
-
-
-def recover(journal: Journal) -> tuple[Journal, dict[str, Any] | None]:
-    """What a restart does with an unfinished trial: the journal to keep and a report."""
-    t = journal.trial
-    if t is None:
-        return journal, None
-    reason = f"gateway restarted during apply (stage {t.stage}); running last known good " \
-             f"v{journal.good_version}"
-    end = Stage.REVERTED if t.stage is Stage.SWITCHED else Stage.FAILED
-    result = Result.REVERTED if end is Stage.REVERTED else Result.DRY_RUN_FAILED
-    return journal.fail(end, reason), {"version": t.version, "result": str(result),
-                                       "reason": reason}
 
 
 @dataclass
@@ -182,7 +74,7 @@ class ControlPlane(Generic[C]):
                  max_payload: int = MAX_PAYLOAD, fsync: bool = True,
                  switch_timeout_s: float | Callable[[C], float] = SWITCH_TIMEOUT_S,
                  dry_run_timeout_s: float | Callable[[C], float] = DRY_RUN_TIMEOUT_S,
-                 ops: Operations | None = None) -> None:
+                 ops: Operations | None = None, rejection_summary_s: float = 60.0) -> None:
         self.state_dir = state_dir
         self.kind = kind
         self.validate = validate
@@ -195,6 +87,10 @@ class ControlPlane(Generic[C]):
         self.max_payload = max_payload
         self.fsync = fsync
         self.counters = ControlCounters()
+        # Anyone who can publish on desired/ can make us refuse bundles all day: each refusal
+        # is counted (health) and reported, but only the first of a reason is logged in full.
+        self.rejections = Rejections(f"{kind} bundles", log, summary_s=rejection_summary_s,
+                                     clock=self.clock)
         self.switch_timeout_s = switch_timeout_s
         self.dry_run_timeout_s = dry_run_timeout_s
         # Shared with the gateway, whose watchdog stops pinging when a step is overdue.
@@ -251,6 +147,16 @@ class ControlPlane(Generic[C]):
                 "good": self.journal.good_version,
                 "trial": None if t is None else {"version": t.version, "stage": str(t.stage)}}
 
+    def health(self) -> dict[str, Any]:
+        """The gateway health's ``control`` section: bundles offered, results, refusals by
+        reason, and where the committed and trial versions are. Also logs the summary of
+        refusals gathered since the last one (health is built periodically)."""
+        self.rejections.maybe_summarise()
+        return {"offered": self.counters.offered,
+                "by_result": dict(sorted(self.counters.by_result.items())),
+                "rejected_by_reason": dict(sorted(self.rejections.counts.items())),
+                **self.status()}
+
     async def offer(self, blob: bytes, current: C | None) -> dict[str, Any]:
         """Run one bundle through every stage; the report to publish. ``current`` is the config
         running now (switched back to on a revert)."""
@@ -273,17 +179,20 @@ class ControlPlane(Generic[C]):
         if verdict.code == CURRENT:
             return self._report(self.trust.floor(self.kind), Result.CURRENT, verdict.reason)
         if verdict.code != ACCEPTED or verdict.bundle is None:
-            log.warning("bundle rejected, nothing changed: %s", verdict.reason)
             # The version is the bundle's unverified claim, so the fleet can attribute it.
-            return self._report(claimed_version(blob), Result.REJECTED, verdict.reason)
+            claimed = claimed_version(blob)
+            self.rejections.reject("fault" if verdict.reason.startswith(FAULT) else "unverified",
+                                   f"v{claimed}, nothing changed: {verdict.reason}")
+            return self._report(claimed, Result.REJECTED, verdict.reason)
         bundle = verdict.bundle
         # An authentic newer root (rotation, revocation) is kept even if the config fails.
         if verdict.trust.root != self.trust.root:
             self._save_trust(replace(self.trust, root=verdict.trust.root))
         earlier = self.journal.already_failed(bundle)
         if earlier is not None:
-            return self._report(bundle.version, Result.REJECTED,
-                                f"v{bundle.version} already failed here: {earlier}")
+            reason = f"v{bundle.version} already failed here: {earlier}"
+            self.rejections.reject("already_failed", reason)
+            return self._report(bundle.version, Result.REJECTED, reason)
         if bundle.sha256 == self.journal.good_sha256:
             # Same config under a new version (a re-signed rollback, or a commit cut short by
             # a crash): nothing to switch, only the floor moves.

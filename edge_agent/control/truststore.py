@@ -30,7 +30,7 @@ def load_trust(state_dir: Path) -> TrustedState:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no trusted state: enrol the gateway first "
-                          "(edge-agent enroll --fleet URL --token T)") from exc
+                          "(edge-agent enroll --fleet URL --token-file F)") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read trusted state: {exc}") from exc
     return TrustedState.from_json(doc, str(path))

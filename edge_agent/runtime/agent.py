@@ -186,6 +186,8 @@ class Agent:
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True
+        # Health sections the agent's owner adds (the gateway: its control plane's counters).
+        self.health_sections: dict[str, Callable[[], object]] = {}
 
     def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
         def missed(device: str, slots: int, busy_s: float) -> None:
@@ -278,6 +280,8 @@ class Agent:
             "task_restarts": dict(self.restarts),
             "loop": self.lag.health(),
             "buses": buses, "devices": devices,
+            # Sections from the agent's owner (the gateway's control plane), by name.
+            **{name: section() for name, section in self.health_sections.items()},
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -286,7 +290,10 @@ class Agent:
         stop = stop or asyncio.Event()
         log.info("agent %s starting: %d buses, %d devices, broker %s", self.cfg.gateway_id,
                  len(self.schedulers), len(self.cfg.devices), self.cfg.mqtt.url)
-        lag = asyncio.create_task(self.lag.run(), name="loop-lag")
+        # Supervised like the others: a monitor that died would leave health's loop numbers
+        # stale and stalls unexplained; it is restarted and counted in task_restarts.
+        lag = asyncio.create_task(
+            supervise("loop-lag", self.lag.run, self.clock, self.restarts), name="loop-lag")
         uplink = asyncio.create_task(
             supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
         others = [

@@ -50,18 +50,28 @@ class Witness:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start ticking (a daemon thread; idempotent)."""
-        if self._thread is None:
-            self._last = time.monotonic()
-            self._thread = threading.Thread(target=self._run, name="loop-witness", daemon=True)
-            self._thread.start()
+        """Start ticking (a daemon thread; idempotent, and again after ``stop``: a restarted
+        monitor needs its witness back)."""
+        if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
+            return
+        # A fresh event per thread: one still winding down after stop() keeps its own, set.
+        self._stop = threading.Event()
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="loop-witness", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """Stop ticking."""
         self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    @property
+    def ticking(self) -> bool:
+        """Whether the thread is running and not asked to stop."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
             now = time.monotonic()
             self._worst_gap = max(self._worst_gap, now - self._last)
             self._last = now

@@ -23,7 +23,8 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process; ``stop``/``start`` keep the same port so clients can reconnect."""
 
-    def __init__(self, extra_conf: str = "", port: int | None = None) -> None:
+    def __init__(self, extra_conf: str = "", port: int | None = None, *,
+                 anonymous: bool = True) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise EdgeError("mosquitto is not installed: run 'apt-get install -y mosquitto'")
@@ -31,6 +32,9 @@ class Mosquitto:
         self.dir = Path(tempfile.mkdtemp(prefix="edge-mosq-"))
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        # False when extra_conf brings its own security settings per listener (the fragment
+        # of `edge-fleet broker-config`): mosquitto refuses per_listener_settings after one.
+        self.anonymous = anonymous
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +45,8 @@ class Mosquitto:
     def start(self) -> None:
         """Start (or restart) the broker and wait until it accepts connections."""
         conf = self.dir / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+        lines = [f"listener {self.port} 127.0.0.1",
+                 *(["allow_anonymous true"] if self.anonymous else []),
                  "persistence false", "log_dest stderr", "log_type error", "log_type warning",
                  "max_queued_messages 100000"]
         if os.geteuid() == 0:

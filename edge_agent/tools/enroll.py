@@ -1,5 +1,9 @@
-"""``edge-agent enroll --fleet https://... --token T --root-sha256 FP``: exchange a single-use
-token for an identity.
+"""``edge-agent enroll --fleet https://... --token-file F --root-sha256 FP``: exchange a
+single-use token for an identity.
+
+The token is read from ``--token-file`` (``-`` for standard input). ``--token T`` still works
+but warns: a command line is readable by every user in ``ps`` and ``/proc/PID/cmdline`` while
+the enrolment runs, and stays in shell history.
 
 The fleet's enrolment endpoint answers with the gateway id, site, tags, broker credentials and
 the current root metadata. Two things make that answer trustworthy, and both are required by
@@ -12,11 +16,14 @@ show`` (``--root-sha256``), so even a fleet certificate obtained by an attacker 
 root of the attacker's. ``--insecure-http`` (an ``http://`` URL) and ``--trust-first-use``
 (pin whatever root is answered) waive these, each by name and with a warning.
 
-Everything is written 0600, atomically: ``identity.json`` (id, site, tags, broker URL and
-credentials), ``mqtt.password`` (for a site config's ``password_file``) and ``trust.json`` (the
-pinned root; version floors start at 0). Nothing is written unless every check passed. A
-gateway that is already enrolled is not re-enrolled without ``--force`` (checked before the
-token is spent): re-enrolling resets its version floors, which must be a deliberate act.
+The answer's gateway id, site and tags are checked with the one id rule
+(``edge_agent.protocol.ids``) before anything is written: the id becomes a file's content, a
+broker user name, a topic level and a client id. Everything is written 0600, atomically:
+``identity.json`` (id, site, tags, broker URL and credentials), ``mqtt.password`` (for a site
+config's ``password_file``) and ``trust.json`` (the pinned root; version floors start at 0).
+Nothing is written unless every check passed. A gateway that is already enrolled is not
+re-enrolled without ``--force`` (checked before the token is spent): re-enrolling resets its
+version floors, which must be a deliberate act.
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ from edge_agent.control.truststore import TRUST_FILE, save_trust
 from edge_agent.protocol.bundle import root_fingerprint
 from edge_agent.protocol.errors import CommandError, ConfigError, EdgeError, VerificationError
 from edge_agent.protocol.fileio import atomic_write
+from edge_agent.protocol.ids import check_gateway_id, check_site, check_tag
 from edge_agent.protocol.jsonsafe import UnsafeJsonError, loads_strict
 from edge_agent.protocol.shell import cli_command
+from edge_agent.protocol.tomlcheck import read_regular_file
 from edge_agent.protocol.trust import TrustedState
 from edge_agent.protocol.verify import check_self_signed_root
 
@@ -46,6 +55,7 @@ PROG = "edge-agent enroll"
 IDENTITY_FILE = "identity.json"
 PASSWORD_FILE = "mqtt.password"
 MAX_ANSWER = 1 << 20
+MAX_TOKEN = 4096  # bytes of a token file; the fleet's tokens are 43 characters
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
@@ -198,14 +208,17 @@ def write_enrolment(state_dir: Path, answer: dict[str, Any], *, root_sha256: str
                                 f"expected {root_sha256}: not the fleet's root, nothing written")
     try:
         mqtt = answer["mqtt"]
-        trust = TrustedState(gateway_id=str(answer["gateway_id"]), site=str(answer["site"]),
-                             tags=tuple(str(t) for t in answer["tags"]), root=root)
+        trust = TrustedState(gateway_id=check_gateway_id(answer["gateway_id"]),
+                             site=check_site(answer["site"]),
+                             tags=tuple(check_tag(t) for t in answer["tags"]), root=root)
         identity: dict[str, Any] = {"gateway_id": trust.gateway_id, "site": trust.site,
                     "tags": list(trust.tags),
                     "mqtt": {k: str(mqtt[k]) for k in ("url", "username", "password",
                                                        "topic_prefix")}}
     except (KeyError, TypeError) as exc:
         raise EdgeError(f"enrolment answer is missing {exc}") from exc
+    except ValueError as exc:  # an id, site or tag outside the id rule
+        raise EdgeError(f"enrolment answer refused, nothing written: {exc}") from None
     # The state dir holds credentials and the pinned root: nobody else may even list it.
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     state_dir.chmod(0o700)
@@ -224,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description="Enrol this gateway with the fleet.")
     ap.add_argument("--fleet", required=True, metavar="URL",
                     help="the fleet's enrolment URL, https://HOST:PORT")
-    ap.add_argument("--token", required=True, help="the single-use enrolment token")
+    token = ap.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="file holding the single-use enrolment token ('-': standard input)")
+    token.add_argument("--token", help="the token itself: visible in ps and shell history, "
+                                       "prefer --token-file")
     ap.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge-agent"))
     ap.add_argument("--ca-file", type=Path, metavar="FILE",
                     help="PEM CA certificate(s) the fleet's certificate must chain to "
@@ -253,6 +270,23 @@ def _joined_token(argv: list[str]) -> list[str]:
     return out
 
 
+def read_token(path: Path) -> str:
+    """The token in ``path`` (``-``: standard input): one line, stripped; CommandError if the
+    file is empty, holds more than one line or more than MAX_TOKEN bytes."""
+    raw = sys.stdin.buffer.read(MAX_TOKEN + 1) if str(path) == "-" \
+        else read_regular_file(path, MAX_TOKEN)
+    if len(raw) > MAX_TOKEN:
+        raise CommandError(f"--token-file {path}: over {MAX_TOKEN} bytes; a token is one line")
+    try:
+        lines = raw.decode().strip().splitlines()
+    except UnicodeDecodeError:
+        raise CommandError(f"--token-file {path}: not UTF-8 text") from None
+    if len(lines) != 1 or not lines[0].strip():
+        raise CommandError(f"--token-file {path}: expected the token on one line, found "
+                           f"{len(lines)} lines")
+    return lines[0].strip()
+
+
 @cli_command(PROG)
 def enroll_main(argv: list[str]) -> int:
     """``edge-agent enroll``: 0 on success, 2 with a reason on stderr otherwise."""
@@ -263,6 +297,7 @@ def enroll_main(argv: list[str]) -> int:
                            "show` prints, compared out of band; or --trust-first-use to pin "
                            "whatever root the fleet answers with")
     fp = check_fingerprint(args.root_sha256) if args.root_sha256 is not None else None
+    token: str = read_token(args.token_file) if args.token_file is not None else args.token
     url, tls = fleet_endpoint(args.fleet, ca_file=args.ca_file,
                               insecure_http=args.insecure_http)
     check_not_enrolled(args.state_dir, args.force)
@@ -272,7 +307,10 @@ def enroll_main(argv: list[str]) -> int:
     if fp is None:
         _warn("--trust-first-use: the root is pinned without a fingerprint check; an active "
               "attacker on the path could pin its own root, and with it control this gateway")
-    answer = request_enrolment(url, tls, args.token)
+    if args.token is not None:
+        _warn("--token: the token is visible to every user in ps (and stays in shell history) "
+              "until it is spent; use --token-file FILE (or - for standard input)")
+    answer = request_enrolment(url, tls, token)
     trust = write_enrolment(args.state_dir, answer, root_sha256=fp,
                             trust_first_use=args.trust_first_use, force=args.force)
     print(f"enrolled as {trust.gateway_id} (site {trust.site}, tags {list(trust.tags)}); "

@@ -38,13 +38,14 @@ from edge_agent.fleet.ingest.store import (
     IngestStore,
     Received,
 )
-from edge_agent.fleet.intake import Rejections, quote
+from edge_agent.fleet.intake import quote
 from edge_agent.fleet.supervisor import EXIT_TASK_FAILED, RUNNING, Supervisor
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import URL_TEXT, MqttConfig, client_options, parse_broker_url
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.rejections import Rejections
 from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
