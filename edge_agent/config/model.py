@@ -14,6 +14,8 @@ from edge_agent.protocol.broker import MqttConfig
 # stricter rule, shared with the fleet: edge_agent.protocol.ids.check_gateway_id.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SAFE_ID_TEXT = "1-64 letters, digits, '-' or '_' (a safe MQTT topic segment)"
+# The shortest poll interval a device or point may ask for.
+MIN_POLL_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class BatchConfig:

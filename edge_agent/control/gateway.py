@@ -31,13 +31,16 @@ import aiomqtt
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
 from edge_agent.control.truststore import TRUST_FILE
-from edge_agent.drivers.bus import Bus, SerialBus
+from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
+from edge_agent.drivers.dlt645.planner import plan_meter_reads
+from edge_agent.drivers.dlt645.transport import MeterTransport
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.drivers.transport import Reply
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
 from edge_agent.runtime.agent import Agent, open_store, stop_budget_s
+from edge_agent.runtime.buses import AnyTransport, open_transport
 from edge_agent.runtime.lifecycle import Operations, Overrun, describe_tasks, stop_tasks
 from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
@@ -56,6 +59,18 @@ EXIT_STUCK = 70            # EX_SOFTWARE: exited although tasks would not end
 
 def _endpoint(bus: Bus) -> str:
     return f"serial:{bus.port}" if isinstance(bus, SerialBus) else f"tcp:{bus.host}:{bus.port}"
+
+
+async def _probe(transport: AnyTransport, d: DeviceConfig) -> Reply:
+    """One read of ``d``'s first point through the transport of its bus's protocol."""
+    if isinstance(transport, MeterTransport):
+        if not d.meter_points:
+            return Reply(error="the running bus speaks DL/T 645; the new config Modbus")
+        return await transport.read_request(d.unit_id, plan_meter_reads(d.meter_points[:1])[0])
+    if not d.points:
+        return Reply(error="the running bus speaks Modbus; the new config DL/T 645")
+    first = plan_reads(d.points[:1], max_gap=0)[0]
+    return await transport.read(d.unit_id, first.table, first.address, first.count)
 
 
 class Gateway:
@@ -118,12 +133,10 @@ class Gateway:
             # A bus the running agent holds (a serial port is exclusive) is probed through
             # its transport, whose lock interleaves the probe with the live polls.
             shared = running.get(_endpoint(bus))
-            transport = shared or BusTransport(bus)
+            transport = shared or open_transport(bus)
             try:
                 for d in devices:
-                    first = plan_reads(d.points[:1], max_gap=0)[0]
-                    reply = await transport.read(d.unit_id, first.table, first.address,
-                                                 first.count)
+                    reply = await _probe(transport, d)
                     if reply.error is not None or reply.exception_code in GATEWAY_NO_ANSWER:
                         why = reply.error or f"gateway exception {reply.exception_code}"
                         silent.append(f"{d.name} (unit {d.unit_id} on {name}): {why}")

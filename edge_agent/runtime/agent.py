@@ -27,15 +27,14 @@ from typing import NamedTuple
 from edge_agent import __version__
 from edge_agent.codecs.batch import encode_batch
 from edge_agent.config.model import SiteConfig
-from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.readings import Reading
 from edge_agent.runtime.batcher import Batcher, ReportFilter
+from edge_agent.runtime.buses import AnyScheduler, AnyTransport, make_scheduler, open_transport
 from edge_agent.runtime.lifecycle import Heartbeat, bounded, stop_tasks
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
-from edge_agent.runtime.scheduler import BusScheduler
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore, MemoryStore
@@ -117,7 +116,7 @@ async def supervise(name: str, factory: Callable[[], Awaitable[None]], clock: Cl
             raise asyncio.CancelledError(f"{name} cancelled (the cancel was swallowed)")
 
 
-def _flag_of(sched: BusScheduler) -> Callable[[], bool]:
+def _flag_of(sched: AnyScheduler) -> Callable[[], bool]:
     return lambda: sched.stopping
 
 
@@ -165,22 +164,20 @@ class Agent:
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
         self._sealed: deque[_Sealed] = deque()
-        self.transports = {name: BusTransport(bus) for name, bus in cfg.buses.items()
-                           if cfg.devices_on(name)}
+        self.transports: dict[str, AnyTransport] = {
+            name: open_transport(bus) for name, bus in cfg.buses.items() if cfg.devices_on(name)}
         self.lag = LagMonitor(witness=Witness())  # the real loop, whatever clock polls
         self._missed = MissedSlots()
         self.heartbeats: dict[str, Heartbeat] = {}
-        self.schedulers: dict[str, BusScheduler] = {}
+        self.schedulers: dict[str, AnyScheduler] = {}
         for name, t in self.transports.items():
             devices = cfg.devices_on(name)
             fastest = min(d.poll_interval_s for d in devices)
             hb = self.heartbeats[name] = Heartbeat(
                 f"bus:{name}", self.clock, max(HEARTBEAT_MIN_GRACE_S, HEARTBEAT_CYCLES * fastest))
-            self.schedulers[name] = BusScheduler(
+            self.schedulers[name] = make_scheduler(
                 t, devices, self._on_readings, self.clock, max_gap=cfg.max_gap,
-                seed=zlib.crc32(name.encode()), heartbeat=hb,
-                request_budget_s=(1 + t.bus.retries) * (t.timeout_s + t.gap_s) + 1.0,
-                on_missed=self._missed_on(name))
+                seed=zlib.crc32(name.encode()), heartbeat=hb, on_missed=self._missed_on(name))
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True
