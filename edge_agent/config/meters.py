@@ -22,7 +22,7 @@ from edge_agent.drivers.dlt645.meter import (
     parse_meter_profile,
     shipped_meter_profiles,
 )
-from edge_agent.drivers.profile import DeviceProfile
+from edge_agent.drivers.profile import DeviceProfile, shipped_profiles
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.tomlcheck import Checker, load_toml
 
@@ -79,6 +79,10 @@ def _meter_profile(chk: Checker, raw: dict[str, Any], p: str, base: Path, roots:
         return None
     if ref in shipped:
         path = shipped[ref]
+    elif ref in shipped_profiles():
+        chk.problem(f"{p}.profile", ref, "a DL/T 645 profile (" + ", ".join(shipped) + "): "
+                    f"{ref!r} is a Modbus profile and this bus speaks DL/T 645")
+        return None
     else:
         placed, why = roots.place(base, ref)
         if placed is None:
