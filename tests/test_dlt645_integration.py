@@ -38,7 +38,7 @@ def _site(tmp: Path, addresses: dict[str, str], poll_s: float = 1.0) -> Path:
 
 
 def _rows(store: IngestStore) -> list[tuple[str, str, str, int | None, float | None, str | None]]:
-    return [tuple(r) for r in store.query(  # type: ignore[misc]
+    return [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5]) for r in store.query(
         "SELECT device, point, quality, exception_code, value_real, value_text FROM readings "
         "ORDER BY id")]
 
@@ -59,10 +59,10 @@ def test_simulated_meters_reach_the_ingest_decoded(tmp_path: Path, broker: Mosqu
                 deadline = time.monotonic() + 40
                 while time.monotonic() < deadline:
                     rows = _rows(store)
-                    good = {(d, p) for d, p, q, *_ in rows if q == "good"}
+                    seen = {(d, p) for d, p, q, *_ in rows if q == "good"}
                     refused = {d for d, _, q, code, *_ in rows
                                if q == "device_exception" and code == 2}
-                    if len(good) == 2 * 21 and refused == {"flat-201"}:
+                    if len(seen) == 2 * 21 and refused == {"flat-201"}:
                         break
                     time.sleep(0.3)
             rows = _rows(store)
@@ -84,6 +84,9 @@ def test_simulated_meters_reach_the_ingest_decoded(tmp_path: Path, broker: Mosqu
     # The meter answering every read with error byte 02 ("no requested data"): each point a
     # device exception carrying that byte, never a value.
     assert not any(d == "flat-201" for d, *_ in good)
+    refused = {p for d, p, q, code, *_ in rows
+               if d == "flat-201" and q == "device_exception" and code == 2}
+    assert refused == {p.name for p in cfg.devices[2].meter_points}
 
 
 def test_scan_finds_five_meters_at_unknown_addresses(tmp_path: Path) -> None:
