@@ -20,13 +20,13 @@ reply L = 1, the read-address request L = 0 and its reply L = 6.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from edge_agent.drivers.bus import Parity, SerialBus
 from edge_agent.drivers.dlt645.frame import ENVELOPE_BYTES
 from edge_agent.drivers.dlt645.identifiers import block_slot
 from edge_agent.drivers.dlt645.meter import MeterPoint
 from edge_agent.drivers.dlt645.planner import MeterRead, plan_meter_reads
+from edge_agent.drivers.modbus.timing import BusBudget, DeviceLoad, framing_text
 
 PREAMBLE_CHARS = 4            # FE x 4 before each frame (4.3.1), both ways in the model
 TURNAROUND_MIN_S = 0.020      # 4.3.3: Td >= 20 ms
@@ -93,27 +93,25 @@ def address_probe_s(bus: SerialBus, turnaround_s: float = DEFAULT_TURNAROUND_S) 
     return (ADDRESS_REQUEST_CHARS + ADDRESS_REPLY_CHARS) * char_time_s(bus) + turnaround_s
 
 
-@dataclass(frozen=True, slots=True)
-class MeterBudget:
-    """Requests and line share of the configured polls on one DL/T 645 line."""
-
-    requests_per_s: float
-    utilisation: float
-    full_cycle_s: float
-
-
-def meter_budget(bus: SerialBus, devices: Iterable[tuple[float, Iterable[MeterPoint]]],
-                 turnaround_s: float = DEFAULT_TURNAROUND_S) -> MeterBudget:
-    """The budget of one line; ``devices`` are (poll interval s, points) pairs."""
-    rate = util = full = 0.0
-    for poll_s, points in devices:
+def meter_line_budget(bus: SerialBus,
+                      devices: Iterable[tuple[str, float, Iterable[MeterPoint]]],
+                      turnaround_s: float = DEFAULT_TURNAROUND_S) -> BusBudget:
+    """The budget of one DL/T 645 line; ``devices`` are (name, poll interval s, points)."""
+    loads: list[DeviceLoad] = []
+    for name, poll_s, points in devices:
         pts = list(points)
         by_interval: dict[float, list[MeterPoint]] = {}
         for p in pts:
             by_interval.setdefault(p.interval_s or poll_s, []).append(p)
+        rate = util = 0.0
         for interval_s, group in by_interval.items():
             n, line_s = read_exchanges_s(bus, group, turnaround_s)
             rate += n / interval_s
             util += line_s / interval_s
-        full += read_exchanges_s(bus, pts, turnaround_s)[1]
-    return MeterBudget(rate, util, full)
+        loads.append(DeviceLoad(name, rate, util, read_exchanges_s(bus, pts, turnaround_s)[1]))
+    return BusBudget(
+        bus=bus.name, baudrate=bus.baudrate, framing=framing_text(bus),
+        char_time_s=char_time_s(bus), gap_s=0.0, turnaround_s=turnaround_s,
+        requests_per_s=sum(d.requests_per_s for d in loads),
+        utilisation=sum(d.utilisation for d in loads),
+        full_cycle_s=sum(d.full_read_s for d in loads), devices=tuple(loads))
