@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.dlt645.bcd import FORMATS, decode_bcd, encode_bcd
 from edge_agent.drivers.dlt645.frame import (
     Frame,
@@ -21,6 +22,9 @@ from edge_agent.drivers.dlt645.frame import (
     read_request,
 )
 from edge_agent.drivers.dlt645.identifiers import IDENTIFIERS, block_of, block_slot
+from edge_agent.drivers.dlt645.transport import check_reply
+from edge_agent.drivers.profile import DeviceProfile
+from edge_agent.drivers.sim.meter import MeterSim
 from edge_agent.protocol.errors import EdgeError
 
 ADDRESS = "000102030425"  # on the wire 25 04 03 02 01 00 (4.2.2: lowest byte first)
@@ -36,6 +40,12 @@ GOLDEN_REPLY = bytes.fromhex("68 250403020100 68 91 08 33333433 75394533 8B 16")
 GOLDEN_READ_ADDRESS = bytes.fromhex("FEFEFEFE 68 AAAAAAAAAAAA 68 13 00 DF 16")
 # Abnormal reply (C = D1: D7 and D6 set) with error byte 02 "no requested data" + 33 = 35.
 GOLDEN_ERROR = bytes.fromhex("68 250403020100 68 D1 01 35 06 16")
+# Voltage block 02 01 FF 00 from meter 000000000101: DI sent 00 FF 01 02 + 33 = 33 32 34 35,
+# then XXX.X per phase, lowest byte first, + 33: 220.5 -> 05 22 -> 38 55; 221.0 -> 10 22 ->
+# 43 55; 219.8 -> 98 21 -> CB 54. L = 0A; CS = 0x7F.
+GOLDEN_BLOCK = bytes.fromhex("FEFEFEFE 68 010100000000 68 91 0A 33323435 3855 4355 CB54 7F 16")
+# Its reply to read-address (C = 93): the address again in DATA, + 33 each; CS = 0x9F.
+GOLDEN_ADDRESS_REPLY = bytes.fromhex("68 010100000000 68 93 06 343433333333 9F 16")
 
 
 def test_golden_request_frames() -> None:
@@ -56,6 +66,24 @@ def test_golden_replies_decode() -> None:
     err = decode_frame(GOLDEN_ERROR)
     assert err.abnormal and err.function == 0x11 and err.data == b"\x02"
     assert error_text(err.data[0]) == "no requested data"
+    block = decode_frame(GOLDEN_BLOCK)
+    assert block.address == "000000000101" and block.data[:4] == (0x0201FF00).to_bytes(4, "little")
+    volts = [decode_bcd(FORMATS["XXX.X"], block.data[i:i + 2]) for i in (4, 6, 8)]
+    assert volts == [220.5, 221.0, 219.8]
+    assert encode_frame(block) == GOLDEN_BLOCK
+    addr = decode_frame(GOLDEN_ADDRESS_REPLY)
+    assert addr.function == 0x13 and addr.from_meter and addr.data[::-1].hex() == "000000000101"
+
+
+def test_the_simulated_meter_answers_with_the_golden_bytes() -> None:
+    """The simulator's replies are built by the same codec: checked here against the vectors."""
+    cfg = DeviceConfig("m", "b", 101, DeviceProfile("p", "", ()), 1.0, (),
+                       address="000000000101")
+    meter = MeterSim(cfg, seed=0)
+    reply = meter.answer(decode_frame(read_address_request()), 0.0)
+    assert reply == b"\xfe" * 4 + GOLDEN_ADDRESS_REPLY
+    wildcard = decode_frame(read_address_request("AAAAAAAAAA02"))
+    assert meter.answer(wildcard, 0.0) is None  # AA matches any byte; 02 is not its 01
 
 
 def test_against_the_dlt645_package_frame_layer() -> None:
@@ -186,3 +214,13 @@ def test_a_frame_is_found_after_noise(frame: Frame, noise: bytes, cut: int) -> N
     # from ending, and with noise free of 68 the real frame is always the one found.
     if 0x68 not in noise:
         assert found == [frame]
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames, st.integers(0, 0xFFFFFFFF))
+def test_any_frame_is_a_reply_value_or_no_reply_never_an_exception(frame: Frame,
+                                                                    di: int) -> None:
+    outcome = check_reply(frame, frame.address, frame.function, di)
+    if outcome is not None:
+        assert (outcome.data is not None) + (outcome.exception_code is not None) \
+            + (outcome.error is not None) == 1

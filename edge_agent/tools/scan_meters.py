@@ -88,8 +88,6 @@ async def search_line(setting: ScanSetting, port: str, turnaround_s: float,
             if len(search.found) > before:
                 print(f"  meter {address} (pattern {pattern}, probe {search.probes})",
                       file=out, flush=True)
-            if search.probes == 1 and not search.pending and not search.found:
-                break  # silence to the broadcast: nobody at this setting
     finally:
         await transport.close()
     return MeterSweep(setting, search.found, search.probes, search.collisions, search.noisy,
