@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
+from edge_agent.control.gateway import Gateway
 from edge_agent.drivers.bus import SerialBus
 from edge_agent.drivers.dlt645.planner import MeterRead, decode_meter_read, plan_meter_reads
 from edge_agent.drivers.dlt645.transport import MeterTransport
@@ -20,6 +21,7 @@ from edge_agent.drivers.sim.meter import MeterSim
 from edge_agent.drivers.sim.runner import build_site, run_site
 from edge_agent.drivers.sim.server import SiteSim
 from edge_agent.protocol.clock import SystemClock
+from edge_agent.protocol.errors import DeviceError
 from edge_agent.tools.commission import read_main, write_main
 
 pytestmark = pytest.mark.integration
@@ -128,3 +130,17 @@ def test_read_and_write_commands_on_a_meter(tmp_path: Path,
     assert "one.voltage_b (address 000000000001, identifier 02010200, bus m) = " in out.getvalue()
     assert write_main(["-c", str(tmp_path / "site.toml"), "one", "voltage_b", "1", "--yes"]) == 1
     assert "read here, not written" in capsys.readouterr().err
+
+
+def test_a_config_dry_run_probes_meters_through_their_protocol(tmp_path: Path) -> None:
+    """Before a new config is applied every meter must answer one read on the live bus."""
+    async def body(cfg: SiteConfig, site: SiteSim, t: MeterTransport) -> None:
+        gateway = Gateway(tmp_path / "site.toml", own_process=False)
+        await gateway.dry_run(cfg)  # both meters answer: no error
+        site.meters["two"].set_fault(Fault.SILENT)
+        with pytest.raises(DeviceError, match=r"two \(address 000000000002 on m\): no reply"):
+            await gateway.dry_run(cfg)
+        site.meters["two"].set_fault(Fault.EXCEPTION, 0x02)
+        await gateway.dry_run(cfg)  # a refusal is an answer
+
+    _serve(tmp_path, body)

@@ -139,7 +139,8 @@ class Gateway:
                     reply = await _probe(transport, d)
                     if reply.error is not None or reply.exception_code in GATEWAY_NO_ANSWER:
                         why = reply.error or f"gateway exception {reply.exception_code}"
-                        silent.append(f"{d.name} (unit {d.unit_id} on {name}): {why}")
+                        where = f"address {d.address}" if d.address else f"unit {d.unit_id}"
+                        silent.append(f"{d.name} ({where} on {name}): {why}")
             finally:
                 if shared is None:
                     await transport.close()
