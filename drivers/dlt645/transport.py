@@ -84,7 +84,10 @@ class MeterTransport:
 
     def __init__(self, bus: SerialBus) -> None:
         self.bus = bus
-        self.timeout_s = first_byte_timeout_s(bus)
+        # A silent meter is given up after ``first_byte_s``; an answering one may take the
+        # longest reply's wire time more: ``timeout_s`` is the worst case of one attempt.
+        self.first_byte_s = first_byte_timeout_s(bus)
+        self.timeout_s = self.first_byte_s + frame_time_s(bus) + REPLY_MARGIN_S
         self.gap_s = 0.0  # no silent-gap framing in DL/T 645 (frames carry their length)
         self.stats = BusStats()
         self._lock = asyncio.Lock()
@@ -191,7 +194,8 @@ class MeterTransport:
                 if error is not None:
                     self.stats.last_error = error
                     return Heard(), error
-                heard = await self._listen(listen_s or self.timeout_s, until_frame=until_frame)
+                heard = await self._listen(listen_s or self.first_byte_s,
+                                           until_frame=until_frame)
                 return heard, None
             finally:
                 self.stats.busy_s += time.monotonic() - started
@@ -203,7 +207,7 @@ class MeterTransport:
             error = await self._send(request)
             if error is not None:
                 return Reply(error=error)
-            heard = await self._listen(self.timeout_s, until_frame=True)
+            heard = await self._listen(self.first_byte_s, until_frame=True)
             frame = next((f for f in heard.frames if f.from_meter), None)
             if frame is None:
                 if heard.rejected:

@@ -47,7 +47,7 @@ def meter_values(c: Ctx) -> dict[int, Value]:
     total_kw = 0.0
     base_total_kw = 0.0
     for ph in (1, 2, 3):
-        base_kw = c.const(f"p{ph}", 0.1, 1.5)
+        base_kw = c.const(f"p{ph}", 0.03, 0.35)  # a flat: a few thousand kWh a year
         base_total_kw += base_kw
         volts = 220 + 3 * math.cos(2 * math.pi * (c.day_frac - 0.2)) + 0.8 * c.noise(f"v{ph}")
         kw = base_kw * shape * (1 + 0.03 * c.noise(f"p{ph}"))
@@ -60,7 +60,7 @@ def meter_values(c: Ctx) -> dict[int, Value]:
     out[0x02030000] = round(total_kw, 4)
     out[0x02060000] = round(0.93 + 0.04 * c.noise("pf", 60), 3)
     out[0x02800002] = round(50 + 0.03 * c.noise("hz"), 2)
-    forward = c.const("kwh0", 1_000.0, 20_000.0) + base_total_kw * _wave_integral_s(c.t, _LOAD) \
+    forward = c.const("kwh0", 100.0, 5_000.0) + base_total_kw * _wave_integral_s(c.t, _LOAD) \
         / HOUR_S
     reverse = c.const("rev0", 1.0, 50.0) + c.const("rev", 0.001, 0.01) * c.age_s / HOUR_S
     out[0x00010000] = round(forward, 2)
