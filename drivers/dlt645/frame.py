@@ -195,6 +195,20 @@ def _decode_at(buf: bytes, i: int) -> Frame:
                  data=unscramble(buf[i + HEADER_BYTES:end]))
 
 
+def _complete_after(buf: bytes, i: int) -> Step | None:
+    """The first whole, valid frame starting after ``buf[i]``, if one has arrived."""
+    j = buf.find(START, i + 1)
+    while 0 <= j <= len(buf) - ENVELOPE_BYTES:
+        end = j + ENVELOPE_BYTES + buf[j + 9]
+        if buf[j + 7] == START and end <= len(buf):
+            try:
+                return Step(rest=buf[end:], frame=_decode_at(buf, j))
+            except FrameError:
+                pass
+        j = buf.find(START, j + 1)
+    return None
+
+
 def next_frame(buf: bytes) -> Step:
     """Find the first frame in ``buf``, skipping noise and the preamble before it.
 
@@ -213,7 +227,10 @@ def next_frame(buf: bytes) -> Step:
             at = i + 1
             continue
         if len(buf) < i + ENVELOPE_BYTES + buf[i + 9]:
-            return Step(rest=buf[i:])
+            # Incomplete, or noise whose "length" runs past what has arrived: a whole
+            # frame behind it is taken now rather than after the rest of the bogus length.
+            later = _complete_after(buf, i)
+            return later if later is not None else Step(rest=buf[i:])
         try:
             frame = _decode_at(buf, i)
         except FrameError as exc:

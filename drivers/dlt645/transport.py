@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Slack on top of the longest reply's wire time once a reply has begun: USB-serial adapters
 # deliver bytes in batches of about 16 ms.
 REPLY_MARGIN_S = 0.05
+MAX_FRAME = 4 + 12 + 255      # preamble + envelope + the largest data field (4.2.4)
+MAX_BUFFER = 4 * MAX_FRAME
 MAX_FOLLOW_FRAMES = 16      # a reply continued beyond this many frames is refused
 READ_ONLY = ("DL/T 645 meters are read here, not written: a write needs the meter's "
              "password and operator code")
@@ -130,6 +132,8 @@ class MeterTransport:
             return
         if chunk:
             self._buf += chunk
+            if len(self._buf) > MAX_BUFFER:  # noise that never makes a frame: keep the tail
+                del self._buf[:-MAX_FRAME]
             self._arrived.set()
 
     def _drop(self) -> None:
