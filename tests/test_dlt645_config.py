@@ -66,6 +66,9 @@ def test_meter_problems_are_reported_together(tmp_path: Path) -> None:
 def test_protocol_is_checked_and_defaults_to_modbus(tmp_path: Path) -> None:
     text = _problems(tmp_path, _bus(tmp_path).replace('"dlt645"', '"iec62056"'))
     assert "buses.m.protocol = 'iec62056': expected one of 'modbus', 'dlt645'" in text
+    text = _problems(tmp_path, _bus(tmp_path).replace(f'"{tmp_path / "m"}"',
+                                                      '"rfc2217://10.0.0.5:4001"'))
+    assert "rfc2217:// is supported on Modbus buses only" in text
     cfg = load_config_from(tmp_path, f'[buses.r]\ntype = "serial"\nport = "{tmp_path / "r"}"\n'
                            '[devices.x]\nbus = "r"\nunit_id = 1\nprofile = "energy_meter"\n'
                            'poll_interval_s = 5\n')

@@ -117,8 +117,15 @@ class MeterTransport:
             port = serial.serial_for_url(
                 self.bus.port, baudrate=self.bus.baudrate, bytesize=self.bus.bytesize,
                 parity=self.bus.parity.value, stopbits=self.bus.stopbits, timeout=0)
-            asyncio.get_running_loop().add_reader(port.fileno(), self._on_readable)
         except (OSError, ValueError, serial.SerialException) as exc:
+            return f"cannot open {self.describe()}: {exc}"
+        if not hasattr(port, "fileno"):  # pyserial's rfc2217:// client has no descriptor
+            port.close()
+            return f"cannot open {self.describe()}: the port has no file descriptor to poll"
+        try:
+            asyncio.get_running_loop().add_reader(port.fileno(), self._on_readable)
+        except (OSError, ValueError) as exc:
+            port.close()
             return f"cannot open {self.describe()}: {exc}"
         self._port = port
         return None

@@ -161,6 +161,11 @@ def _serial_bus(chk: Checker, name: str, raw: dict[str, Any],
     retries = _retries(chk, raw, p)
     protocol = chk.choice(raw, p, "protocol", FieldProtocol, [f.value for f in FieldProtocol],
                           default=FieldProtocol.MODBUS)
+    if protocol is FieldProtocol.DLT645 and port is not None and port.startswith("rfc2217://"):
+        # The meter transport reads through the event loop, which needs a file descriptor;
+        # pyserial's RFC 2217 client has none.
+        chk.problem(f"{p}.port", port, "a device path or socket://host:port on a DL/T 645 "
+                    "bus (rfc2217:// is supported on Modbus buses only)")
     endpoint = _serial_endpoint(port) if port is not None and why is None else None
     if len(chk.problems) > before:
         return None, endpoint
