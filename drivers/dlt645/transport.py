@@ -36,7 +36,7 @@ from edge_agent.drivers.dlt645.frame import (
     read_request,
 )
 from edge_agent.drivers.dlt645.planner import MeterRead
-from edge_agent.drivers.dlt645.timing import first_byte_timeout_s, frame_time_s
+from edge_agent.drivers.dlt645.timing import MAX_READ_DATA, first_byte_timeout_s, frame_time_s
 from edge_agent.drivers.transport import BusStats, FieldTransport, Reply
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class MeterTransport:
             port.close()
         self._arrived.set()
 
-    async def _listen(self, first_byte_s: float, *, until_frame: bool) -> Heard:
+    async def _listen(self, first_byte_s: float, *, until_frame: bool,
+                      reply_data: int = MAX_READ_DATA) -> Heard:
         """Collect frames: stop at the first meter frame (``until_frame``) or when quiet."""
         heard = Heard()
         deadline = time.monotonic() + first_byte_s
@@ -180,7 +181,8 @@ class MeterTransport:
             if self._buf and not started:
                 # The reply began: allow the longest reply's wire time from here (4.3.3).
                 started = True
-                deadline = time.monotonic() + frame_time_s(self.bus) + REPLY_MARGIN_S
+                deadline = time.monotonic() + frame_time_s(self.bus, reply_data) \
+                    + REPLY_MARGIN_S
 
     async def _send(self, request: bytes) -> str | None:
         error = self._open()
@@ -196,8 +198,13 @@ class MeterTransport:
         return None
 
     async def transact(self, request: bytes, *, until_frame: bool = True,
-                       listen_s: float | None = None) -> tuple[Heard, str | None]:
-        """Send ``request`` and collect what comes back (the scan's raw exchange)."""
+                       listen_s: float | None = None,
+                       reply_data: int = MAX_READ_DATA) -> tuple[Heard, str | None]:
+        """Send ``request`` and collect what comes back (the scan's raw exchange).
+
+        ``listen_s`` is the wait for a first byte, ``reply_data`` the longest data field a
+        reply may carry (after a first byte, the wait ends once such a reply could be over).
+        """
         async with self._lock:
             started = time.monotonic()
             try:
@@ -206,7 +213,7 @@ class MeterTransport:
                     self.stats.last_error = error
                     return Heard(), error
                 heard = await self._listen(listen_s or self.first_byte_s,
-                                           until_frame=until_frame)
+                                           until_frame=until_frame, reply_data=reply_data)
                 return heard, None
             finally:
                 self.stats.busy_s += time.monotonic() - started

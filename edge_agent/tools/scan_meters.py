@@ -25,6 +25,7 @@ from edge_agent.drivers.dlt645.timing import (
     ADDRESS_REQUEST_CHARS,
     address_probe_s,
     char_time_s,
+    first_byte_timeout_s,
 )
 from edge_agent.drivers.dlt645.transport import MeterTransport
 from edge_agent.drivers.modbus.scan import ScanSetting, candidate_settings, parse_framing
@@ -38,6 +39,7 @@ METER_FRAMINGS = "8E1,8N1"
 DEFAULT_SCAN_TURNAROUND_S = 0.200
 CONFIRM_DI = 0x00010000  # forward active energy total: every meter serves it (A.1)
 PROFILE = "dlt645_meter"
+ADDRESS_DATA = 6         # a read-address reply carries the six address bytes
 
 
 @dataclass(slots=True)
@@ -72,13 +74,17 @@ async def search_line(setting: ScanSetting, port: str, turnaround_s: float,
                       out: TextIO) -> MeterSweep:
     """Run the narrowing read-address search at one setting."""
     bus = _bus(setting, port, turnaround_s)
+    listen_s = first_byte_timeout_s(bus, ADDRESS_REQUEST_CHARS)
     transport = MeterTransport(bus)
     search = AddressSearch()
     started = time.monotonic()
     try:
         while (pattern := search.next_pattern()) is not None:
+            # Wait as long as a read-address exchange can take, no longer: a silent pattern
+            # costs its request and the turnaround, an answered one the 6-byte reply too.
             heard, error = await transport.transact(read_address_request(pattern),
-                                                    until_frame=False)
+                                                    until_frame=False, listen_s=listen_s,
+                                                    reply_data=ADDRESS_DATA)
             if error is not None:
                 return MeterSweep(setting, [], 0, 0, [], time.monotonic() - started, error)
             outcome, address = classify(pattern, heard.frames, len(heard.rejected),
