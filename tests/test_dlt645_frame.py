@@ -22,10 +22,13 @@ from edge_agent.drivers.dlt645.frame import (
     read_request,
 )
 from edge_agent.drivers.dlt645.identifiers import IDENTIFIERS, block_of, block_slot
+from edge_agent.drivers.dlt645.meter import load_meter_profile, shipped_meter_profiles
+from edge_agent.drivers.dlt645.planner import decode_meter_read, plan_meter_reads
 from edge_agent.drivers.dlt645.transport import check_reply
 from edge_agent.drivers.profile import DeviceProfile
 from edge_agent.drivers.sim.meter import MeterSim
 from edge_agent.protocol.errors import EdgeError
+from edge_agent.protocol.readings import Quality
 
 ADDRESS = "000102030425"  # on the wire 25 04 03 02 01 00 (4.2.2: lowest byte first)
 
@@ -233,3 +236,17 @@ def test_any_frame_is_a_reply_value_or_no_reply_never_an_exception(frame: Frame,
     if outcome is not None:
         assert (outcome.data is not None) + (outcome.exception_code is not None) \
             + (outcome.error is not None) == 1
+
+
+PROFILE_POINTS = load_meter_profile(shipped_meter_profiles()["dlt645_meter"]).points
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40), st.sets(st.sampled_from(range(len(PROFILE_POINTS))), min_size=1))
+def test_any_reply_data_decodes_to_readings_never_an_exception(data: bytes,
+                                                               which: set[int]) -> None:
+    points = [PROFILE_POINTS[i] for i in sorted(which)]
+    for req in plan_meter_reads(points):
+        readings = decode_meter_read(req, data, device="m", ts_ms=1)
+        assert [r.point for r in readings] == [p.name for p in req.points]
+        assert all((r.value is None) == (r.quality is Quality.DECODE_ERROR) for r in readings)

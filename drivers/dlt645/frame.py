@@ -45,7 +45,6 @@ FOLLOWS = 0x20      # D5: 1 more data follows in follow-up frames (有后续数�
 FUNCTION = 0x1F     # D4..D0
 
 # Function codes (4.2.3) used by the gateway.
-BROADCAST_TIME = 0x08
 READ_DATA = 0x11
 READ_FOLLOW = 0x12
 READ_ADDRESS = 0x13
