@@ -13,8 +13,8 @@ The frame (DL/T 645-2007, 4.2 帧格式)::
 * ``C`` (4.2.3 控制码): D7 direction (1 = from the meter), D6 abnormal reply, D5 a follow-up
   frame comes (后续帧), D4..D0 the function.
 * ``L`` (4.2.4 数据域长度): bytes of DATA, one byte, so at most 255 (200 for read replies).
-* ``DATA`` (4.2.5 数据域): every byte sent with ``0x33`` added, modulo 256 (and removed on
-  receipt), so a frame of zeros never looks like silence on the line.
+* ``DATA`` (4.2.5 数据域): every byte sent with ``0x33`` added, modulo 256, and the 0x33
+  taken off again on receipt.
 * ``CS`` (4.2.6 校验码): the sum modulo 256 of every byte from the first ``68`` to the end of
   DATA, as sent (after the +0x33).
 * ``16`` (4.2.7 结束符) closes the frame.
