@@ -1,12 +1,13 @@
 """Finding the meters on a line whose addresses nobody wrote down (pure: the scan sends).
 
 The read-address command (function 13) sent to ``AAAAAAAAAAAA`` is answered by every meter
-on the line with its address (DL/T 645-2007 4.2.2: an ``AA`` byte in the address matches
-whatever that byte of the meter's address is). With one meter on the line that is the whole
-search. With several they answer at once and their replies collide into garbage; then the
-search fixes one more byte of the pattern to each of its 100 BCD values (00-99) and asks
-again, narrowing byte by byte, lowest byte first (meters of one block usually share their
-high digits and differ in the low ones):
+on the line with its address. DL/T 645-2007 4.2.2 allows abbreviated addressing (缩位寻址):
+some low bytes of the address given, the high bytes filled with ``AA`` as wildcards, and a
+meter whose low bytes match answers with its full address. With one meter on the line the
+broadcast is the whole search. With several they answer at once and their replies collide
+into garbage; then the search fixes the lowest wildcard byte to each of its 100 BCD values
+(00-99) and asks again, narrowing byte by byte from the low end, as abbreviated addressing
+reads (meters of one block also tend to share their high digits and differ in the low ones):
 
     AAAAAAAAAAAA -> collision -> AAAAAAAAAA00 .. AAAAAAAAAA99 -> AAAAAAAAAA01 collides
     -> AAAAAAAA0001 .. AAAAAAAA9901 -> each answered by one meter at most
