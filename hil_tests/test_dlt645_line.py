@@ -33,6 +33,9 @@ pytestmark = pytest.mark.simulated_only
 
 BAUD = 2400
 SIM_TURNAROUND_S = 0.020   # the simulated meters answer after the standard's minimum Td
+# The scan's reply wait: five times what the simulated meters need, so a loaded machine does
+# not make a meter late (the default, 200 ms, is for real meters).
+SCAN_TURNAROUND_MS = 100
 FIVE = {"a": "230401000017", "b": "230401000023", "c": "230401000112",
         "d": "230402000017", "e": "190000005566"}
 
@@ -123,7 +126,7 @@ def test_scan_finds_five_meters_through_the_paced_line(tmp_path: Path) -> None:
     with meter_line(tmp_path, FIVE) as port:
         started = time.monotonic()
         status = scan_main([str(port), "--protocol", "dlt645", "--bauds", str(BAUD),
-                            "--framings", "8N1", "--turnaround-ms", "40",
+                            "--framings", "8N1", "--turnaround-ms", str(SCAN_TURNAROUND_MS),
                             "--out", str(tmp_path / "draft.toml")], out=out)
         took = time.monotonic() - started
     text = out.getvalue()

@@ -51,3 +51,11 @@ def test_silence_and_garbage_are_told_apart() -> None:
 def test_the_search_finds_exactly_the_meters_on_the_line(addresses: set[str]) -> None:
     search = _run(addresses)
     assert sorted(search.found) == sorted(addresses) and not search.noisy
+
+
+def test_a_late_reply_heard_during_another_probe_is_kept() -> None:
+    search = AddressSearch()
+    late = Frame("230401000017", FROM_METER | READ_ADDRESS, bytes.fromhex("230401000017")[::-1])
+    search.salvage([late, Frame("AAAAAAAAAAAA", READ_ADDRESS)])  # a request echo is no meter
+    search.salvage([late])
+    assert search.found == ["230401000017"]

@@ -75,6 +75,17 @@ class AddressSearch:
         """The next pattern to send a read-address to, or None when the search is done."""
         return self.pending.pop(0) if self.pending else None
 
+    def salvage(self, frames: Sequence[Frame]) -> None:
+        """Keep the address of any whole read-address reply heard, even for another pattern.
+
+        A meter slower than the scan's wait answers during the next probe; its reply is
+        still a meter's address (the checksum vouches for it), so it is not lost.
+        """
+        for f in frames:
+            if f.from_meter and f.function == READ_ADDRESS and not f.abnormal \
+                    and f.address.isdigit() and f.address not in self.found:
+                self.found.append(f.address)
+
     def record(self, pattern: str, outcome: Outcome, address: str | None = None) -> None:
         """Take in what the probe of ``pattern`` heard."""
         self.probes += 1

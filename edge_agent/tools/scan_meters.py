@@ -91,8 +91,9 @@ async def search_line(setting: ScanSetting, port: str, turnaround_s: float,
                                         heard.bytes_seen)
             before = len(search.found)
             search.record(pattern, outcome, address)
-            if len(search.found) > before:
-                print(f"  meter {address} (pattern {pattern}, probe {search.probes})",
+            search.salvage(heard.frames)
+            for new in search.found[before:]:
+                print(f"  meter {new} (pattern {pattern}, probe {search.probes})",
                       file=out, flush=True)
     finally:
         await transport.close()
