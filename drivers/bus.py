@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from edge_agent.drivers.dlt645.meter import MeterPoint
 from edge_agent.drivers.model import Point
 from edge_agent.drivers.profile import DeviceProfile
 
@@ -17,6 +18,13 @@ class Parity(StrEnum):
     NONE = "N"
     EVEN = "E"
     ODD = "O"
+
+
+class FieldProtocol(StrEnum):
+    """The protocol spoken on a serial line."""
+
+    MODBUS = "modbus"   # Modbus RTU (Modbus over serial line V1.02)
+    DLT645 = "dlt645"   # DL/T 645-2007 energy meters
 
 
 class TcpFraming(StrEnum):
@@ -39,6 +47,7 @@ class SerialBus:
     inter_frame_gap_s: float | None = None  # None: 3.5 characters, 1.75 ms above 19200 baud
     timeout_s: float | None = None          # None: derived from baud and the largest frame
     retries: int = 1
+    protocol: FieldProtocol = FieldProtocol.MODBUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,11 @@ Bus = SerialBus | TcpBus
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
-    """One field device: where it is, what it is, how often to read it."""
+    """One field device: where it is, what it is, how often to read it.
+
+    A Modbus device has ``points``; a DL/T 645 meter has ``address`` (its twelve digits, as
+    on its nameplate), ``unit_id`` the number they spell, and ``meter_points``.
+    """
 
     name: str
     bus: str
@@ -66,6 +79,8 @@ class DeviceConfig:
     profile: DeviceProfile
     poll_interval_s: float
     points: tuple[Point, ...]  # the profile's points with this device's overrides applied
+    address: str = ""
+    meter_points: tuple[MeterPoint, ...] = ()
 
 
 class FieldSite(Protocol):

@@ -34,6 +34,11 @@ Faults, each drawn from one seeded ``random.Random`` so a run can be replayed:
 - a master whose port is set to another baud rate than the line's garbles every byte it
   sends (what a receiver makes of a wrong-speed signal), so nobody answers it.
 
+The line also carries DL/T 645-2007 (``protocol = "dlt645"``): a frame is then whole when its
+checksum and end byte are right (DL/T 645-2007 4.2.6, 4.2.7), and a meter's reply follows
+the request after its turnaround alone: DL/T 645 frames carry their length, there is no
+t3.5 silence in that protocol.
+
 A "frame" here is what one read() returned from a source: pymodbus writes each frame
 with one write(), so the two coincide; if a frame ever arrives split, the fault applies
 to a piece of it, which still makes it fail its CRC.
@@ -46,6 +51,8 @@ from dataclasses import dataclass, field
 
 from pymodbus.framer.rtu import FramerRTU
 
+from edge_agent.drivers.dlt645.frame import FrameError, decode_frame
+
 MASTER = "master"
 FIXED_GAP_ABOVE_BAUD = 19200
 FIXED_T35_S = 0.00175
@@ -54,6 +61,15 @@ FIXED_T35_S = 0.00175
 def crc_ok(frame: bytes) -> bool:
     """True when the frame's last two bytes are the CRC of the rest (serial line 2.5.1.2)."""
     return len(frame) >= 4 and FramerRTU.check_CRC(frame[:-2], (frame[-2] << 8) | frame[-1])
+
+
+def dlt645_ok(frame: bytes) -> bool:
+    """True when ``frame`` is one whole DL/T 645 frame (wake-up bytes allowed)."""
+    try:
+        decode_frame(frame)
+    except FrameError:
+        return False
+    return True
 
 
 def char_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
@@ -114,6 +130,7 @@ class LineModel:
     crc_rate: float = 0.0
     drop_rate: float = 0.0
     echo: bool = False
+    protocol: str = "modbus"          # or "dlt645": which frames a device takes as whole
     drops: dict[str, Drop] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     wire_free_at: float = 0.0
@@ -129,7 +146,9 @@ class LineModel:
 
     @property
     def t35_s(self) -> float:
-        """The inter-frame silence (serial line V1.02, 2.5.1.1)."""
+        """The inter-frame silence (serial line V1.02, 2.5.1.1); none in DL/T 645."""
+        if self.protocol == "dlt645":
+            return 0.0
         return FIXED_T35_S if self.baudrate > FIXED_GAP_ABOVE_BAUD else 3.5 * self.char_s
 
     def add_drop(self, name: str, latency_s: float = 0.0) -> Drop:
@@ -176,7 +195,7 @@ class LineModel:
         due = self._occupy(max(now, self.wire_free_at), len(data))
         out = []
         whole = [due[-1]] * len(data)  # a receiver takes the frame once it is complete
-        good = crc_ok(data)
+        good = dlt645_ok(data) if self.protocol == "dlt645" else crc_ok(data)
         if not good:
             self.stats.discarded_by_devices += 1
         for drop in self.drops.values():

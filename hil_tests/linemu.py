@@ -2,7 +2,7 @@
 
     python -m hil_tests.linemu --line PATH --drop NAME=PTY [--drop ...] --control SOCK
                                [--baud 9600] [--parity N] [--stopbits 1] [--seed 0]
-                               [--latency-ms 0]
+                               [--latency-ms 0] [--protocol modbus|dlt645]
 
 ``--line PATH`` becomes a symlink to a new pseudo-terminal: the client under test (the
 agent, ``edge-agent scan``, pymodbus) opens it like a USB RS-485 adapter. Each ``--drop``
@@ -290,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0,
                     help="device turnaround added to every drop's replies")
+    ap.add_argument("--protocol", choices=["modbus", "dlt645"], default="modbus",
+                    help="the frames the line carries (default: %(default)s)")
     args = ap.parse_args(argv)
     model = LineModel(baudrate=args.baud, parity=args.parity, stopbits=args.stopbits,
-                      seed=args.seed)
+                      seed=args.seed, protocol=args.protocol)
     try:
         emu = Emulator(model, args.line, dict(args.drop), args.control)
     except OSError as exc:

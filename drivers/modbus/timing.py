@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from edge_agent.drivers.bus import FieldSite, Parity, SerialBus
+from edge_agent.drivers.bus import FieldProtocol, FieldSite, Parity, SerialBus
 from edge_agent.drivers.modbus.planner import plan_reads
 from edge_agent.drivers.model import Point, Table
 
@@ -226,10 +226,11 @@ def serial_budget(bus: SerialBus, devices: Iterable[tuple[str, float, Iterable[P
 
 def bus_budget(cfg: FieldSite,
                turnaround_s: float = DEFAULT_TURNAROUND_S) -> dict[str, BusBudget]:
-    """The budget of every serial bus of ``cfg`` (TCP buses have no shared line to budget)."""
+    """The budget of every Modbus serial bus of ``cfg`` (TCP buses have no shared line to
+    budget; DL/T 645 lines are ``drivers.budget``'s)."""
     out: dict[str, BusBudget] = {}
     for name, bus in cfg.buses.items():
-        if isinstance(bus, SerialBus):
+        if isinstance(bus, SerialBus) and bus.protocol is FieldProtocol.MODBUS:
             out[name] = serial_budget(
                 bus, [(d.name, d.poll_interval_s, d.points) for d in cfg.devices_on(name)],
                 cfg.max_gap, turnaround_s)

@@ -101,8 +101,6 @@ class WriteRequest:
 
 # The transport the scheduler polls through: any FieldTransport speaking these requests.
 ModbusTransport: TypeAlias = FieldTransport[ReadRequest, WriteRequest]
-# How the agent and the gateway's dry run open a bus (tests pass a scripted fake bus).
-TransportFactory: TypeAlias = Callable[[Bus], ModbusTransport]
 
 
 _READERS = {

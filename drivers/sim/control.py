@@ -5,6 +5,8 @@ Requests (replies always carry ``"ok"``; on failure ``"error"`` says what was wr
 - ``{"device": NAME, "fault": "silent"|"exception"|"bad_crc"|"none", "code": 4}``: silent never
   answers (a clean unplug), exception answers every request with ``code`` (default 4), bad_crc
   sends replies with a corrupted CRC (on MBAP-framed TCP: a corrupted protocol identifier).
+  For a DL/T 645 meter ``code`` is the error byte of its abnormal replies (default 1, "other
+  error") and bad_crc flips the checksum byte.
 - ``{"cmd": "freeze", "on": true}``: stop (or restart) value evolution for every device.
 - ``{"cmd": "registers", "device": NAME}``: ``registers`` = {table: {address: register or bit}}
   (addresses as decimal strings, JSON keys), plus ``values`` = the engineering values.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.drivers.sim.device import Fault
+from edge_agent.drivers.sim.meter import MeterSim
 from edge_agent.drivers.sim.server import SiteSim
 from edge_agent.protocol.errors import ConfigError
 
@@ -50,7 +53,7 @@ def _dispatch(site: SiteSim, msg: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"fault {msg['fault']!r}: expected one of "
                              f"{', '.join(f.value for f in Fault)}") from None
-        code = msg.get("code", 4)
+        code = msg.get("code", 1 if isinstance(dev, MeterSim) else 4)
         if not isinstance(code, int) or isinstance(code, bool):
             raise ValueError(f"code {code!r}: expected an integer Modbus exception code")
         dev.set_fault(fault, code)
@@ -79,7 +82,8 @@ def _dispatch(site: SiteSim, msg: dict[str, Any]) -> dict[str, Any]:
     if cmd == "stats":
         if "device" in msg:
             return site.device(_str(msg, "device")).stats()
-        return {"devices": [d.stats() for d in site.devices.values()]}
+        return {"devices": [*(d.stats() for d in site.devices.values()),
+                            *(m.stats() for m in site.meters.values())]}
     raise ValueError(f"unknown request {json.dumps(msg)[:120]}: expected 'cmd' freeze, "
                      "registers, set or stats, or a 'device' with a 'fault'")
 

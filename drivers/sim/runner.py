@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.drivers.bus import FieldSite
+from edge_agent.drivers.bus import FieldSite, SerialBus
 from edge_agent.drivers.sim.control import control_server
 from edge_agent.drivers.sim.device import DeviceSim
+from edge_agent.drivers.sim.meter import MeterSim
+from edge_agent.drivers.sim.meter_server import serve_meter_bus
 from edge_agent.drivers.sim.server import Served, SiteSim, serve_bus
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import DeviceError
@@ -21,7 +23,10 @@ def build_site(cfg: FieldSite, clock: Clock, seed: int) -> SiteSim:
     """The simulated devices of ``cfg`` (not yet served)."""
     site = SiteSim(clock=clock)
     for d in cfg.devices:
-        site.devices[d.name] = DeviceSim(d, seed)
+        if d.meter_points:
+            site.meters[d.name] = MeterSim(d, seed)
+        else:
+            site.devices[d.name] = DeviceSim(d, seed)
     return site
 
 
@@ -40,8 +45,12 @@ async def run_site(cfg: FieldSite, *, control_path: Path | None, stop: asyncio.E
     async with contextlib.AsyncExitStack() as stack:
         served: list[Served] = []
         for bus in cfg.buses.values():
-            devices = [sim.devices[d.name] for d in cfg.devices_on(bus.name)]
-            if devices:
+            names = [d.name for d in cfg.devices_on(bus.name)]
+            meters = [sim.meters[n] for n in names if n in sim.meters]
+            devices = [sim.devices[n] for n in names if n in sim.devices]
+            if meters and isinstance(bus, SerialBus):
+                served.append(await stack.enter_async_context(serve_meter_bus(sim, bus, meters)))
+            elif devices:
                 served.append(await stack.enter_async_context(serve_bus(sim, bus, devices)))
         if control_path is not None:
             await stack.enter_async_context(control_server(sim, control_path))

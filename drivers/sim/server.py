@@ -33,6 +33,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from edge_agent.drivers.bus import SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.model import Table
 from edge_agent.drivers.sim.device import DeviceSim, Fault
+from edge_agent.drivers.sim.meter import MeterSim
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import ConfigError, DeviceError
 
@@ -55,6 +56,7 @@ class SiteSim:
 
     clock: Clock
     devices: dict[str, DeviceSim] = field(default_factory=dict)
+    meters: dict[str, MeterSim] = field(default_factory=dict)  # DL/T 645 meters
     frozen_at: float | None = None
 
     def now(self) -> float:
@@ -66,13 +68,13 @@ class SiteSim:
         self.frozen_at = (self.frozen_at if self.frozen_at is not None else self.clock.now()) \
             if on else None
 
-    def device(self, name: str) -> DeviceSim:
-        """The device called ``name``; KeyError with the known names otherwise."""
-        try:
-            return self.devices[name]
-        except KeyError:
+    def device(self, name: str) -> DeviceSim | MeterSim:
+        """The device (or meter) called ``name``; KeyError with the known names otherwise."""
+        found = self.devices.get(name) or self.meters.get(name)
+        if found is None:
             raise KeyError(f"no simulated device {name!r} "
-                           f"(devices: {', '.join(self.devices)})") from None
+                           f"(devices: {', '.join([*self.devices, *self.meters])})")
+        return found
 
 
 def _register_blocks(dev: DeviceSim, table: Table, cells: dict[int, int | bool]) -> list[SimData]:

@@ -19,9 +19,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edge_agent.config.meters import is_meter_bus, parse_meter_device
 from edge_agent.config.model import SAFE_ID, SAFE_ID_TEXT
 from edge_agent.config.paths import FileRoots
-from edge_agent.drivers.bus import Bus, DeviceConfig, Parity, SerialBus, TcpBus, TcpFraming
+from edge_agent.drivers.bus import (
+    Bus,
+    DeviceConfig,
+    FieldProtocol,
+    Parity,
+    SerialBus,
+    TcpBus,
+    TcpFraming,
+)
+from edge_agent.drivers.dlt645.meter import MeterProfile
 from edge_agent.drivers.model import POLL_TEXT, DataType, Point, poll_interval_ok
 from edge_agent.drivers.profile import DeviceProfile, parse_point, parse_profile, shipped_profiles
 from edge_agent.protocol.errors import ConfigError
@@ -31,7 +41,7 @@ STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # The Modbus over serial line V1.02 2.2 address space: 0 is broadcast, 248-255 reserved.
 UNIT_TEXT = "a unit id from 1 to 247 (0 is broadcast, 248-255 reserved: serial line V1.02, 2.2)"
 SERIAL_KEYS = ("type", "port", "baudrate", "parity", "stopbits", "inter_frame_gap_ms",
-               "timeout_ms", "retries")
+               "timeout_ms", "retries", "protocol")
 TCP_KEYS = ("type", "host", "port", "framing", "timeout_ms", "retries")
 DEVICE_KEYS = ("bus", "unit_id", "profile", "poll_interval_s", "points", "extra_points")
 OVERRIDE_KEYS = ("interval_s", "deadband", "scale", "offset", "unit", "enabled")
@@ -148,11 +158,19 @@ def _serial_bus(chk: Checker, name: str, raw: dict[str, Any],
     gap = _ms(chk, raw, p, "inter_frame_gap_ms", 0, 1000)
     timeout = _ms(chk, raw, p, "timeout_ms", 1, 60000)
     retries = _retries(chk, raw, p)
+    protocol = chk.choice(raw, p, "protocol", FieldProtocol, [f.value for f in FieldProtocol],
+                          default=FieldProtocol.MODBUS)
+    if protocol is FieldProtocol.DLT645 and port is not None and port.startswith("rfc2217://"):
+        # The meter transport reads through the event loop, which needs a file descriptor;
+        # pyserial's RFC 2217 client has none.
+        chk.problem(f"{p}.port", port, "a device path or socket://host:port on a DL/T 645 "
+                    "bus (rfc2217:// is supported on Modbus buses only)")
     endpoint = _serial_endpoint(port) if port is not None and why is None else None
     if len(chk.problems) > before:
         return None, endpoint
     return (SerialBus(name=name, port=port, baudrate=baud, parity=parity, stopbits=stopbits,
-                      inter_frame_gap_s=gap, timeout_s=timeout, retries=retries), endpoint)
+                      inter_frame_gap_s=gap, timeout_s=timeout, retries=retries,
+                      protocol=protocol), endpoint)
 
 
 def _tcp_bus(chk: Checker, name: str, raw: dict[str, Any],
@@ -184,12 +202,18 @@ def parse_devices(chk: Checker, raw: dict[str, Any], buses: dict[str, Bus], decl
     devices: list[DeviceConfig] = []
     units: dict[tuple[str, int], str] = {}  # (bus, unit id) -> device that has it
     profiles: dict[str, DeviceProfile | None] = {}  # profile file -> parsed (None: bad)
+    meter_profiles: dict[str, MeterProfile | None] = {}
     for name, d in raw.items():
         p = f"devices.{name}"
         if not SAFE_ID.fullmatch(name):
             chk.problem(p, name, f"a device name of {SAFE_ID_TEXT}")
         if not isinstance(d, dict):
             chk.problem(p, d, "a table with bus, unit_id, profile and poll_interval_s")
+            continue
+        if is_meter_bus(buses, d.get("bus")):
+            meter = parse_meter_device(chk, name, d, buses, base, roots, units, meter_profiles)
+            if meter is not None:
+                devices.append(meter)
             continue
         before = len(chk.problems)
         chk.keys(d, p, DEVICE_KEYS)

@@ -15,6 +15,7 @@ from edge_agent.protocol.broker import MqttConfig
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SAFE_ID_TEXT = "1-64 letters, digits, '-' or '_' (a safe MQTT topic segment)"
 
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
     """How readings are grouped before they are published."""

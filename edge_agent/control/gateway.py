@@ -31,14 +31,22 @@ import aiomqtt
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
 from edge_agent.control.truststore import TRUST_FILE
-from edge_agent.drivers.bus import Bus, SerialBus
+from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
+from edge_agent.drivers.dlt645.planner import plan_meter_reads
+from edge_agent.drivers.dlt645.transport import MeterTransport
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory, request_budget_s
+from edge_agent.drivers.transport import Reply
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, DeviceError, EdgeError, UplinkError
 from edge_agent.protocol.tasks import describe_tasks, stop_tasks
 from edge_agent.runtime.agent import Agent, open_store, stop_budget_s
+from edge_agent.runtime.buses import (
+    AnyTransport,
+    TransportFactory,
+    open_transport,
+    request_budget_s,
+)
 from edge_agent.runtime.lifecycle import Operations, Overrun
 from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
@@ -60,12 +68,24 @@ def _endpoint(bus: Bus) -> str:
     return f"serial:{bus.port}" if isinstance(bus, SerialBus) else f"tcp:{bus.host}:{bus.port}"
 
 
+async def _probe(transport: AnyTransport, d: DeviceConfig) -> Reply:
+    """One read of ``d``'s first point through the transport of its bus's protocol."""
+    if isinstance(transport, MeterTransport):
+        if not d.meter_points:
+            return Reply(error="the running bus speaks DL/T 645; the new config Modbus")
+        return await transport.read_request(d.unit_id, plan_meter_reads(d.meter_points[:1])[0])
+    if not d.points:
+        return Reply(error="the running bus speaks Modbus; the new config DL/T 645")
+    return await transport.read_request(d.unit_id, plan_reads(d.points[:1], max_gap=0)[0])
+
+
 class Gateway:
     """Owns the running Agent and, when enrolled, the control plane that may replace it."""
 
     def __init__(self, config_path: Path, *, broker_url: str | None = None,
                  health_gate_s: float = 30.0, clock: Clock | None = None,
-                 own_process: bool = True, make_transport: TransportFactory = BusTransport) -> None:
+                 own_process: bool = True,
+                 make_transport: TransportFactory = open_transport) -> None:
         self.config_path = config_path
         self.make_transport = make_transport
         # The gateway is the whole process (``edge-agent run``): at exit, tasks left running
@@ -126,11 +146,11 @@ class Gateway:
             transport = shared or self.make_transport(bus)
             try:
                 for d in devices:
-                    first = plan_reads(d.points[:1], max_gap=0)[0]
-                    reply = await transport.read_request(d.unit_id, first)
+                    reply = await _probe(transport, d)
                     if reply.error is not None or reply.exception_code in GATEWAY_NO_ANSWER:
                         why = reply.error or f"gateway exception {reply.exception_code}"
-                        silent.append(f"{d.name} (unit {d.unit_id} on {name}): {why}")
+                        where = f"address {d.address}" if d.address else f"unit {d.unit_id}"
+                        silent.append(f"{d.name} ({where} on {name}): {why}")
             finally:
                 if shared is None:
                     await transport.close()

@@ -27,16 +27,22 @@ from typing import NamedTuple
 from edge_agent import __version__
 from edge_agent.codecs.batch import encode_batch
 from edge_agent.config.model import SiteConfig
-from edge_agent.drivers.modbus.transport import BusTransport, TransportFactory, request_budget_s
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.readings import Reading
 from edge_agent.protocol.tasks import stop_tasks
 from edge_agent.runtime.batcher import Batcher, ReportFilter
+from edge_agent.runtime.buses import (
+    AnyScheduler,
+    AnyTransport,
+    TransportFactory,
+    make_scheduler,
+    open_transport,
+    request_budget_s,
+)
 from edge_agent.runtime.lifecycle import Heartbeat, bounded
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
-from edge_agent.runtime.scheduler import BusScheduler
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore, MemoryStore
@@ -118,7 +124,7 @@ async def supervise(name: str, factory: Callable[[], Awaitable[None]], clock: Cl
             raise asyncio.CancelledError(f"{name} cancelled (the cancel was swallowed)")
 
 
-def _flag_of(sched: BusScheduler) -> Callable[[], bool]:
+def _flag_of(sched: AnyScheduler) -> Callable[[], bool]:
     return lambda: sched.stopping
 
 
@@ -149,7 +155,7 @@ class Agent:
     """One gateway: polls its buses into ``store`` and reports over MQTT until stopped."""
 
     def __init__(self, cfg: SiteConfig, store: BatchStore, clock: Clock | None = None, *,
-                 make_transport: TransportFactory = BusTransport) -> None:
+                 make_transport: TransportFactory = open_transport) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.epoch = int(self.clock.now() * 1000)
@@ -167,18 +173,18 @@ class Agent:
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
         self._sealed: deque[_Sealed] = deque()
-        self.transports = {name: make_transport(bus) for name, bus in cfg.buses.items()
-                           if cfg.devices_on(name)}
+        self.transports: dict[str, AnyTransport] = {
+            name: make_transport(bus) for name, bus in cfg.buses.items() if cfg.devices_on(name)}
         self.lag = LagMonitor(witness=Witness())  # the real loop, whatever clock polls
         self._missed = MissedSlots()
         self.heartbeats: dict[str, Heartbeat] = {}
-        self.schedulers: dict[str, BusScheduler] = {}
+        self.schedulers: dict[str, AnyScheduler] = {}
         for name, t in self.transports.items():
             devices = cfg.devices_on(name)
             fastest = min(d.poll_interval_s for d in devices)
             hb = self.heartbeats[name] = Heartbeat(
                 f"bus:{name}", self.clock, max(HEARTBEAT_MIN_GRACE_S, HEARTBEAT_CYCLES * fastest))
-            self.schedulers[name] = BusScheduler(
+            self.schedulers[name] = make_scheduler(
                 t, devices, self._on_readings, self.clock, max_gap=cfg.max_gap,
                 seed=zlib.crc32(name.encode()), heartbeat=hb,
                 request_budget_s=request_budget_s(cfg.buses[name]) + 1.0,

@@ -52,7 +52,10 @@ class ReportFilter:
     """Decides which readings are worth sending (report by exception with deadbands)."""
 
     def __init__(self, devices: Iterable[DeviceConfig], max_silence_s: float) -> None:
-        self._deadband = {(d.name, p.name): p.deadband for d in devices for p in d.points}
+        self._deadband: dict[tuple[str, str], float | None] = {}
+        for d in devices:
+            self._deadband.update({(d.name, p.name): p.deadband for p in d.points})
+            self._deadband.update({(d.name, m.name): m.deadband for m in d.meter_points})
         self._max_silence_ms = int(max_silence_s * 1000)
         self._last: dict[tuple[str, str], _Last] = {}
         self.stats = FilterStats()

@@ -1,46 +1,35 @@
-"""Polling one bus: grid-aligned slots, one request at a time, dead devices backed off.
+"""Polling one Modbus bus: read plans from the planner, decoded replies, refusals learned.
 
-A point with a 5 s interval is read on the 5 s marks of the wall clock, so its timestamps
-are regular (they are the slot's mark, not the moment the reply arrived; the latency is
-reported in health). A device that stops answering is backed off exponentially with
-jitter up to a cap, and while backed off only a single one-attempt probe is sent when its
-back-off ends, so it costs the healthy devices on the bus at most one timeout per probe.
-The cap is two of the device's poll intervals (at most 60 s), so a replugged device is
-read again within two poll cycles.
+The protocol-neutral part (grid-aligned slots, writes between polls, dead devices backed off,
+stop and heartbeat) is ``poller.BusPoller``; this module adds how one Modbus device is read
+and written.
 
 The bus is any ``ModbusTransport``: the pymodbus ``BusTransport`` in the product, a
 scripted fake bus on a fake clock in tests. What an exception-2 reply teaches about the
 device's addresses, and what to ask instead, is the planner's ``after_reply``.
-
-Stopping is cooperative as well as by cancel: ``stop`` sets a flag checked before every
-request, so a poller whose cancel was lost still stops after the request in flight. Before
-each request and each sleep the poller beats its ``Heartbeat`` with a promise of when it
-will beat again, which the gateway's watchdog holds it to.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.modbus.decode import decode_request, encode_write, failed_readings
-from edge_agent.drivers.modbus.planner import (
-    ILLEGAL_DATA_ADDRESS,
-    BadRanges,
-    after_reply,
-    plan_reads,
-)
+from edge_agent.drivers.modbus.planner import ILLEGAL_DATA_ADDRESS, after_reply, plan_reads
 from edge_agent.drivers.modbus.transport import ModbusTransport, WriteRequest
 from edge_agent.drivers.model import Point, ReadRequest
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
-from edge_agent.protocol.readings import Quality, Reading, Value
+from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.runtime.lifecycle import Heartbeat
+from edge_agent.runtime.poller import DEVICE_BACKOFF as DEVICE_BACKOFF
+from edge_agent.runtime.poller import BusPoller, WriteJob
+from edge_agent.runtime.poller import DeviceState as DeviceState
+from edge_agent.runtime.poller import WriteResult as WriteResult
+from edge_agent.runtime.poller import interval_groups as _interval_groups
+from edge_agent.runtime.poller import next_mark_ms as next_mark_ms
 
 log = logging.getLogger(__name__)
 
@@ -48,83 +37,14 @@ log = logging.getLogger(__name__)
 # (section 7): for us the device is silent, not answering with an exception.
 GATEWAY_NO_ANSWER = frozenset({0x0A, 0x0B})
 
-# A dead device is retried after 2, 4, 8 ... s (each drawn in [delay/2, delay]), capped per
-# device at two of its poll intervals so a replugged device is back within two cycles.
-DEVICE_BACKOFF = BackoffPolicy(base_s=2.0, cap_s=60.0, jitter=0.5)
-
-
-@dataclass(slots=True)
-class DeviceState:
-    """What the scheduler knows about one device, and its health counters."""
-
-    cfg: DeviceConfig
-    backoff: BackoffPolicy = DEVICE_BACKOFF
-    bad: BadRanges = field(default_factory=BadRanges)
-    status: str = "unknown"          # unknown | online | offline
-    consecutive_failures: int = 0
-    retry_at_monotonic: float = 0.0
-    polls: int = 0
-    good_polls: int = 0
-    failed_polls: int = 0
-    skipped_slots: int = 0           # slots not polled because the device was backed off
-    missed_slots: int = 0            # slots dropped because the bus was a whole interval late
-    probes: int = 0
-    last_good_ms: int | None = None
-    last_error: str = ""
-    latency_ms_last: float = 0.0
-    latency_ms_max: float = 0.0
-    latency_ms_sum: float = 0.0
-
-    def health(self) -> dict[str, object]:
-        """The device's part of the health document."""
-        return {
-            "status": self.status, "unit_id": self.cfg.unit_id, "bus": self.cfg.bus,
-            "polls": self.polls, "good_polls": self.good_polls,
-            "failed_polls": self.failed_polls, "skipped_slots": self.skipped_slots,
-            "missed_slots": self.missed_slots, "probes": self.probes,
-            "consecutive_failures": self.consecutive_failures,
-            "last_good_ms": self.last_good_ms, "last_error": self.last_error,
-            "latency_ms": {
-                "last": round(self.latency_ms_last, 1), "max": round(self.latency_ms_max, 1),
-                "mean": (round(self.latency_ms_sum / self.good_polls, 1)
-                         if self.good_polls else None),
-            },
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """Outcome of a write command: ok, or why not (a Modbus exception code or an error)."""
-
-    ok: bool
-    error: str = ""
-    exception_code: int | None = None
-
-
-@dataclass(slots=True)
-class _WriteJob:
-    device: str
-    point: str
-    value: Value
-    done: asyncio.Future[WriteResult]
-
 
 def interval_groups(device: DeviceConfig) -> dict[int, tuple[Point, ...]]:
     """Points of a device grouped by their polling interval in milliseconds."""
-    groups: dict[int, list[Point]] = {}
-    for p in device.points:
-        ms = round((p.interval_s or device.poll_interval_s) * 1000)
-        groups.setdefault(ms, []).append(p)
-    return {ms: tuple(pts) for ms, pts in sorted(groups.items())}
+    return _interval_groups(device.points, device.poll_interval_s)
 
 
-def next_mark_ms(now_ms: int, interval_ms: int) -> int:
-    """The first grid mark strictly after ``now_ms``."""
-    return (now_ms // interval_ms + 1) * interval_ms
-
-
-class BusScheduler:
-    """Polls every device of one bus through its transport and hands readings to ``sink``."""
+class BusScheduler(BusPoller[Point, ModbusTransport]):
+    """Polls every Modbus device of one bus through its transport and hands readings to ``sink``."""
 
     def __init__(
         self,
@@ -140,102 +60,14 @@ class BusScheduler:
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
     ) -> None:
-        self.transport = transport
-        self.heartbeat = heartbeat
-        # The longest one request may take (every attempt timing out): the promise a
-        # heartbeat makes before each request.
-        self.request_budget_s = request_budget_s
-        # (device, slots missed, seconds the slot's polls took): the agent logs it with a cause.
-        self.on_missed = on_missed
-        self.stopping = False
-        self.sink = sink
-        self.clock = clock
+        super().__init__(transport, devices, lambda d: d.points, sink, clock, backoff=backoff,
+                         seed=seed, heartbeat=heartbeat, request_budget_s=request_budget_s,
+                         on_missed=on_missed)
         self.max_gap = max_gap
-        self.backoff = backoff or DEVICE_BACKOFF
-        self.rng = random.Random(seed)
-        self._groups = {d.name: interval_groups(d) for d in devices}
-        self.devices = {d.name: DeviceState(d, self._device_backoff(min(self._groups[d.name])))
-                        for d in devices}
         self._plans: dict[tuple[str, tuple[int, ...]], list[ReadRequest]] = {}
-        self._writes: asyncio.Queue[_WriteJob] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        now_ms = int(clock.now() * 1000)
-        # (device, interval_ms) -> next slot's mark in wall-clock ms. Every point is read in
-        # the device's first slot, so slow points (a 15-minute counter) show up at start.
-        self._due: dict[tuple[str, int], int] = {
-            (name, ms): next_mark_ms(now_ms, min(groups))
-            for name, groups in self._groups.items() for ms in groups
-        }
 
-    def _device_backoff(self, fastest_ms: int) -> BackoffPolicy:
-        """The bus's back-off, capped at two of the device's fastest poll intervals."""
-        cap = min(self.backoff.cap_s, 2 * fastest_ms / 1000)
-        return BackoffPolicy(base_s=min(self.backoff.base_s, cap), cap_s=cap,
-                             jitter=self.backoff.jitter)
-
-    def stop(self) -> None:
-        """Stop after the request in flight, even if a cancel never arrives (or was lost)."""
-        self.stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Poll until ``stop`` (or a cancel), running queued writes between polls."""
-        try:
-            while not self.stopping:
-                await self._run_writes()
-                mark = min(self._due.values()) if self._due else None
-                wait_s = 3600.0 if mark is None else mark / 1000 - self.clock.now()
-                if wait_s > 0 and not await self._sleep_or_wake(wait_s):
-                    continue  # woken by a write (or the stop): handle it, then wait again
-                if mark is not None and not self.stopping:
-                    await self.run_slot(mark)
-        finally:
-            if self.stopping:
-                if self.heartbeat is not None:
-                    self.heartbeat.rest()
-                while not self._writes.empty():
-                    job = self._writes.get_nowait()
-                    if not job.done.done():
-                        job.done.set_result(WriteResult(False, "the bus is stopping"))
-
-    def _beat(self, next_within_s: float) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.beat(next_within_s)
-
-    async def _sleep_or_wake(self, seconds: float) -> bool:
-        """Sleep on the clock; False if a write command (or ``stop``) woke us first."""
-        self._beat(seconds)
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-        self._wake.clear()
-        return sleeper.done() and not sleeper.cancelled()
-
-    async def write(self, device: str, point: str, value: Value) -> WriteResult:
-        """Write ``value`` to a read-write point; runs on this bus between two polls."""
-        state = self.devices.get(device)
-        if state is None:
-            return WriteResult(False, f"no device {device!r} on this bus")
-        target = next((p for p in state.cfg.points if p.name == point), None)
-        if target is None:
-            return WriteResult(False, f"device {device!r} has no point {point!r}")
-        done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        await self._writes.put(_WriteJob(device, point, value, done))
-        self._wake.set()
-        return await done
-
-    async def _run_writes(self) -> None:
-        while not self._writes.empty() and not self.stopping:
-            self._beat(self.request_budget_s)
-            job = self._writes.get_nowait()
-            if not job.done.done():
-                job.done.set_result(await self._write_now(job))
-
-    async def _write_now(self, job: _WriteJob) -> WriteResult:
+    async def write_now(self, job: WriteJob) -> WriteResult:
+        """Encode and send one write (function 5/6/15/16 by the point's table), once."""
         state = self.devices[job.device]
         point = next(p for p in state.cfg.points if p.name == job.point)
         try:
@@ -251,32 +83,6 @@ class BusScheduler:
             return WriteResult(False, reply.error)
         log.info("wrote %s.%s = %r", job.device, job.point, job.value)
         return WriteResult(True)
-
-    async def run_slot(self, mark: int) -> None:
-        """Poll every device group due at ``mark``, then schedule their next slots."""
-        due = [key for key, at in self._due.items() if at == mark]
-        by_device: dict[str, list[int]] = {}
-        for name, ms in due:
-            by_device.setdefault(name, []).append(ms)
-        started = self.clock.monotonic()
-        for name, intervals in by_device.items():
-            if self.stopping:
-                return
-            points = [p for ms in intervals for p in self._groups[name][ms]]
-            await self.poll_device(self.devices[name], points, mark, tuple(intervals))
-        now_ms = int(self.clock.now() * 1000)
-        for key in due:
-            ms = key[1]
-            nxt = next_mark_ms(mark, ms)
-            if nxt + ms <= now_ms:
-                # A whole interval late: drop the missed slots instead of bursting.
-                latest = next_mark_ms(now_ms - ms, ms)
-                missed = (latest - nxt) // ms
-                self.devices[key[0]].missed_slots += missed
-                if self.on_missed is not None:
-                    self.on_missed(key[0], missed, self.clock.monotonic() - started)
-                nxt = latest
-            self._due[key] = nxt
 
     def _plan(self, state: DeviceState, points: Sequence[Point],
               key: tuple[int, ...] | None) -> list[ReadRequest]:
@@ -295,10 +101,9 @@ class BusScheduler:
 
         ``key`` names the interval groups ``points`` came from, so their plan can be reused.
         """
-        probing = state.consecutive_failures > 0
-        if probing and self.clock.monotonic() < state.retry_at_monotonic:
-            state.skipped_slots += 1
+        if self.skip_backed_off(state):
             return
+        probing = state.consecutive_failures > 0
         device = state.cfg.name
         readings: list[Reading] = []
         if not state.bad.empty:
@@ -341,31 +146,7 @@ class BusScheduler:
                 rest = [p for r in (req, *queue) for p in r.points]
                 readings += failed_readings(rest, Quality.COMM_ERROR, device=device, ts_ms=ts_ms)
                 break
-        self._record(state, comm_error, latency, ts_ms)
+        self.record(state, comm_error, latency, ts_ms)
         if readings:
             self.sink(readings)
 
-    def _record(self, state: DeviceState, comm_error: str, latency_s: float, ts_ms: int) -> None:
-        if comm_error:
-            state.failed_polls += 1
-            state.consecutive_failures += 1
-            state.last_error = comm_error
-            delay = state.backoff.delay(state.consecutive_failures, self.rng)
-            state.retry_at_monotonic = self.clock.monotonic() + delay
-            if state.status != "offline":
-                log.warning("device %s (unit %d on %s) stopped answering: %s; backing off",
-                            state.cfg.name, state.cfg.unit_id, self.transport.describe(),
-                            comm_error)
-            state.status = "offline"
-            return
-        if state.status == "offline":
-            log.info("device %s answers again after %d failed polls", state.cfg.name,
-                     state.consecutive_failures)
-        state.status = "online"
-        state.consecutive_failures = 0
-        state.good_polls += 1
-        state.last_good_ms = ts_ms
-        ms = latency_s * 1000
-        state.latency_ms_last = ms
-        state.latency_ms_max = max(state.latency_ms_max, ms)
-        state.latency_ms_sum += ms

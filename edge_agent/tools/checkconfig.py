@@ -8,9 +8,12 @@ from typing import TextIO
 
 from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
-from edge_agent.drivers.bus import Bus, TcpBus
+from edge_agent.drivers.budget import line_budgets
+from edge_agent.drivers.bus import Bus, DeviceConfig, FieldProtocol, TcpBus
+from edge_agent.drivers.dlt645.planner import plan_meter_reads
+from edge_agent.drivers.dlt645.timing import first_byte_timeout_s
 from edge_agent.drivers.modbus.planner import requests_per_cycle
-from edge_agent.drivers.modbus.timing import bus_budget, inter_frame_gap_s
+from edge_agent.drivers.modbus.timing import inter_frame_gap_s
 from edge_agent.drivers.modbus.transport import bus_timeout_s
 from edge_agent.protocol.errors import ConfigError
 
@@ -20,6 +23,11 @@ def _secs(seconds: float) -> str:
 
 
 def _bus_line(bus: Bus) -> str:
+    if not isinstance(bus, TcpBus) and bus.protocol is FieldProtocol.DLT645:
+        wait = first_byte_timeout_s(bus)
+        return (f"serial {bus.port} {bus.baudrate} {bus.bytesize}{bus.parity.value}"
+                f"{bus.stopbits}, DL/T 645, reply wait {_secs(round(wait, 3))}"
+                f"{' (derived)' if bus.timeout_s is None else ''}, retries {bus.retries}")
     timeout = _secs(bus_timeout_s(bus)) + (" (derived)" if bus.timeout_s is None else "")
     if isinstance(bus, TcpBus):
         return (f"tcp {bus.host}:{bus.port} framing {bus.framing.value}, timeout {timeout}, "
@@ -28,6 +36,13 @@ def _bus_line(bus: Bus) -> str:
     return (f"serial {bus.port} {bus.baudrate} {bus.bytesize}{bus.parity.value}{bus.stopbits}"
             f", frame gap {gap}{' (derived)' if bus.inter_frame_gap_s is None else ''}, "
             f"timeout {timeout}, retries {bus.retries}")
+
+
+def _requests(d: DeviceConfig, max_gap: int) -> int:
+    """Requests one read of every point of ``d`` takes (blocks served, for a meter)."""
+    if d.meter_points:
+        return len(plan_meter_reads(d.meter_points))
+    return requests_per_cycle(d.points, max_gap=max_gap)
 
 
 def summarize(cfg: SiteConfig) -> str:
@@ -52,16 +67,17 @@ def summarize(cfg: SiteConfig) -> str:
         f"planner max_gap {cfg.max_gap} registers",
     ]
     total_points = total_requests = 0
-    budgets = bus_budget(cfg)
+    budgets = line_budgets(cfg)
     for name, bus in cfg.buses.items():
         devices = cfg.devices_on(name)
         lines += ["", f"bus {name}: {_bus_line(bus)}"]
         rows = [("device", "unit", "profile", "points", "poll", "requests/cycle")]
         for d in devices:
-            requests = requests_per_cycle(d.points, max_gap=cfg.max_gap)
-            total_points += len(d.points)
+            requests = _requests(d, cfg.max_gap)
+            points = len(d.points) + len(d.meter_points)
+            total_points += points
             total_requests += requests
-            rows.append((d.name, str(d.unit_id), d.profile.name, str(len(d.points)),
+            rows.append((d.name, d.address or str(d.unit_id), d.profile.name, str(points),
                          _secs(d.poll_interval_s), str(requests)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -69,7 +85,7 @@ def summarize(cfg: SiteConfig) -> str:
         if name in budgets and devices:
             lines.append("  " + budgets[name].describe())
     lines += ["", f"total: {len(cfg.buses)} buses, {len(cfg.devices)} devices, "
-              f"{total_points} points, {total_requests} Modbus requests per full poll cycle"]
+              f"{total_points} points, {total_requests} requests per full poll cycle"]
     return "\n".join(lines)
 
 
@@ -87,8 +103,8 @@ def check_config_main(path: str, out: TextIO | None = None, err: TextIO | None =
               file=err)
         return 2
     print(summarize(cfg), file=out)
-    # The bus budget (drivers/modbus/timing.py): a line over 100 % cannot keep its poll slots.
-    over = [b for b in bus_budget(cfg).values() if b.status == "over"]
+    # The bus budget (drivers/budget.py): a line over 100 % cannot keep its poll slots.
+    over = [b for b in line_budgets(cfg).values() if b.status == "over"]
     for b in over:
         print(f"bus {b.bus} is over capacity ({b.utilisation:.0%}): poll no faster than every "
               f"{b.fastest_interval_s:.2f} s (every {b.comfortable_interval_s:.2f} s keeps it "

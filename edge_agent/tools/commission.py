@@ -20,12 +20,14 @@ from typing import TextIO
 
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import DeviceConfig, SerialBus
+from edge_agent.drivers.dlt645.transport import READ_ONLY
 from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point, encode_write
 from edge_agent.drivers.modbus.transport import BusTransport, Reply
 from edge_agent.drivers.model import Access, DataType, Point
-from edge_agent.protocol.errors import ConfigError, DeviceError
+from edge_agent.protocol.errors import CommandError, ConfigError, DeviceError
 from edge_agent.protocol.readings import Value
 from edge_agent.protocol.shell import cli_command
+from edge_agent.tools.meter_read import read_meter_point
 
 DEFAULT_CONFIG = Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/site.toml"))
 
@@ -193,6 +195,15 @@ def _load(path: Path, device: str, point: str) -> tuple[SiteConfig, DeviceConfig
     return cfg, dev, pt
 
 
+def _meter(path: Path, device: str) -> tuple[SiteConfig, DeviceConfig] | None:
+    """The config and the DL/T 645 meter called ``device``, if it is one."""
+    from edge_agent.config.loader import load_config
+
+    cfg = load_config(path)
+    dev = next((d for d in cfg.devices if d.name == device and d.meter_points), None)
+    return None if dev is None else (cfg, dev)
+
+
 async def _read_point(transport: BusTransport, dev: DeviceConfig, pt: Point) -> Reply:
     return await transport.read(dev.unit_id, pt.table, pt.address, pt.count)
 
@@ -249,6 +260,11 @@ def read_main(argv: list[str], out: TextIO | None = None) -> int:
     """``edge-agent read DEVICE POINT``: 0 with the value printed, 1 device failure, 2 usage."""
     args = _common("edge-agent read", lambda ap: None).parse_args(argv)
     out = out or sys.stdout
+    meter = _meter(args.config, args.device)
+    if meter is not None:
+        cfg, dev = meter
+        _claim_bus(cfg, dev)
+        return asyncio.run(read_meter_point(cfg, dev, args.point, out))
     cfg, dev, pt = _load(args.config, args.device, args.point)
     _claim_bus(cfg, dev)
     return asyncio.run(_read(cfg, dev, pt, out))
@@ -304,6 +320,8 @@ def write_main(argv: list[str], out: TextIO | None = None,
 
     args = _common("edge-agent write", extra).parse_args(argv)
     out = out or sys.stdout
+    if _meter(args.config, args.device) is not None:
+        raise CommandError(f"{args.device}: {READ_ONLY}", status=1)
     cfg, dev, pt = _load(args.config, args.device, args.point)
     value = parse_value(pt, args.value)  # a bad value or a read-only point: refused before
     words = check_write(dev, pt, value)  # the port is touched

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_agent.config.model import SiteConfig
+from edge_agent.drivers.budget import line_budgets
 from edge_agent.drivers.bus import SerialBus
-from edge_agent.drivers.modbus.timing import BusBudget, bus_budget
+from edge_agent.drivers.modbus.timing import BusBudget
 from edge_agent.protocol.broker import MqttConfig
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.shell import cli_command
@@ -137,7 +138,7 @@ def check_disk(path: Path, free: int, total: int, spool_cap: int | None = None) 
 
 
 def check_budget(b: BusBudget) -> Check:
-    """The line carries the configured polls (timing model of Modbus RTU)."""
+    """The line carries the configured polls (timing model of Modbus RTU or DL/T 645)."""
     level = {"ok": Level.PASS, "warn": Level.WARN, "over": Level.FAIL}[b.status]
     remedy = "" if level is Level.PASS else (
         f"poll no faster than every {b.comfortable_interval_s:.2f} s, raise the baud rate, "
@@ -283,7 +284,7 @@ def gather(config: Path, *, broker: bool = True, now: dt.datetime | None = None)
     for bus in cfg.buses.values():
         if isinstance(bus, SerialBus):
             checks += _port_checks(bus)
-    checks += [check_budget(b) for b in bus_budget(cfg).values()]
+    checks += [check_budget(b) for b in line_budgets(cfg).values()]
     if broker:
         checks.append(_broker_check(cfg.mqtt))
     for label, path in (("CA", cfg.mqtt.ca_file), ("client", cfg.mqtt.cert_file)):

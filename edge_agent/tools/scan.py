@@ -1,5 +1,8 @@
 """``edge-agent scan PORT``: find the devices on an RS-485 line of unknown speed and addresses.
 
+With ``--protocol dlt645`` the line's DL/T 645 meters are searched for instead
+(``scan_meters``).
+
 For each candidate setting (most common first) every unit id gets one short probe with a
 timeout from the timing model (``edge_agent.drivers.modbus.scan``); present devices are
 recognised by the shipped profiles' registers, and a draft site config is written. The
@@ -53,7 +56,10 @@ from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_prof
 from edge_agent.protocol.errors import DeviceError
 from edge_agent.protocol.shell import cli_command
 from edge_agent.tools.commission import port_in_use, serial_setting_error
+from edge_agent.tools.scan_meters import DEFAULT_SCAN_TURNAROUND_S as METER_TURNAROUND_S
+from edge_agent.tools.scan_meters import METER_BAUDS, METER_FRAMINGS, meter_settings, scan_meters
 
+MODBUS_FRAMINGS = "8E1,8N1,8N2,8O1"
 USB_ADAPTER_LATENCY_S = 0.016  # FTDI-style adapters hand bytes over in ~16 ms batches
 
 
@@ -140,13 +146,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Find Modbus RTU devices on a serial line: tries baud rates and framings, "
                     "unit ids 1-247, recognises shipped profiles, writes a draft site config.")
     ap.add_argument("port", help="serial port, e.g. /dev/serial/by-id/usb-...")
-    ap.add_argument("--bauds", default=",".join(map(str, COMMON_BAUDS)),
-                    help="baud rates to try, in order (default: %(default)s)")
-    ap.add_argument("--framings", default="8E1,8N1,8N2,8O1",
-                    help="framings to try per baud rate (default: %(default)s)")
+    ap.add_argument("--protocol", choices=("modbus", "dlt645"), default="modbus",
+                    help="what the line speaks: Modbus RTU devices (default) or DL/T 645 "
+                         "energy meters (found by read-address and a wildcard search)")
+    ap.add_argument("--bauds", default=None,
+                    help="baud rates to try, in order (default: "
+                         f"{','.join(map(str, COMMON_BAUDS))}; "
+                         f"for dlt645 {','.join(map(str, METER_BAUDS))})")
+    ap.add_argument("--framings", default=None,
+                    help=f"framings to try per baud rate (default: {MODBUS_FRAMINGS}; for "
+                         f"dlt645 {METER_FRAMINGS})")
     ap.add_argument("--ids", default="1-247", help="unit ids to probe (default: %(default)s)")
-    ap.add_argument("--turnaround-ms", type=float, default=DEFAULT_SCAN_TURNAROUND_S * 1000,
-                    help="longest device turnaround to wait for (default: %(default)g)")
+    ap.add_argument("--turnaround-ms", type=float, default=None,
+                    help="longest device turnaround to wait for (default: "
+                         f"{DEFAULT_SCAN_TURNAROUND_S * 1000:g}; for dlt645 "
+                         f"{METER_TURNAROUND_S * 1000:g})")
     ap.add_argument("--adapter-latency-ms", type=float, default=None,
                     help="extra wait for USB adapters (default: 16 for USB ports, else 0)")
     ap.add_argument("--all", action="store_true",
@@ -159,14 +173,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> list[ScanSetting]:
-    bauds = [int(b) for b in args.bauds.split(",") if b.strip()]
-    framings = [parse_framing(f) for f in args.framings.split(",") if f.strip()]
+    if args.protocol == "dlt645":
+        return meter_settings(args)
+    bauds = [int(b) for b in (args.bauds or ",".join(map(str, COMMON_BAUDS))).split(",")
+             if b.strip()]
+    framings = [parse_framing(f) for f in (args.framings or MODBUS_FRAMINGS).split(",")
+                if f.strip()]
     return candidate_settings(bauds, framings)
 
 
 async def _scan(args: argparse.Namespace, out: TextIO, err_console: Console) -> int:
+    if args.protocol == "dlt645":
+        return await scan_meters(args, out)
     ids = parse_ids(args.ids)
-    turnaround = args.turnaround_ms / 1000
+    turnaround = (args.turnaround_ms if args.turnaround_ms is not None
+                  else DEFAULT_SCAN_TURNAROUND_S * 1000) / 1000
     adapter = (args.adapter_latency_ms / 1000 if args.adapter_latency_ms is not None
                else USB_ADAPTER_LATENCY_S if "usb" in args.port.lower() else 0.0)
     results: list[SweepResult] = []
