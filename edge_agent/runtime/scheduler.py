@@ -139,6 +139,7 @@ class BusScheduler:
         heartbeat: Heartbeat | None = None,
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         self.transport = transport
         self.heartbeat = heartbeat
@@ -147,6 +148,9 @@ class BusScheduler:
         self.request_budget_s = request_budget_s
         # (device, slots missed, seconds the slot's polls took): the agent logs it with a cause.
         self.on_missed = on_missed
+        # (device, "online" | "offline") when a device's status changes: the Sparkplug births
+        # and deaths follow it.
+        self.on_status = on_status
         self.stopping = False
         self.sink = sink
         self.clock = clock
@@ -356,12 +360,12 @@ class BusScheduler:
                 log.warning("device %s (unit %d on %s) stopped answering: %s; backing off",
                             state.cfg.name, state.cfg.unit_id, self.transport.describe(),
                             comm_error)
-            state.status = "offline"
+            self._set_status(state, "offline")
             return
         if state.status == "offline":
             log.info("device %s answers again after %d failed polls", state.cfg.name,
                      state.consecutive_failures)
-        state.status = "online"
+        self._set_status(state, "online")
         state.consecutive_failures = 0
         state.good_polls += 1
         state.last_good_ms = ts_ms
@@ -369,3 +373,9 @@ class BusScheduler:
         state.latency_ms_last = ms
         state.latency_ms_max = max(state.latency_ms_max, ms)
         state.latency_ms_sum += ms
+
+    def _set_status(self, state: DeviceState, status: str) -> None:
+        if state.status != status:
+            state.status = status
+            if self.on_status is not None:
+                self.on_status(state.cfg.name, status)
