@@ -6,15 +6,21 @@ Commands are built with pysparkplug (an independent encoder) where they are well
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pysparkplug as psp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.config.loader import load_config
+from edge_agent.protocol.clock import SystemClock
 from edge_agent.protocol.errors import SparkplugError
 from edge_agent.runtime.sparkplug.intake import DeviceWrite, HostState, Rebirth, parse_message
+from edge_agent.runtime.sparkplug.node import SparkplugNode
 from edge_agent.runtime.sparkplug.session import Session
+from tests.test_config import BASE, write
 from tests.test_sparkplug_session import _device
 
 NCMD = "spBv1.0/city/NCMD/gw-1"
@@ -154,3 +160,27 @@ def test_dcmd_values_must_fit_the_birth_type(writes: list[tuple[str, int | float
         assert {"count": "int_value", "on": "boolean_value", "power": "float_value",
                 "level": "double_value"}[name] == m.datatype.field
         assert value is not None
+
+
+def _node(tmp_path: Path) -> SparkplugNode:
+    cfg = load_config(write(tmp_path, BASE + '[sparkplug]\nenabled = true\ngroup_id = "city"\n'
+                            'primary_host_id = "scada"\n'))
+    return SparkplugNode(cfg, SystemClock())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["spBv1.0/city/NCMD/gw-01", "spBv1.0/city/DCMD/gw-01/meter1",
+                        "spBv1.0/city/DCMD/gw-01/" + "x" * 300, "spBv1.0/STATE/scada",
+                        "spBv1.0/city/NCMD/gw-01/extra", "junk"]),
+       st.one_of(st.binary(max_size=200), st.just(_ncmd(REBIRTH)), st.integers(), st.none()))
+def test_the_node_counts_every_rejection_under_a_fixed_few_kinds(topic: str,
+                                                                payload: object) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        node = _node(Path(d))
+    node._take(topic, payload)
+    c = node.counters
+    assert set(c.rejected) <= {"NCMD", "DCMD", "STATE", "other"}
+    taken = len(node._events)
+    assert sum(c.rejected.values()) + c.dcmd_refused + taken + c.stale_state == 1
+    if taken:
+        assert topic in ("spBv1.0/city/NCMD/gw-01", "spBv1.0/STATE/scada")

@@ -297,7 +297,12 @@ class SparkplugNode:
 
     def _take(self, topic: str, payload: object) -> None:
         """One incoming message through the intake: a command, or a counted rejection."""
-        kind = topic.split("/")[2] if topic.count("/") >= 2 else "?"
+        # The kind counts rejections: one of a fixed few (NCMD, DCMD, STATE), never a level
+        # the sender chose.
+        levels = topic.split("/")
+        kind = "STATE" if levels[1:2] == ["STATE"] else levels[2] if len(levels) > 2 else "?"
+        if kind not in ("NCMD", "DCMD", "STATE"):
+            kind = "other"
         try:
             if not isinstance(payload, bytes | bytearray):
                 raise SparkplugError(f"{topic}: payload is not bytes")
