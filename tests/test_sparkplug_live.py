@@ -89,6 +89,12 @@ def test_births_data_rebirth_device_loss_and_hostile_commands(
             host.publish("spBv1.0/city/DCMD/gw-test/lamp", b"\x12\x01")
             n2 = next(i for i, s in enumerate(host.snapshot()) if s.kind == "NBIRTH" and i > 0)
             assert host.wait_for(lambda s: _dbirths_after(s, n2) == NAMES)
+            # Every point has been read by now: the rebirth's DBIRTHs carry values, no nulls
+            # [tck-id-operational-behavior-data-publish-dbirth-values]
+            for m in host.snapshot()[n2:]:
+                if m.kind == "DBIRTH":
+                    assert not [x.name for x in psp.DBirth.decode(m.payload).metrics
+                                if x.is_null], m.topic
 
             # Device loss: DDEATH when the scheduler has it offline, DBIRTH when it is back.
             # [tck-id-operational-behavior-device-ddeath]

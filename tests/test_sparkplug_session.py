@@ -154,3 +154,13 @@ def test_bad_readings_go_out_as_nulls() -> None:
     out = s.data([Reading("m1", "power", 5, None, Quality.COMM_ERROR)])
     m = spb.Payload.FromString(out[0].payload).metrics[0]
     assert m.is_null and m.WhichOneof("value") is None
+
+
+def test_births_carry_the_newest_value_whatever_order_readings_arrive_in() -> None:
+    # [tck-id-operational-behavior-data-publish-dbirth-values]: the current value
+    s = _session()
+    s.observe([Reading("m1", "count", 20, 2)])
+    s.observe([Reading("m1", "count", 10, 1)])  # a batch sealed later with an older reading
+    s.set_status("m1", "online")
+    db = psp.DBirth.decode(s.births()[1].payload)
+    assert {m.name: m.value for m in db.metrics}["count"] == 2

@@ -208,6 +208,8 @@ class Agent:
             self.readings_after_stop += len(readings)
             return
         self.readings_polled += len(readings)
+        if self.sparkplug is not None:
+            self.sparkplug.observe(readings)
         if self.batcher.add(readings):
             # Sealed at once: when hundreds of devices answer on the same mark, readings
             # would otherwise pile up as objects until the batch task gets to run.

@@ -128,6 +128,12 @@ class SparkplugNode:
 
     # ------------------------------------------------------------------ from the agent
 
+    def observe(self, readings: Sequence[Reading]) -> None:
+        """Readings as polled (before report by exception): the current values of the next
+        births. The scheduler reports a device online before handing over the readings of the
+        same poll, so its DBIRTH, published later by the publisher task, carries them."""
+        self.session.observe(readings)
+
     def offer(self, readings: Sequence[Reading]) -> None:
         """Readings just reported on the guaranteed path: DDATA if live, else remembered."""
         if not self._connected:

@@ -102,11 +102,13 @@ class Session:
     # ------------------------------------------------------------------ what comes in
 
     def observe(self, readings: Sequence[Reading]) -> None:
-        """Remember readings as current values, publishing nothing (not live, or not born)."""
+        """Remember readings as current values (the newest of each point), publishing nothing."""
+        last = self.last
         for r in readings:
             key = (r.device, r.point)
-            if key in self.points:
-                self.last[key] = r
+            prev = last.get(key)
+            if (prev is None or r.ts_ms >= prev.ts_ms) and key in self.points:
+                last[key] = r
 
     def set_status(self, device: str, status: str) -> list[Outgoing]:
         """Record a device's scheduler state; a DBIRTH or DDEATH when live and it changed."""
