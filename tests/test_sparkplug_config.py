@@ -49,3 +49,18 @@ def test_ids_must_be_one_topic_level(tmp_path: Path, key: str, bad: str) -> None
 def test_unknown_keys_and_wrong_types_are_named(tmp_path: Path) -> None:
     one(tmp_path, BASE + "[sparkplug]\nenabeld = true\n", "sparkplug.enabeld: unknown key")
     one(tmp_path, BASE + '[sparkplug]\nenabled = "yes"\n', "sparkplug.enabled", "a boolean")
+
+
+def test_the_sparkplug_client_id_must_differ_from_the_uplinks(tmp_path: Path) -> None:
+    one(tmp_path, BASE + '[sparkplug]\ngroup_id = "g"\nclient_id = "gw-01"\n',
+        "sparkplug.client_id", "other than mqtt.client_id")
+
+
+def test_check_config_summarises_the_sparkplug_node(tmp_path: Path) -> None:
+    from edge_agent.tools.checkconfig import summarize
+
+    cfg = load_config(write(tmp_path, BASE + '[sparkplug]\nenabled = true\ngroup_id = "city"\n'
+                            'primary_host_id = "scada"\n'))
+    assert ("Sparkplug B edge node spBv1.0/city/.../gw-01, client id gw-01-spb; births wait for "
+            "primary host scada") in summarize(cfg)
+    assert "Sparkplug" not in summarize(load_config(write(tmp_path, BASE)))

@@ -184,3 +184,12 @@ def test_the_node_counts_every_rejection_under_a_fixed_few_kinds(topic: str,
     assert sum(c.rejected.values()) + c.dcmd_refused + taken + c.stale_state == 1
     if taken:
         assert topic in ("spBv1.0/city/NCMD/gw-01", "spBv1.0/STATE/scada")
+
+
+def test_a_flood_of_rebirth_requests_costs_one_birth_sequence(tmp_path: Path) -> None:
+    # [tck-id-operational-behavior-data-commands-rebirth-action-2]: every request before the
+    # birth sequence goes out is answered by it.
+    node = _node(tmp_path)
+    for _ in range(500):
+        node._take("spBv1.0/city/NCMD/gw-01", _ncmd(REBIRTH))
+    assert len(node._events) == 1 and node.counters.rebirths_coalesced == 499

@@ -50,6 +50,9 @@ def parse_sparkplug(chk: Checker, raw: dict[str, Any], gateway_id: str | None,
                    expected=f"the Sparkplug host id of the primary host: {ID_TEXT}")
     client = chk.get(raw, p, "client_id", str, None, check=lambda v: 0 < len(v) <= 128,
                      expected="a string of 1 to 128 characters")
+    if client is not None and client == client_id:
+        chk.problem(f"{p}.client_id", client, "a client id other than mqtt.client_id (two "
+                    "connections with one id take the session from each other)")
     return SparkplugConfig(
         enabled=enabled, group_id=group or "", edge_node_id=node or gateway_id or "",
         primary_host_id=host,

@@ -63,6 +63,7 @@ class SparkplugCounters:
     connects: int = 0
     births: int = 0
     rebirths: int = 0
+    rebirths_coalesced: int = 0   # requests answered by a birth sequence already due
     published: dict[str, int] = field(default_factory=dict)   # by message type
     published_bytes: int = 0
     published_metrics: int = 0
@@ -125,6 +126,7 @@ class SparkplugNode:
         self._host_online = False
         self._host_ts: int | None = None   # timestamp of the newest STATE taken
         self._failing = False
+        self._rebirth_pending = False
 
     # ------------------------------------------------------------------ from the agent
 
@@ -242,6 +244,7 @@ class SparkplugNode:
                 self.session.observe(event.readings)
             elif isinstance(event, _Status):
                 self.session.set_status(event.device, event.status)
+        self._rebirth_pending = False  # the next session starts with a birth sequence
 
     # ------------------------------------------------------------------ publishing
 
@@ -265,10 +268,13 @@ class SparkplugNode:
         elif isinstance(event, _Status):
             await self._send(client, session.set_status(event.device, event.status))
         elif isinstance(event, _Rebirth) and session.live:
+            self._rebirth_pending = False
             # Data stops, then a complete birth sequence, same bdSeq
             # [tck-id-operational-behavior-data-commands-rebirth-action-1..3].
             self.counters.rebirths += 1
             await self._send(client, session.births())
+        elif isinstance(event, _Rebirth):
+            self._rebirth_pending = False  # not live: the next births answer it anyway
         elif isinstance(event, _Host):
             online = event.online
             self._host_online = online
@@ -317,7 +323,13 @@ class SparkplugNode:
             self._reject(kind, str(exc))
             return
         if isinstance(cmd, Rebirth):
-            self._push(_Rebirth())
+            # Requests that arrive before the birth sequence goes out are all answered by it:
+            # a flood of NCMD costs one birth sequence per publisher turn, not one each.
+            if self._rebirth_pending:
+                self.counters.rebirths_coalesced += 1
+            else:
+                self._rebirth_pending = True
+                self._push(_Rebirth())
         elif isinstance(cmd, DeviceWrite):
             self.counters.dcmd_refused += 1
             self._reject("DCMD", f"DCMD for {cmd.device} ({', '.join(n for n, _ in cmd.writes)}) "
