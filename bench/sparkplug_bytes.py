@@ -35,13 +35,15 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
 
 def demo_site(tmp: Path) -> Path:
-    """configs/demo.toml with its paths and port moved into ``tmp`` and Sparkplug enabled."""
+    """configs/demo.toml with its paths and port moved into ``tmp`` (and Sparkplug enabled)."""
     text = DEMO.read_text()
     text = text.replace('state_dir = "../run/demo-state"', f'state_dir = "{tmp / "state"}"')
     text = re.sub(r'port = "/tmp/edge-agent-demo/rs485-1"', f'port = "{tmp / "rs485"}"', text)
     text = text.replace("port = 15020", f"port = {free_port()}")
+    if "[sparkplug]" not in text:
+        text += '\n[sparkplug]\nenabled = true\ngroup_id = "demo-city"\n'
     site = tmp / "site.toml"
-    site.write_text(text + '\n[sparkplug]\nenabled = true\ngroup_id = "demo-city"\n')
+    site.write_text(text)
     return site
 
 
