@@ -150,12 +150,14 @@ def _data_equals_our_readings(seen: list[Seen], readings: list[Reading]) -> None
     for s in seen:
         if s.kind == "DBIRTH" and s.device:
             births[s.device] = psp.DBirth.decode(s.payload)
-            # [tck-id-topics-dbirth-metrics]: name, datatype and value (or is_null) each
+            # [tck-id-topics-dbirth-metrics]: name, datatype and value (or is_null) each;
+            # [tck-id-payloads-name-birth-data-requirement]: and a timestamp
             assert all(m.name and m.datatype is not psp.DataType.UNKNOWN
-                       for m in births[s.device].metrics)
+                       and m.timestamp is not None for m in births[s.device].metrics)
         elif s.kind == "DDATA" and s.device:
             birth = births[s.device]
             for m in psp.DData.decode(s.payload, birth=birth).metrics:
+                # [tck-id-payloads-name-birth-data-requirement]
                 assert m.name is not None and m.timestamp is not None
                 r = ours[(s.device, m.name, m.timestamp)]
                 assert m.datatype is birth.get_dtype(m.name)
