@@ -51,9 +51,19 @@ class SparkplugHost:
         self._lock = threading.Lock()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-scada-host")
         self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._subscribed = threading.Event()
+        self.connects = 0
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe("spBv1.0/#", qos=1)
         self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError(f"the test host could not subscribe on port {port}")
+
+    def _on_connect(self, client: mqtt.Client, *_args: object) -> None:
+        # Again after every reconnect (a restarted broker forgets subscriptions).
+        client.subscribe("spBv1.0/#", qos=1)
+        self.connects += 1
+        self._subscribed.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
