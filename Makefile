@@ -18,6 +18,7 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard fastpath/*.pyx)
 	$(PIP) install -q "setuptools>=68" wheel "Cython>=3.0"
 	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-deps "pysparkplug==0.6.1"
 	$(PY) -c "import edge_agent.fastpath._codec" || { echo "the Cython fast path did not build" >&2; exit 1; }
 	touch $(STAMP)
 

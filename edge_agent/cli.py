@@ -20,6 +20,7 @@ commands:
   check-config SITE.toml           validate a site config; print a summary or every error
   simulate SITE.toml               simulate every device a site config names
   tail [--broker URL]              print readings, state and health as they arrive
+  spb-tail [--broker URL]          print the Sparkplug B messages ([sparkplug]) as they arrive
   decode FILE|-                    decode a data batch (a file or standard input)
   ingest --broker URL --db URL     alias of `edge-fleet ingest` (the operations centre's
                                    ingest: every gateway's readings stored once, gaps noted)
@@ -134,6 +135,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check-config": cmd_check_config,
     "simulate": cmd_simulate,
     "tail": cmd_tail,
+    "spb-tail": lambda argv: _lazy("edge_agent.tools.spbtail", "spb_tail_main")(argv),
     "decode": cmd_decode,
     "ingest": cmd_ingest,
     "enroll": lambda argv: _lazy("edge_agent.tools.enroll", "enroll_main")(argv),

@@ -33,6 +33,10 @@ class UplinkError(EdgeError):
     """The MQTT uplink failed or the broker refused a message."""
 
 
+class SparkplugError(EdgeError):
+    """A Sparkplug B message could not be encoded or decoded, or breaks the session rules."""
+
+
 class VerificationError(EdgeError):
     """A signed bundle or command failed verification."""
 

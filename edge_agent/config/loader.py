@@ -5,8 +5,8 @@ nothing, so a rejected config changes nothing. ``load_config_bytes`` parses a co
 bytes (a signed config from the fleet: validating it needs no write access anywhere), and
 ``load_config`` reads the operator's file through it. Files the config names are confined to
 its directory and the state dir (``config.paths``). The gateway, mqtt, batch, planner and
-spool sections are read here; the buses and devices in ``config.fieldbus``. docs/config.md is
-the reference of every key.
+spool sections are read here; the buses and devices in ``config.fieldbus``, the sparkplug
+section in ``config.sparkplug``. docs/config.md is the reference of every key.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from edge_agent.config.model import (
     SpoolSync,
 )
 from edge_agent.config.paths import FileRoots, resolved
+from edge_agent.config.sparkplug import parse_sparkplug
 from edge_agent.protocol import topics
 from edge_agent.protocol.broker import URL_TEXT, MqttConfig, split_broker_url
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.ids import ID_RULE, check_gateway_id
 from edge_agent.protocol.tomlcheck import Checker, parse_toml, read_regular_file, read_toml_file
 
-TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "buses", "devices")
+TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "sparkplug", "buses", "devices")
 SPOOL_KEYS = ("max_bytes", "policy", "synchronous", "group_commit_ms", "replay_msgs_per_s",
               "replay_bytes_per_s", "live_first")
 # Below this the spool's own SQLite files (WAL index, WAL reserve, schema) leave no room for data.
@@ -83,6 +84,8 @@ def load_config_bytes(data: bytes, *, source: str, base_dir: Path, state_dir: Pa
     mqtt = _mqtt(chk, chk.get(raw, "", "mqtt", dict, {}), base, roots, gateway_id, broker_url)
     batch = _batch(chk, chk.get(raw, "", "batch", dict, {}))
     spool = _spool(chk, chk.get(raw, "", "spool", dict, {}))
+    sparkplug = parse_sparkplug(chk, chk.get(raw, "", "sparkplug", dict, {}), gateway_id,
+                                mqtt.client_id if mqtt is not None else None)
     planner = chk.get(raw, "", "planner", dict, {})
     chk.keys(planner, "planner", ("max_gap",))
     # A hole wider than one read could span is meaningless (spec 6.3: at most 125 registers).
@@ -98,7 +101,8 @@ def load_config_bytes(data: bytes, *, source: str, base_dir: Path, state_dir: Pa
     assert mqtt is not None  # raise_if_any passed, so every required part was built
     return SiteConfig(source=Path(source), gateway_id=gateway_id, site=site, mqtt=mqtt,
                       buses=buses, devices=tuple(devices), batch=batch, state_dir=state,
-                      health_interval_s=health_s, max_gap=max_gap, spool=spool)
+                      health_interval_s=health_s, max_gap=max_gap, spool=spool,
+                      sparkplug=sparkplug)
 
 
 def _gateway_id(chk: Checker, raw: dict[str, Any]) -> str:

@@ -53,6 +53,17 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugConfig:
+    """The Sparkplug B 3.0 view of the gateway (docs/sparkplug.md): off unless ``enabled``."""
+
+    enabled: bool = False
+    group_id: str = ""
+    edge_node_id: str = ""               # the gateway id unless given
+    primary_host_id: str | None = None   # births wait for this host's STATE online
+    client_id: str | None = None         # "{the uplink's client id}-spb" unless given
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     """A whole site: one gateway, its uplink, its buses and devices."""
 
@@ -67,6 +78,7 @@ class SiteConfig:
     health_interval_s: float = 60.0
     max_gap: int = 16  # planner: registers of hole a coalesced read may span
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
 
     def devices_on(self, bus: str) -> tuple[DeviceConfig, ...]:
         """Devices attached to the named bus, in config order."""

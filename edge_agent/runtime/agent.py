@@ -43,6 +43,7 @@ from edge_agent.runtime.buses import (
 )
 from edge_agent.runtime.lifecycle import Heartbeat, bounded
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
+from edge_agent.runtime.sparkplug.node import SparkplugNode
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore, MemoryStore
@@ -169,6 +170,8 @@ class Agent:
         self.uplink = Uplink(cfg.mqtt, cfg.gateway_id, epoch=self.epoch, version=__version__,
                              clock=self.clock, store=store,
                              pacer=RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s))
+        # The Sparkplug view (docs/sparkplug.md): live-only, beside the guaranteed uplink.
+        self.sparkplug = (SparkplugNode(cfg, self.clock) if cfg.sparkplug.enabled else None)
         self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
         self.batcher = Batcher(cfg.batch, self.filter)
         self._full = asyncio.Event()
@@ -188,7 +191,8 @@ class Agent:
                 t, devices, self._on_readings, self.clock, max_gap=cfg.max_gap,
                 seed=zlib.crc32(name.encode()), heartbeat=hb,
                 request_budget_s=request_budget_s(cfg.buses[name]) + 1.0,
-                on_missed=self._missed_on(name))
+                on_missed=self._missed_on(name),
+                on_status=self.sparkplug.device_status if self.sparkplug else None)
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True
@@ -213,6 +217,8 @@ class Agent:
             self.readings_after_stop += len(readings)
             return
         self.readings_polled += len(readings)
+        if self.sparkplug is not None:
+            self.sparkplug.observe(readings)
         if self.batcher.add(readings):
             # Sealed at once: when hundreds of devices answer on the same mark, readings
             # would otherwise pile up as objects until the batch task gets to run.
@@ -224,6 +230,8 @@ class Agent:
         readings = self.batcher.take()
         if readings:
             payload = encode_batch(self.cfg.gateway_id, self.epoch, self.seq, readings)
+            if self.sparkplug is not None:
+                self.sparkplug.offer(readings)  # the same readings, as DDATA when live
             self._sealed.append(_Sealed(self.seq, payload, len(readings)))
             self.seq += 1
             self.batches_built += 1
@@ -282,6 +290,7 @@ class Agent:
                          "suppressed": fs.suppressed, "pending": len(self.batcher)},
             "batches": {"built": self.batches_built, "seq": self.seq},
             "uplink": self.uplink.stats_dict(),
+            **({"sparkplug": self.sparkplug.stats_dict()} if self.sparkplug else {}),
             "spool": self.store.stats_dict(),
             "task_restarts": dict(self.restarts),
             "loop": self.lag.health(),
@@ -302,6 +311,11 @@ class Agent:
             supervise("loop-lag", self.lag.run, self.clock, self.restarts), name="loop-lag")
         uplink = asyncio.create_task(
             supervise("uplink", self.uplink.run, self.clock, self.restarts), name="uplink")
+        uplinks = [uplink]
+        if self.sparkplug is not None:
+            uplinks.append(asyncio.create_task(
+                supervise("sparkplug", self.sparkplug.run, self.clock, self.restarts),
+                name="sparkplug"))
         others = [
             asyncio.create_task(supervise("batcher", self._batch_loop, self.clock,
                                           self.restarts), name="batcher"),
@@ -318,10 +332,10 @@ class Agent:
             await stop.wait()
         finally:
             # Also when cancelled: the readings of the last window still go to the store.
-            await self._shutdown(pollers, others, uplink, lag)
+            await self._shutdown(pollers, others, uplinks, lag)
 
     async def _shutdown(self, pollers: list[asyncio.Task[None]], others: list[asyncio.Task[None]],
-                        uplink: asyncio.Task[None], lag: asyncio.Task[None]) -> None:
+                        uplinks: list[asyncio.Task[None]], lag: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.info("stopping: flushing %d pending readings", len(self.batcher))
@@ -345,8 +359,9 @@ class Agent:
             durable = self.store.durable
             await bounded(self.uplink.drain(timeout_s=drain_s(durable)), drain_s(durable) + 0.5,
                           "draining the uplink")
-            # Its goodbye (offline state) runs on the cancel: give it that long before again.
-            gone = await stop_tasks([uplink], STOP_UPLINK_S, "the uplink",
+            # Their goodbyes (offline state, NDEATH) run on the cancel: give them that long
+            # before cancelling again.
+            gone = await stop_tasks(uplinks, STOP_UPLINK_S, "the uplinks",
                                     recancel_after_s=self.uplink.goodbye_timeout_s + 0.25)
             self.abandoned += sorted(t.get_name() for t in gone)
         finally:

@@ -49,12 +49,14 @@ def request_budget_s(bus: Bus) -> float:
 def make_scheduler(transport: AnyTransport, devices: Sequence[DeviceConfig],
                    sink: Callable[[list[Reading]], None], clock: Clock, *, max_gap: int,
                    seed: int, heartbeat: Heartbeat, request_budget_s: float,
-                   on_missed: Callable[[str, int, float], None]) -> AnyScheduler:
+                   on_missed: Callable[[str, int, float], None],
+                   on_status: Callable[[str, str], None] | None = None) -> AnyScheduler:
     """The scheduler polling ``devices`` through ``transport``; ``request_budget_s`` is the
     heartbeat's promise before each request (the longest one may take, with a margin)."""
     if isinstance(transport, MeterTransport):
         return MeterScheduler(transport, devices, sink, clock, seed=seed, heartbeat=heartbeat,
-                              request_budget_s=request_budget_s, on_missed=on_missed)
+                              request_budget_s=request_budget_s, on_missed=on_missed,
+                              on_status=on_status)
     return BusScheduler(transport, devices, sink, clock, max_gap=max_gap, seed=seed,
                         heartbeat=heartbeat, request_budget_s=request_budget_s,
-                        on_missed=on_missed)
+                        on_missed=on_missed, on_status=on_status)

@@ -49,10 +49,12 @@ class MeterScheduler(BusPoller[MeterPoint, MeterTransportT]):
         heartbeat: Heartbeat | None = None,
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(transport, devices, lambda d: d.meter_points, sink, clock,
                          backoff=backoff, seed=seed, heartbeat=heartbeat,
-                         request_budget_s=request_budget_s, on_missed=on_missed)
+                         request_budget_s=request_budget_s, on_missed=on_missed,
+                         on_status=on_status)
 
     async def write_now(self, job: WriteJob) -> WriteResult:
         """Meters are read-only here."""

@@ -164,6 +164,7 @@ class BusPoller(Generic[P, T]):
         heartbeat: Heartbeat | None = None,
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         self.transport = transport
         self.heartbeat = heartbeat
@@ -172,6 +173,9 @@ class BusPoller(Generic[P, T]):
         self.request_budget_s = request_budget_s
         # (device, slots missed, seconds the slot's polls took): the agent logs it with a cause.
         self.on_missed = on_missed
+        # (device, "online" | "offline") when a device's status changes: the Sparkplug births
+        # and deaths follow it.
+        self.on_status = on_status
         self.stopping = False
         self.sink = sink
         self.clock = clock
@@ -313,12 +317,12 @@ class BusPoller(Generic[P, T]):
                 log.warning("device %s (%s on %s) stopped answering: %s; backing off",
                             state.cfg.name, _where(state.cfg), self.transport.describe(),
                             comm_error)
-            state.status = "offline"
+            self._set_status(state, "offline")
             return
         if state.status == "offline":
             log.info("device %s answers again after %d failed polls", state.cfg.name,
                      state.consecutive_failures)
-        state.status = "online"
+        self._set_status(state, "online")
         state.consecutive_failures = 0
         state.good_polls += 1
         state.last_good_ms = ts_ms
@@ -326,6 +330,12 @@ class BusPoller(Generic[P, T]):
         state.latency_ms_last = ms
         state.latency_ms_max = max(state.latency_ms_max, ms)
         state.latency_ms_sum += ms
+
+    def _set_status(self, state: DeviceState, status: str) -> None:
+        if state.status != status:
+            state.status = status
+            if self.on_status is not None:
+                self.on_status(state.cfg.name, status)
 
 
 def _where(cfg: DeviceConfig) -> str:

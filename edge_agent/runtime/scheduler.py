@@ -59,10 +59,11 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         heartbeat: Heartbeat | None = None,
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(transport, devices, lambda d: d.points, sink, clock, backoff=backoff,
                          seed=seed, heartbeat=heartbeat, request_budget_s=request_budget_s,
-                         on_missed=on_missed)
+                         on_missed=on_missed, on_status=on_status)
         self.max_gap = max_gap
         self._plans: dict[tuple[str, tuple[int, ...]], list[ReadRequest]] = {}
 

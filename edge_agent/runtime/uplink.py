@@ -102,7 +102,7 @@ def _json(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
-async def _until_first_fails(*coros: Coroutine[Any, Any, None]) -> None:
+async def until_first_fails(*coros: Coroutine[Any, Any, None]) -> None:
     """Run the coroutines together; when the first one ends, cancel the rest and raise its error."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -239,7 +239,7 @@ class Uplink:
                 if self._failing:
                     self._failing = False
                     log.info("uplink to %s connected again", self.mqtt.url)
-                await _until_first_fails(self._watch(client), self._drain(client))
+                await until_first_fails(self._watch(client), self._drain(client))
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise

@@ -66,6 +66,12 @@ def summarize(cfg: SiteConfig) -> str:
         f"unchanged values resent after {_secs(cfg.batch.max_silence_s)}; "
         f"planner max_gap {cfg.max_gap} registers",
     ]
+    sp = cfg.sparkplug
+    if sp.enabled:
+        lines.append(f"Sparkplug B edge node spBv1.0/{sp.group_id}/.../{sp.edge_node_id}, "
+                     f"client id {sp.client_id}; births "
+                     + (f"wait for primary host {sp.primary_host_id}" if sp.primary_host_id
+                        else "at once") + "; live only, QoS 0 (docs/sparkplug.md)")
     total_points = total_requests = 0
     budgets = line_budgets(cfg)
     for name, bus in cfg.buses.items():

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "--prefix", cfg.mqtt.topic_prefix])
         procs.append(("tail", tail))
         print("demo: agent and tail started; Ctrl-C stops everything", flush=True)
+        if cfg.sparkplug.enabled:
+            print(f"demo: the gateway is also Sparkplug B edge node "
+                  f"{cfg.sparkplug.group_id}/{cfg.sparkplug.edge_node_id}; watch it with\n"
+                  f"  {sys.executable} -m edge_agent spb-tail --broker {broker.url}", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             for name, proc in procs:
