@@ -36,8 +36,11 @@ typecheck: $(STAMP)  ## mypy strict over the product, tests/, hil_tests/ and ben
 	$(PY) scripts/typecheck.py
 
 # pytest exits 5 when it collected no test: that must fail, never pass silently.
+# Two workers; the tests where real time is measured share one of them, one at a time
+# (conftest.py). PYTEST_ARGS="-n 0" runs everything in one process.
 test: setup lint typecheck
-	EDGE_AGENT_REQUIRE_FASTPATH=1 $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	EDGE_AGENT_REQUIRE_FASTPATH=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup \
+	    $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # codec_bench adds real readings when EDGE_BENCH_CORPUS names a folder of CSV files (see its

@@ -34,7 +34,7 @@ from edge_agent.tools.devbroker import Mosquitto
 from tests.support.fakebus import FakeBus
 from tests.support.sitekit import PY, simulator, write_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def test_agent_notifies_systemd_and_pings_the_watchdog(tmp_path: Path, broker: Mosquitto) -> None:

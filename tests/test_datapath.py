@@ -17,7 +17,7 @@ from edge_agent.protocol.readings import Quality
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support.sitekit import Collector, agent, control, simulator, write_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def _regs(doc: dict, table: str, start: int, n: int) -> list[int]:  # type: ignore[type-arg]

@@ -17,7 +17,7 @@ from edge_agent.tools.devbroker import Mosquitto
 from edge_agent.tools.scan import scan_main
 from tests.support.sitekit import agent, control, ingest_process, simulator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 FLATS = {"flat-101": "000000000101", "flat-102": "000000000102", "flat-201": "000000000201"}
 

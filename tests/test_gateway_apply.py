@@ -37,7 +37,7 @@ from tests.support.stopkit import (
     tcp_site,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 GW = "gw-test"
 SEED = 41
 SWITCHES = int(os.environ.get("EDGE_SWITCH_TRIES", "20"))

@@ -36,7 +36,7 @@ from tests.support.stopkit import (
     tcp_site_part,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SWITCHES = int(os.environ.get("EDGE_SWITCH_TRIES", "30"))
 DEVICES = 40

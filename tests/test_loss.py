@@ -41,7 +41,7 @@ OUTAGE_S = float(os.environ.get("EDGE_LOSS_OUTAGE_S", "60"))
 KILLS = int(os.environ.get("EDGE_LOSS_KILLS", "30"))
 print(f"test_loss seed {SEED}, outage {OUTAGE_S} s, kills {KILLS}")
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(600)]
 
 DEVICES = [("meter", "lan", 1, "energy_meter"), ("water", "rs485", 2, "water_meter"),
            ("lamp", "rs485", 3, "streetlight"), ("cabinet", "lan", 2, "signal_cabinet"),

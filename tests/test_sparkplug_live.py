@@ -19,7 +19,7 @@ from edge_agent.tools.devbroker import Mosquitto
 from tests.support.sitekit import Collector, agent, control, simulator, write_site
 from tests.support.sparkplug_host import Seen, SparkplugHost, bdseq_of, seq_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 DEVICES = [("meter", "rs485", 1, "energy_meter"), ("lamp", "rs485", 3, "streetlight"),
            ("cabinet", "lan", 1, "signal_cabinet")]

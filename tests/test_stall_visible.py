@@ -18,7 +18,7 @@ import pytest
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support.sitekit import Collector, agent, simulator, write_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def test_a_paused_gateway_logs_the_pause_and_the_slots_it_missed(

@@ -28,7 +28,7 @@ from edge_agent.runtime.agent import stop_budget_s
 from edge_agent.tools.devbroker import Mosquitto
 from tests.support.stopkit import Batches, Try, free_ports, sigterm_try, tcp_simulator, tcp_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 TRIES = int(os.environ.get("EDGE_STOP_TRIES", "25"))
 DEVICES = 40
