@@ -1,0 +1,298 @@
+"""Data batch version 3: readings by series index and grid slot, against a schema (pure, no I/O).
+
+After the version byte ``0x03`` (codecs/FORMAT.md, section 10)::
+
+    6 bytes     the schema's hash (``schema.schema_hash`` of its message bytes)
+    varint      epoch - the schema's epoch (0 from the agent: one schema per boot epoch)
+    varint      seq
+    varint      base: ticks after the schema's t0 (base_ms = t0 + base x tick)
+    varint X    extras, then X extras (byte-aligned)
+    bits        the grid readings: for each present series its index gap, count, first slot,
+                steps, values; zero-padded to the last byte
+
+The gateway is not in the batch: it is the topic's (the ingest checks the schema's ``g``).
+A batch needs only its schema: nothing refers to another batch, so one lost to the spool's
+drop-oldest policy spoils no other. A reading the grid section cannot carry (bad quality,
+text, a series or timestamp off the schema's grid, an int beyond int64, a value of another
+type than its series' in this batch) is an extra, with every field spelt out.
+
+Pure Python: the codec (reference and Cython fast path) is not involved, so it stays as it was.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any
+
+from edge_agent.codecs.batch_model import (
+    CODE_QUALITY,
+    QUALITY_CODE,
+    BatchLimits,
+    DataBatch,
+    check_readings,
+)
+from edge_agent.codecs.batch_v2 import _fits, _series_type, _split
+from edge_agent.codecs.batch_v3_values import (
+    BOOL,
+    INT,
+    KIND_NAMES,
+    default_kind,
+    float_kind,
+    read_values,
+    write_values,
+)
+from edge_agent.codecs.bits import BitReader, BitWriter
+from edge_agent.codecs.schema import HASH_BYTES, StreamSchema
+from edge_agent.codecs.wire import I64_MAX, I64_MIN, M64, Reader, varint, wrap64, zigzag
+from edge_agent.protocol.errors import CodecError
+from edge_agent.protocol.readings import Quality, Reading
+
+VERSION_SCHEMA = 3
+# Extra value tags (FORMAT.md 10.2).
+T_NONE, T_FALSE, T_TRUE, T_INT, T_UINT, T_FLOAT, T_TEXT = range(7)
+_MAX_KEY_BYTES = 4 * 129
+
+
+class MissingSchema(CodecError):
+    """A version 3 batch names a schema the decoder does not have (recoverable: ask for it)."""
+
+    def __init__(self, schema_hash: bytes, epoch_delta: int, seq: int) -> None:
+        self.schema_hash = schema_hash
+        self.epoch_delta = epoch_delta
+        self.seq = seq
+        super().__init__(f"data batch v3 seq {seq}: schema {schema_hash.hex()} is not known "
+                         "here")
+
+
+# A schema lookup: (gateway, hash) -> the schema, or None when it is not known.
+SchemaLookup = Callable[[str, bytes], StreamSchema | None]
+
+
+def _extra(out: bytearray, ref: int, key: str, r: Reading, base_ms: int) -> None:
+    out += varint(ref)
+    if ref == 0:
+        raw = key.encode("utf-8")
+        out += varint(len(raw)) + raw
+    out += varint(zigzag(wrap64(r.ts_ms - base_ms)))
+    out.append(QUALITY_CODE[Quality(r.quality)])
+    out += varint(0 if r.exception_code is None else r.exception_code + 1)
+    v = r.value
+    if v is None:
+        out.append(T_NONE)
+    elif isinstance(v, bool):
+        out.append(T_TRUE if v else T_FALSE)
+    elif isinstance(v, int):
+        if I64_MIN <= v <= I64_MAX:
+            out.append(T_INT)
+            out += varint(zigzag(v))
+        elif I64_MAX < v <= M64:
+            out.append(T_UINT)
+            out += varint(v)
+        else:
+            raise CodecError(f"{key}: int {v} is outside -2^63..2^64-1")
+    elif isinstance(v, float):
+        out.append(T_FLOAT)
+        out += struct.pack("<d", v)
+    else:
+        text = str(v).encode("utf-8", "surrogatepass")
+        out.append(T_TEXT)
+        out += varint(len(text)) + text
+
+
+def _grid_ok(r: Reading, schema: StreamSchema) -> bool:
+    return (type(r.ts_ms) is int and r.ts_ms >= schema.t0_ms
+            and (r.ts_ms - schema.t0_ms) % schema.tick_ms == 0 and r.quality is Quality.GOOD
+            and r.value is not None and not isinstance(r.value, str))
+
+
+def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
+                    readings: Sequence[Reading]) -> bytes:
+    """Encode readings as a version 3 batch against ``schema``, version byte included."""
+    index = schema.index()
+    tick, t0 = schema.tick_ms, schema.t0_ms
+    grid: dict[int, list[Reading]] = {}
+    extras: list[tuple[int, str, Reading]] = []
+    for r in readings:
+        if "/" in r.device:
+            raise CodecError(f"device id {r.device!r} must not contain '/'")
+        i = index.get((r.device, r.point))
+        if i is not None and _grid_ok(r, schema):
+            grid.setdefault(i, []).append(r)
+        else:
+            extras.append((0 if i is None else i + 1, f"{r.device}/{r.point}", r))
+    bw = BitWriter()
+    present: list[tuple[int, list[Reading], int, list[Any]]] = []
+    for i in sorted(grid):
+        rs = sorted(grid[i], key=lambda r: r.ts_ms)
+        kind_t = _series_type([r.value for r in rs])
+        kept: list[Reading] = []
+        values: list[Any] = []
+        for r in rs:
+            v = _fits(r.value, kind_t)
+            if v is None:
+                extras.append((i + 1, f"{r.device}/{r.point}", r))
+            else:
+                kept.append(r)
+                values.append(v)
+        if kept:
+            s = schema.series[i]
+            prefer = default_kind(s.type, s.scale, s.offset)
+            kind = BOOL if kind_t is bool else INT if kind_t is int else \
+                float_kind(values, s.scale, s.offset, prefer)
+            present.append((i, kept, kind, values))
+    base = min(((r.ts_ms - t0) // tick for _, rs, _, _ in present for r in rs), default=0)
+    base_ms = t0 + base * tick
+    bw.eg(len(present))
+    prev = -1
+    for i, rs, kind, values in present:
+        s = schema.series[i]
+        bw.eg(i - prev - 1)
+        prev = i
+        bw.eg(len(rs) - 1)
+        if kind == default_kind(s.type, s.scale, s.offset):
+            bw.bits(1, 1)
+        else:
+            bw.bits(kind, 4)  # a 0 bit, then the kind in 3 bits
+        step = s.interval_ms // tick
+        slots = [(r.ts_ms - t0) // tick - base for r in rs]
+        bw.eg(slots[0])
+        for a, b in pairwise(slots):
+            bw.snum(b - a - step)
+        write_values(bw, kind, values, s.scale, s.offset)
+    out = bytearray([VERSION_SCHEMA])
+    if not schema.epoch <= epoch <= I64_MAX:
+        raise CodecError(f"epoch {epoch} is before its schema's epoch {schema.epoch}")
+    out += schema.hash + varint(epoch - schema.epoch) + varint(seq) + varint(base)
+    out += varint(len(extras))
+    for ref, key, r in extras:
+        _extra(out, ref, key, r, base_ms)
+    return bytes(out + bw.finish())
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+def _read_extra(rd: Reader, schema: StreamSchema, base_ms: int, limits: BatchLimits,
+                where: str) -> Reading:
+    ref = rd.count(len(schema.series), f"{where} series reference")
+    if ref:
+        s = schema.series[ref - 1]
+        device, point = s.device, s.point
+    else:
+        nlen = rd.count(_MAX_KEY_BYTES, f"{where} series name length")
+        try:
+            key = rd.take(nlen, f"{where} series name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError(f"data batch v3: {where}: series name is not UTF-8") from None
+        device, point = _split(key, where)
+    ts = wrap64(base_ms + rd.svarint(f"{where} timestamp"))
+    if not 0 <= ts <= I64_MAX:
+        raise CodecError(f"data batch v3: {where}: timestamp {ts} is not an int64 >= 0")
+    q = rd.byte(f"{where} quality")
+    if q not in CODE_QUALITY:
+        raise CodecError(f"data batch v3: {where}: unknown quality code {q}")
+    code = rd.count(256, f"{where} exception code")
+    tag = rd.byte(f"{where} value tag")
+    value: Any
+    if tag == T_NONE:
+        value = None
+    elif tag in (T_FALSE, T_TRUE):
+        value = tag == T_TRUE
+    elif tag == T_INT:
+        value = rd.svarint(f"{where} int")
+    elif tag == T_UINT:
+        value = rd.varint(f"{where} uint")
+        if value <= I64_MAX:
+            raise CodecError(f"data batch v3: {where}: uint {value} fits int64 (use tag 3)")
+    elif tag == T_FLOAT:
+        value = struct.unpack("<d", rd.take(8, f"{where} float"))[0]
+    elif tag == T_TEXT:
+        n = rd.count(4 * limits.max_text, f"{where} text length")
+        try:
+            value = rd.take(n, f"{where} text").decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError(f"data batch v3: {where}: text is not UTF-8") from None
+        if len(value) > limits.max_text:
+            raise CodecError(f"data batch v3: {where}: text of {len(value)} characters "
+                             f"exceeds the limit of {limits.max_text}")
+    else:
+        raise CodecError(f"data batch v3: {where}: unknown value tag {tag}")
+    return Reading(device, point, ts, value, CODE_QUALITY[q], None if code == 0 else code - 1)
+
+
+def read_head(body: bytes) -> tuple[bytes, int, int, Reader]:
+    """(schema hash, epoch - schema epoch, seq, reader after them) of a version 3 body."""
+    if len(body) < HASH_BYTES:
+        raise CodecError(f"data batch v3: {len(body)} bytes, shorter than the schema hash")
+    rd = Reader(body)
+    rd.pos = HASH_BYTES
+    delta = rd.varint("epoch")
+    seq = rd.varint("seq")
+    if delta > I64_MAX or seq > I64_MAX:
+        raise CodecError(f"data batch v3: epoch {delta} or seq {seq} exceeds 2^63-1")
+    return body[:HASH_BYTES], delta, seq, rd
+
+
+def decode_v3(body: bytes, limits: BatchLimits, gateway: str,
+              schemas: SchemaLookup) -> DataBatch:
+    """Decode a version 3 body (after the version byte) for ``gateway``; MissingSchema if its
+    schema is unknown, CodecError for anything malformed."""
+    nbytes = len(body) + 1
+    budget = limits.budget(nbytes)
+    digest, delta, seq, rd = read_head(body)
+    schema = schemas(gateway, digest)
+    if schema is None:
+        raise MissingSchema(digest, delta, seq)
+    if schema.gateway != gateway:
+        raise CodecError(f"data batch v3: schema {digest.hex()} is gateway "
+                         f"{schema.gateway!r}'s, not {gateway!r}'s")
+    epoch = schema.epoch + delta
+    if epoch > I64_MAX:
+        raise CodecError(f"data batch v3: epoch {epoch} exceeds 2^63-1")
+    base = rd.varint("base slot")
+    base_ms = schema.t0_ms + base * schema.tick_ms
+    if base_ms > I64_MAX:
+        raise CodecError(f"data batch v3: base slot {base} is beyond int64 milliseconds")
+    n_extras = rd.varint("extras count")
+    check_readings(n_extras, nbytes, limits, "data batch v3: extras")
+    readings = [_read_extra(rd, schema, base_ms, limits, f"extras[{i}]")
+                for i in range(n_extras)]
+    readings += _read_grid(BitReader(body, rd.pos), schema, base, limits, budget - n_extras,
+                           n_extras, nbytes)
+    readings.sort(key=lambda r: (r.device, r.point, r.ts_ms))
+    return DataBatch(gateway, epoch, seq, readings, version=VERSION_SCHEMA)
+
+
+def _read_grid(br: BitReader, schema: StreamSchema, base: int, limits: BatchLimits,
+               budget: int, extras: int, nbytes: int) -> list[Reading]:
+    out: list[Reading] = []
+    nseries = len(schema.series)
+    present = br.count(min(nseries, limits.max_series), "present series count")
+    prev = -1
+    total = extras
+    for _ in range(present):
+        i = prev + 1 + br.count(nseries - prev - 2, "series index gap")
+        prev = i
+        s = schema.series[i]
+        n = br.count(max(0, budget - (total - extras)), f"readings of series {i}") + 1
+        total += n
+        check_readings(total, nbytes, limits, "data batch v3")
+        kind = default_kind(s.type, s.scale, s.offset) if br.bits(1, "kind flag") else \
+            br.bits(3, "value kind")
+        if kind not in KIND_NAMES:
+            raise br.fail(f"unknown value kind {kind} for series {i}")
+        step = s.interval_ms // schema.tick_ms
+        slots = [br.eg(f"first slot of series {i}")]
+        for _ in range(n - 1):
+            slots.append(slots[-1] + step + br.snum(f"slot step of series {i}"))
+        t0, tick = schema.t0_ms, schema.tick_ms
+        values = read_values(br, kind, n, s.scale, s.offset, i)
+        for slot, v in zip(slots, values, strict=True):
+            ts = t0 + (base + slot) * tick
+            if not 0 <= ts <= I64_MAX:
+                raise br.fail(f"series {i}: timestamp {ts} is not an int64 >= 0")
+            out.append(Reading(s.device, s.point, ts, v))
+    br.finish("the last series")
+    return out
