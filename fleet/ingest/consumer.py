@@ -1,8 +1,12 @@
 """``edge-fleet ingest``: the cloud side of the data path, deduplicating and gap-aware.
 
-Subscribes to every gateway's data topic at QoS 1 (optionally as a shared subscription
-``$share/GROUP/...`` so several workers split the load), decodes each batch with
+Subscribes to every gateway's data and schema topics at QoS 1 (optionally as a shared
+subscription ``$share/GROUP/...`` so several workers split the load), decodes each batch with
 ``edge_agent.codecs.batch.decode_batch``, and stores its readings once per (gateway, epoch, seq).
+Schema messages are kept in the database (``parking``), so any worker decodes any version 3
+batch whose schema any worker was sent; a batch whose schema is not there yet is parked, the
+gateway is asked for the schema (``schema-request``, at most every ``SCHEMA_REQUEST_S`` per
+schema), and the batch is stored when the schema arrives.
 
 Nothing is acknowledged before it is committed: paho's automatic PUBACK is turned off and each
 message is acknowledged after the transaction holding it commits, and the session is persistent
@@ -22,6 +26,8 @@ from typing import Any
 
 import aiomqtt
 
+from edge_agent.codecs.schema import SchemaBook, StreamSchema, parse_schema
+from edge_agent.fleet.ingest import parking
 from edge_agent.fleet.ingest.intake import (
     DEFAULT_INGEST_LIMITS,
     IngestCounters,
@@ -31,8 +37,11 @@ from edge_agent.fleet.ingest.intake import (
 )
 from edge_agent.fleet.ingest.store import (
     DUPLICATE,
+    PARKED,
+    SCHEMA,
     STORED,
     IngestStore,
+    Outcome,
     Received,
 )
 from edge_agent.fleet.intake import Rejections, quote
@@ -55,6 +64,7 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 500  # messages committed in one transaction at most
 STATUS_S = 60.0  # how often a running ingest logs its status line
+SCHEMA_REQUEST_S = 30.0  # a gateway is asked for one schema at most this often
 
 
 def _exit_process() -> None:
@@ -89,8 +99,10 @@ class Ingest:
         self.mqtt = mqtt
         self.store = store
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
-        data = topics.subscription(self.prefix, topics.DATA)
-        self.filter = f"$share/{share_group}/{data}" if share_group else data
+        self.filters = [f"$share/{share_group}/{f}" if share_group else f
+                        for f in (topics.subscription(self.prefix, topics.SCHEMA),
+                                  topics.subscription(self.prefix, topics.DATA))]
+        self.filter = " ".join(self.filters)  # for the log
         self.client_id = client_id
         self.gap_scan_s = gap_scan_s
         self.limits = limits
@@ -102,6 +114,11 @@ class Ingest:
         self.supervisor = supervisor or Supervisor(clock=self.clock)
         self.budget = ReadingBudget(limits.gateway_readings_per_s, limits.gateway_burst_readings)
         self.subscribed = asyncio.Event()
+        self.book = SchemaBook()
+        self._arrived: set[tuple[str, bytes]] = set()   # schemas kept since the last unpark
+        self._wanted: set[tuple[str, bytes]] = set()    # schemas to ask gateways for
+        self._asked: dict[tuple[str, bytes], float] = {}
+        self._client: aiomqtt.Client | None = None
         self.last_message_ms: int | None = None
         self.last_error: str | None = None
         self._backoff = Backoff(0.2, 5.0, random.Random(client_id))
@@ -151,6 +168,12 @@ class Ingest:
             gaps = self.store.scan_gaps()
             if gaps:
                 log.info("ingest: %d open gaps, e.g. %s", len(gaps), gaps[:3])
+            # Batches still parked: ask again (a request or its answer may have been lost).
+            for gw, digest, _n in self.store.query(parking.WAITING):
+                with contextlib.suppress(ValueError):
+                    self._wanted.add((str(gw), bytes.fromhex(str(digest))))
+            if self._client is not None:
+                await self._request_schemas(self._client)
 
     async def _status_loop(self) -> None:
         while True:
@@ -164,7 +187,9 @@ class Ingest:
         client = aiomqtt.Client(**opts, identifier=self.client_id, clean_session=False)
         client._client.manual_ack_set(True)  # PUBACK after commit, not on receipt
         async with client:
-            await client.subscribe(self.filter, qos=1)
+            for topic_filter in self.filters:
+                await client.subscribe(topic_filter, qos=1)
+            self._client = client
             self.counters.connects += 1
             self._backoff.reset()
             self.subscribed.set()
@@ -178,6 +203,8 @@ class Ingest:
                 self._commit(group)
                 for m in group:
                     client._client.ack(m.mid, m.qos)
+                self._unpark()
+                await self._request_schemas(client)
 
     def _intake(self, m: aiomqtt.Message) -> Received:
         """One message as the store takes it: a batch within every limit, or a rejection."""
@@ -187,7 +214,8 @@ class Ingest:
             parsed = topics.parse_topic(topic, self.prefix)
             return Received(topic, b"", None, f"payload is {type(m.payload).__name__}, not "
                             "bytes", "not_bytes", parsed.gateway if parsed else None)
-        r = decode_message(topic, payload, self.prefix, self.limits)
+        r = decode_message(topic, payload, self.prefix, self.limits, schemas=self._schema,
+                           book=self.book)
         b = r.batch
         if b is not None and not self.budget.take(b.gateway, len(b.readings),
                                                   self.clock.monotonic()):
@@ -206,17 +234,70 @@ class Ingest:
         received = [self._intake(m) for m in group]
         outcomes = self.store.record_each(received)
         self.counters.commits += 1
+        self._count(received, outcomes)
+
+    def _count(self, received: list[Received], outcomes: list[Outcome]) -> None:
         for r, outcome in zip(received, outcomes, strict=True):
             if outcome.status == STORED:
                 self.counters.batches += 1
                 self.counters.readings += len(r.batch.readings) if r.batch is not None else 0
             elif outcome.status == DUPLICATE:
                 self.counters.duplicates += 1
+            elif outcome.status == SCHEMA and r.schema is not None:
+                self.counters.schemas += 1
+                self._arrived.add((r.schema.gateway, r.schema.hash))
+            elif outcome.status == PARKED and r.missing is not None and r.gateway is not None:
+                self.counters.parked += 1
+                self._wanted.add((r.gateway, r.missing))
             else:
                 self.counters.rejected += 1
                 self.rejections.reject(outcome.reason or "undecodable",
                                        f"topic {quote(r.topic)} ({len(r.payload)} bytes): "
                                        f"{outcome.error}")
+
+    def _schema(self, gateway: str, digest: bytes) -> StreamSchema | None:
+        """A gateway's schema: kept in memory, else from the database (any worker's)."""
+        schema = self.book.lookup(gateway, digest)
+        if schema is None:
+            rows = self.store.query(parking.SELECT_SCHEMA, (gateway, digest.hex()))
+            if rows:
+                schema = parse_schema(parking.blob(rows[0][0]), self.book.limits)
+                self.book.put(schema)
+        return schema
+
+    def _unpark(self) -> None:
+        """Store the parked batches whose schema has come, oldest first, a group at a time."""
+        arrived, self._arrived = self._arrived, set()
+        for gateway, digest in sorted(arrived):
+            self._wanted.discard((gateway, digest))
+            while rows := self.store.query(parking.SELECT_PARKED,
+                                           (gateway, digest.hex(), MAX_GROUP)):
+                received = [decode_message(str(topic), parking.blob(payload), self.prefix,
+                                           self.limits, schemas=self._schema)
+                            for _id, topic, payload in rows]
+                outcomes = self.store.record_each(received, unpark=[int(r[0]) for r in rows])
+                self.counters.unparked += len(rows)
+                self.counters.commits += 1
+                self._count(received, outcomes)
+                if any(o.status == PARKED for o in outcomes):
+                    break  # cannot happen with the schema here; never loop on it
+            log.info("ingest: schema %s of %s arrived; its parked batches were decoded",
+                     digest.hex(), gateway)
+
+    async def _request_schemas(self, client: aiomqtt.Client) -> None:
+        """Ask gateways for the schemas parked batches wait for (each at most every 30 s)."""
+        now = self.clock.monotonic()
+        wanted, self._wanted = self._wanted, set()
+        for gateway, digest in sorted(wanted):
+            last = self._asked.get((gateway, digest))
+            if last is not None and now - last < SCHEMA_REQUEST_S:
+                continue
+            if len(self._asked) > 10_000:
+                self._asked.clear()
+            self._asked[(gateway, digest)] = now
+            await client.publish(topics.schema_request_topic(self.prefix, gateway),
+                                 digest.hex().encode(), qos=1)
+            self.counters.schema_requests += 1
 
     def status(self) -> dict[str, Any]:
         """The consumer's state: connection, last message, counters, tasks."""
@@ -227,7 +308,9 @@ class Ingest:
                 "last_message_age_s": None if last is None
                 else round(max(0, self._now_ms() - last) / 1000, 3),
                 "received": c.messages, "stored": c.batches, "readings": c.readings,
-                "duplicates": c.duplicates, "rejected": c.rejected,
+                "duplicates": c.duplicates, "rejected": c.rejected, "schemas": c.schemas,
+                "parked": c.parked, "unparked": c.unparked,
+                "schema_requests": c.schema_requests,
                 "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
                 "commits": c.commits, "tasks": self.supervisor.snapshot()}
 

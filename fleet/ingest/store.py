@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch import DataBatch
+from edge_agent.codecs.schema import StreamSchema
+from edge_agent.fleet.ingest import parking
 from edge_agent.fleet.sqlite_file import create_private_sqlite
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.readings import Quality, Reading, Value
@@ -122,10 +124,13 @@ class Received:
     error: str | None = None  # why it was refused, naming the field and value
     reason: str = "undecodable"  # the refusal's reason code, counted per reason
     gateway: str | None = None   # the gateway the topic names, if it names a valid one
+    schema: StreamSchema | None = None  # a schema message, read and checked
+    missing: bytes | None = None  # a v3 batch whose schema (this hash) is not here: parked
 
 
 # What ``IngestStore.record_each`` did with each message.
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+SCHEMA, PARKED = parking.SCHEMA, parking.PARKED
 
 
 class Outcome(NamedTuple):
@@ -218,6 +223,7 @@ class IngestStore:
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 self.conn.execute(f"SET search_path TO {schema}")
             self.conn.execute(DDL["postgresql"])
+            self.conn.execute(parking.DDL["postgresql"])
             self._add_rejected_columns()
             self.conn.commit()
         else:
@@ -230,7 +236,7 @@ class IngestStore:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")  # acked to the broker after commit
             self.conn.execute("PRAGMA busy_timeout = 10000")
-            self.conn.executescript(DDL["sqlite"])
+            self.conn.executescript(DDL["sqlite"] + parking.DDL["sqlite"])
             self._add_rejected_columns()
 
     def _add_rejected_columns(self) -> None:
@@ -272,18 +278,20 @@ class IngestStore:
         statuses = [o.status for o in self.record_each(messages, now_ms)]
         return statuses.count(STORED), statuses.count(DUPLICATE)
 
-    def record_each(self, messages: Sequence[Received],
-                    now_ms: int | None = None) -> list[Outcome]:
+    def record_each(self, messages: Sequence[Received], now_ms: int | None = None, *,
+                    unpark: Sequence[int] = ()) -> list[Outcome]:
         """Store a group of messages in one transaction; what became of each, in order.
 
         A message refused before (``batch`` None) or refused by the database for its own
         values is kept in ``rejected`` and its Outcome says why; an error of the database
-        itself rolls the whole group back and raises.
+        itself rolls the whole group back and raises. ``unpark``: parked rows to delete with them.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         outcomes: list[Outcome] = []
         cur = self._begin()
         try:
+            for row_id in unpark:
+                cur.execute(self._sql(parking.DELETE_PARKED), (row_id,))
             for m in messages:
                 cur.execute("SAVEPOINT message")
                 try:
@@ -304,6 +312,10 @@ class IngestStore:
 
     def _one(self, cur: Any, m: Received, now_ms: int) -> Outcome:
         b = m.batch
+        kept = parking.keep(cur, self._sql, m.schema, m.gateway, m.missing, _text(m.topic, 500),
+                            m.payload, now_ms)
+        if kept:  # a schema message, or a batch waiting for its schema
+            return Outcome(kept, m.reason, m.error or "")
         if b is None:
             error = m.error or "undecodable"
             self._reject(cur, m, now_ms, m.reason, error)
