@@ -26,7 +26,7 @@ from typing import Any
 
 import aiomqtt
 
-from edge_agent.codecs.schema import SchemaBook, StreamSchema, parse_schema
+from edge_agent.codecs.schema import SchemaBook, SchemaLimits, StreamSchema, parse_schema
 from edge_agent.fleet.ingest import parking
 from edge_agent.fleet.ingest.intake import (
     DEFAULT_INGEST_LIMITS,
@@ -114,7 +114,7 @@ class Ingest:
         self.supervisor = supervisor or Supervisor(clock=self.clock)
         self.budget = ReadingBudget(limits.gateway_readings_per_s, limits.gateway_burst_readings)
         self.subscribed = asyncio.Event()
-        self.book = SchemaBook()
+        self.book = SchemaBook(limits=SchemaLimits(max_bytes=limits.max_schema_bytes))
         self._arrived: set[tuple[str, bytes]] = set()   # schemas kept since the last unpark
         self._wanted: set[tuple[str, bytes]] = set()    # schemas to ask gateways for
         self._asked: dict[tuple[str, bytes], float] = {}

@@ -36,7 +36,9 @@ class IngestLimits:
 
     max_payload: int = 1024 * 1024
     max_readings: int = 50_000
-    # A 10,000-series schema message is about 600 KB: the payload cap bounds it too.
+    # A schema message describes every series of a gateway once (about 55 bytes a series:
+    # 830 KB for 15,000), so it has its own cap, the schema reader's.
+    max_schema_bytes: int = 8 * 1024 * 1024
     gateway_readings_per_s: float = 100_000.0
     gateway_burst_readings: int = 1_000_000
 
@@ -90,9 +92,10 @@ def decode_message(topic: str, payload: bytes, prefix: str,
         return Received(topic, payload, None, f"topic {quote(topic)} is not a gateway's data "
                         "or schema topic (or its gateway id breaks the id rule)", "topic",
                         gateway)
-    if len(payload) > limits.max_payload:  # before the decoder looks at a byte
+    cap = limits.max_schema_bytes if parsed.kind == topics.SCHEMA else limits.max_payload
+    if len(payload) > cap:  # before the decoder looks at a byte
         return Received(topic, payload, None, f"payload of {len(payload)} bytes exceeds the "
-                        f"limit of {limits.max_payload}", "too_large", gateway)
+                        f"limit of {cap}", "too_large", gateway)
     if parsed.kind == topics.SCHEMA and book is not None:
         try:
             schema = book.add(parsed.gateway, payload)
