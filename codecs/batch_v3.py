@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch_model import (
     CODE_QUALITY,
@@ -101,31 +101,66 @@ def _extra(out: bytearray, ref: int, key: str, r: Reading, base_ms: int) -> None
         out += varint(len(text)) + text
 
 
-def _grid_ok(r: Reading, schema: StreamSchema) -> bool:
-    return (type(r.ts_ms) is int and r.ts_ms >= schema.t0_ms
-            and (r.ts_ms - schema.t0_ms) % schema.tick_ms == 0 and r.quality is Quality.GOOD
-            and r.value is not None and not isinstance(r.value, str))
+class _Plan(NamedTuple):
+    """What the coder needs of a schema, worked out once: positions, default kinds, steps."""
+
+    positions: dict[tuple[str, str], int]
+    kinds: tuple[int, ...]
+    steps: tuple[int, ...]
+
+
+_PLANS: dict[bytes, _Plan] = {}
+_MAX_PLANS = 64
+
+
+def _plan(schema: StreamSchema) -> _Plan:
+    """The schema's plan, cached by its message bytes (equal bytes, equal schema)."""
+    plan = _PLANS.get(schema.raw)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[schema.raw] = _Plan(
+            schema.index(), tuple(default_kind(s.type, s.scale, s.offset) for s in schema.series),
+            tuple(s.interval_ms // schema.tick_ms for s in schema.series))
+    return plan
+
+
+def _grid_ok(r: Reading, t0: int, tick: int) -> bool:
+    ts, v = r.ts_ms, r.value
+    return (type(ts) is int and ts >= t0 and (ts - t0) % tick == 0
+            and r.quality is Quality.GOOD and v is not None and not isinstance(v, str))
 
 
 def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
                     readings: Sequence[Reading]) -> bytes:
     """Encode readings as a version 3 batch against ``schema``, version byte included."""
-    index = schema.index()
+    plan = _plan(schema)
+    index = plan.positions
     tick, t0 = schema.tick_ms, schema.t0_ms
     grid: dict[int, list[Reading]] = {}
     extras: list[tuple[int, str, Reading]] = []
     for r in readings:
-        if "/" in r.device:
-            raise CodecError(f"device id {r.device!r} must not contain '/'")
         i = index.get((r.device, r.point))
-        if i is not None and _grid_ok(r, schema):
-            grid.setdefault(i, []).append(r)
+        if i is not None and _grid_ok(r, t0, tick):
+            if i in grid:
+                grid[i].append(r)
+            else:
+                grid[i] = [r]
         else:
+            if "/" in r.device:
+                raise CodecError(f"device id {r.device!r} must not contain '/'")
             extras.append((0 if i is None else i + 1, f"{r.device}/{r.point}", r))
     bw = BitWriter()
     present: list[tuple[int, list[Reading], int, list[Any]]] = []
     for i in sorted(grid):
-        rs = sorted(grid[i], key=lambda r: r.ts_ms)
+        rs = grid[i]
+        s = schema.series[i]
+        one = rs[0].value if len(rs) == 1 else None
+        if one.__class__ is float:  # the common case: one reading of a series, fast
+            present.append((i, rs, float_kind([one], s.scale, s.offset, plan.kinds[i]), [one]))
+            continue
+        if len(rs) > 1:
+            rs.sort(key=lambda r: r.ts_ms)
         kind_t = _series_type([r.value for r in rs])
         kept: list[Reading] = []
         values: list[Any] = []
@@ -137,10 +172,8 @@ def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
                 kept.append(r)
                 values.append(v)
         if kept:
-            s = schema.series[i]
-            prefer = default_kind(s.type, s.scale, s.offset)
             kind = BOOL if kind_t is bool else INT if kind_t is int else \
-                float_kind(values, s.scale, s.offset, prefer)
+                float_kind(values, s.scale, s.offset, plan.kinds[i])
             present.append((i, kept, kind, values))
     base = min(((r.ts_ms - t0) // tick for _, rs, _, _ in present for r in rs), default=0)
     base_ms = t0 + base * tick
@@ -151,15 +184,16 @@ def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
         bw.eg(i - prev - 1)
         prev = i
         bw.eg(len(rs) - 1)
-        if kind == default_kind(s.type, s.scale, s.offset):
+        if kind == plan.kinds[i]:
             bw.bits(1, 1)
         else:
             bw.bits(kind, 4)  # a 0 bit, then the kind in 3 bits
-        step = s.interval_ms // tick
-        slots = [(r.ts_ms - t0) // tick - base for r in rs]
-        bw.eg(slots[0])
-        for a, b in pairwise(slots):
-            bw.snum(b - a - step)
+        bw.eg((rs[0].ts_ms - t0) // tick - base)
+        if len(rs) > 1:
+            step = plan.steps[i]
+            slots = [(r.ts_ms - t0) // tick for r in rs]
+            for a, b in pairwise(slots):
+                bw.snum(b - a - step)
         write_values(bw, kind, values, s.scale, s.offset)
     out = bytearray([VERSION_SCHEMA])
     if not schema.epoch <= epoch <= I64_MAX:
@@ -272,6 +306,7 @@ def _read_grid(br: BitReader, schema: StreamSchema, base: int, limits: BatchLimi
     present = br.count(min(nseries, limits.max_series), "present series count")
     prev = -1
     total = extras
+    plan = _plan(schema)
     for _ in range(present):
         i = prev + 1 + br.count(nseries - prev - 2, "series index gap")
         prev = i
@@ -279,11 +314,10 @@ def _read_grid(br: BitReader, schema: StreamSchema, base: int, limits: BatchLimi
         n = br.count(max(0, budget - (total - extras)), f"readings of series {i}") + 1
         total += n
         check_readings(total, nbytes, limits, "data batch v3")
-        kind = default_kind(s.type, s.scale, s.offset) if br.bits(1, "kind flag") else \
-            br.bits(3, "value kind")
+        kind = plan.kinds[i] if br.bits(1, "kind flag") else br.bits(3, "value kind")
         if kind not in KIND_NAMES:
             raise br.fail(f"unknown value kind {kind} for series {i}")
-        step = s.interval_ms // schema.tick_ms
+        step = plan.steps[i]
         slots = [br.eg(f"first slot of series {i}")]
         for _ in range(n - 1):
             slots.append(slots[-1] + step + br.snum(f"slot step of series {i}"))

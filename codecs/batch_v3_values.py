@@ -68,8 +68,10 @@ def _order32(v: float) -> int:
 
 
 def float_kind(values: list[float], scale: float, offset: float, prefer: int) -> int:
-    ks = [] if (scale, offset) == (1.0, 0.0) else [SCALED]
-    order = sorted([*ks, F32], key=lambda k: k != prefer)
+    """The first of (the preferred kind, scaled, float32) that carries every value exactly,
+    else float64."""
+    scaled_ok = scale != 1 or offset != 0
+    order = (SCALED, F32) if prefer == SCALED else (F32, SCALED) if scaled_ok else (F32,)
     for kind in order:
         if kind == SCALED and all(_scaled_k(v, scale, offset) is not None for v in values):
             return SCALED
