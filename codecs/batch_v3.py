@@ -3,12 +3,13 @@
 After the version byte ``0x03`` (codecs/FORMAT.md, section 10)::
 
     6 bytes     the schema's hash (``schema.schema_hash`` of its message bytes)
-    varint      epoch - the schema's epoch (0 from the agent: one schema per boot epoch)
+    varint      (epoch - the schema's epoch) x 2 + body kind (the agent: 0 or 1)
     varint      seq
     varint      base: ticks after the schema's t0 (base_ms = t0 + base x tick)
     varint X    extras, then X extras (byte-aligned)
-    bits        the grid readings: for each present series its index gap, count, first slot,
-                steps, values; zero-padded to the last byte
+    body        the grid readings, either bits (for each present series its index gap,
+                count, first slot, steps, values; zero-padded to the last byte) or, for
+                long series when shorter, a codec batch (``batch_v3_codec``)
 
 The gateway is not in the batch: it is the topic's (the ingest checks the schema's ``g``).
 A batch needs only its schema: nothing refers to another batch, so one lost to the spool's
@@ -34,6 +35,11 @@ from edge_agent.codecs.batch_model import (
     check_readings,
 )
 from edge_agent.codecs.batch_v2 import _fits, _series_type, _split
+from edge_agent.codecs.batch_v3_codec import (
+    MIN_MEAN_POINTS,
+    decode_codec_body,
+    encode_codec_body,
+)
 from edge_agent.codecs.batch_v3_values import (
     BOOL,
     INT,
@@ -50,6 +56,7 @@ from edge_agent.protocol.errors import CodecError
 from edge_agent.protocol.readings import Quality, Reading
 
 VERSION_SCHEMA = 3
+GRID, CODEC = 0, 1  # the body after the extras: the bit stream, or a codec batch (10.5)
 # Extra value tags (FORMAT.md 10.2).
 T_NONE, T_FALSE, T_TRUE, T_INT, T_UINT, T_FLOAT, T_TEXT = range(7)
 _MAX_KEY_BYTES = 4 * 129
@@ -181,28 +188,34 @@ def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
     prev = -1
     for i, rs, kind, values in present:
         s = schema.series[i]
-        bw.eg(i - prev - 1)
+        # The series' header in one write: EG(gap), EG(n - 1), the kind flag (and kind), and
+        # EG(first slot); each EG(x) is x + 1 in 2 x bitlength(x + 1) - 1 bits.
+        gap, n1, slot = i - prev, len(rs), (rs[0].ts_ms - t0) // tick - base + 1
         prev = i
-        bw.eg(len(rs) - 1)
-        if kind == plan.kinds[i]:
-            bw.bits(1, 1)
-        else:
-            bw.bits(kind, 4)  # a 0 bit, then the kind in 3 bits
-        bw.eg((rs[0].ts_ms - t0) // tick - base)
+        gw, nw, sw = 2 * gap.bit_length() - 1, 2 * n1.bit_length() - 1, 2 * slot.bit_length() - 1
+        flag, fw = (1, 1) if kind == plan.kinds[i] else (kind, 4)  # 0, then 3 bits of kind
+        bw.bits((((gap << nw | n1) << fw | flag) << sw) | slot, gw + nw + fw + sw)
         if len(rs) > 1:
             step = plan.steps[i]
             slots = [(r.ts_ms - t0) // tick for r in rs]
             for a, b in pairwise(slots):
                 bw.snum(b - a - step)
         write_values(bw, kind, values, s.scale, s.offset)
+    body, kind_of_body = bw.finish(), GRID
+    total = sum(len(rs) for _, rs, _, _ in present)
+    if present and total >= MIN_MEAN_POINTS * len(present):  # long series: try the codec
+        packed = encode_codec_body([(i, [(r.ts_ms - t0) // tick - base for r in rs], values)
+                                    for i, rs, _, values in present])
+        if len(packed) < len(body):
+            body, kind_of_body = packed, CODEC
     out = bytearray([VERSION_SCHEMA])
     if not schema.epoch <= epoch <= I64_MAX:
         raise CodecError(f"epoch {epoch} is before its schema's epoch {schema.epoch}")
-    out += schema.hash + varint(epoch - schema.epoch) + varint(seq) + varint(base)
-    out += varint(len(extras))
+    out += schema.hash + varint((epoch - schema.epoch) << 1 | kind_of_body) + varint(seq)
+    out += varint(base) + varint(len(extras))
     for ref, key, r in extras:
         _extra(out, ref, key, r, base_ms)
-    return bytes(out + bw.finish())
+    return bytes(out + body)
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -256,17 +269,18 @@ def _read_extra(rd: Reader, schema: StreamSchema, base_ms: int, limits: BatchLim
     return Reading(device, point, ts, value, CODE_QUALITY[q], None if code == 0 else code - 1)
 
 
-def read_head(body: bytes) -> tuple[bytes, int, int, Reader]:
-    """(schema hash, epoch - schema epoch, seq, reader after them) of a version 3 body."""
+def read_head(body: bytes) -> tuple[bytes, int, int, int, Reader]:
+    """(schema hash, epoch - schema epoch, body kind, seq, reader after them) of a version 3
+    body (after the version byte)."""
     if len(body) < HASH_BYTES:
         raise CodecError(f"data batch v3: {len(body)} bytes, shorter than the schema hash")
     rd = Reader(body)
     rd.pos = HASH_BYTES
-    delta = rd.varint("epoch")
+    delta_kind = rd.varint("epoch")
     seq = rd.varint("seq")
-    if delta > I64_MAX or seq > I64_MAX:
-        raise CodecError(f"data batch v3: epoch {delta} or seq {seq} exceeds 2^63-1")
-    return body[:HASH_BYTES], delta, seq, rd
+    if delta_kind >> 1 > I64_MAX or seq > I64_MAX:
+        raise CodecError(f"data batch v3: epoch {delta_kind >> 1} or seq {seq} exceeds 2^63-1")
+    return body[:HASH_BYTES], delta_kind >> 1, delta_kind & 1, seq, rd
 
 
 def decode_v3(body: bytes, limits: BatchLimits, gateway: str,
@@ -275,7 +289,7 @@ def decode_v3(body: bytes, limits: BatchLimits, gateway: str,
     schema is unknown, CodecError for anything malformed."""
     nbytes = len(body) + 1
     budget = limits.budget(nbytes)
-    digest, delta, seq, rd = read_head(body)
+    digest, delta, kind_of_body, seq, rd = read_head(body)
     schema = schemas(gateway, digest)
     if schema is None:
         raise MissingSchema(digest, delta, seq)
@@ -293,8 +307,11 @@ def decode_v3(body: bytes, limits: BatchLimits, gateway: str,
     check_readings(n_extras, nbytes, limits, "data batch v3: extras")
     readings = [_read_extra(rd, schema, base_ms, limits, f"extras[{i}]")
                 for i in range(n_extras)]
-    readings += _read_grid(BitReader(body, rd.pos), schema, base, limits, budget - n_extras,
-                           n_extras, nbytes)
+    if kind_of_body == CODEC:
+        readings += decode_codec_body(body[rd.pos:], schema, base, limits, n_extras, nbytes)
+    else:
+        readings += _read_grid(BitReader(body, rd.pos), schema, base, limits,
+                               budget - n_extras, n_extras, nbytes)
     readings.sort(key=lambda r: (r.device, r.point, r.ts_ms))
     return DataBatch(gateway, epoch, seq, readings, version=VERSION_SCHEMA)
 

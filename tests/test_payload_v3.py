@@ -208,15 +208,15 @@ def test_hostile_batches_are_refused_saying_what(blob: bytes, problem: str) -> N
 
 
 def test_declared_readings_are_checked_before_any_is_built() -> None:
-    # 1000 bools on the grid: legal at 32 a byte, refused under a lower limit before decoding
+    # 100 bools on the grid in the bit stream: refused under lower limits before decoding
     t = SCHEMA.t0_ms
-    blob = encode_batch_v3(SCHEMA, EPOCH, 0, [Reading("lamp_2", "on", t + i * 1000, True)
-                                              for i in range(1000)])
-    assert len(dec(blob).readings) == 1000
-    with pytest.raises(CodecError, match="exceed the limit of 999"):
-        dec(blob, BatchLimits(max_readings=999))
-    with pytest.raises(CodecError, match="readings of series 3 999 exceeds the limit 530"):
-        dec(blob, BatchLimits(max_readings_per_byte=2))   # 2 a byte of its 265
+    blob = encode_batch_v3(SCHEMA, EPOCH, 0, [Reading("lamp_2", "on", t + i * 1000, i % 3 == 0)
+                                              for i in range(100)])
+    assert blob[1 + HASH_BYTES] & 1 == 0 and len(dec(blob).readings) == 100
+    with pytest.raises(CodecError, match="100 or more readings exceed the limit of 99"):
+        dec(blob, BatchLimits(max_readings=99))
+    with pytest.raises(CodecError, match=f"series 3 99 exceeds the limit {2 * len(blob)}"):
+        dec(blob, BatchLimits(max_readings_per_byte=2))
 
 
 def test_any_cut_or_flip_ends_in_a_batch_or_a_codec_error() -> None:
@@ -326,3 +326,45 @@ def test_float_kinds_keep_nan_payloads_and_negative_zero() -> None:
           Reading("lamp_2", "total", t + 4000, math.inf)]
     got = dec(encode_batch_v3(SCHEMA, EPOCH, 0, rs)).readings
     assert [exact(r.value) for r in got] == [exact(r.value) for r in rs]
+
+
+def test_long_series_travel_in_the_codec_when_it_is_shorter() -> None:
+    rng = random.Random(SEED)
+    t = SCHEMA.t0_ms + 60_000
+    f32 = [struct.unpack(">f", struct.pack(">f", 230 + rng.gauss(0, 0.5)))[0] for _ in range(300)]
+    rs = [Reading("meter-1", "voltage", t + i * 5000, v) for i, v in enumerate(f32)]
+    rs += [Reading("lamp_2", "on", t + i * 1000, i % 50 < 25) for i in range(300)]
+    rs += [Reading("meter-1", "pf", t + i * 5000, round(0.9 + i % 7 / 100, 2)) for i in range(300)]
+    blob = encode_batch_v3(SCHEMA, EPOCH, 1, rs)
+    assert blob[1 + HASH_BYTES] & 1 == 1   # the codec body was the shorter
+    assert dec(blob).readings == ordered(rs)
+    short = encode_batch_v3(SCHEMA, EPOCH, 2, rs[:3])
+    assert short[1 + HASH_BYTES] & 1 == 0   # a short batch keeps the bit stream
+
+
+def _codec_body(series: dict[str, tuple[list[int], list[object]]]) -> bytes:
+    from edge_agent import codecs
+    head = bytes([3]) + SCHEMA.hash + varint(1) + varint(1) + varint(0) + varint(0)
+    return head + codecs.encode_batch(series)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("series", "problem"), [
+    ({"01": ([0], [True])}, "'01' is not a series index below 7"),
+    ({"7": ([0], [True])}, "'7' is not a series index"),
+    ({"x": ([0], [True])}, "'x' is not"),
+    ({"3": ([-1], [True])}, "slot -1 is not a grid slot"),
+])
+def test_hostile_codec_bodies_are_refused(series: dict[str, tuple[list[int], list[object]]],
+                                          problem: str) -> None:
+    with pytest.raises(CodecError, match=problem):
+        dec(_codec_body(series))
+
+
+def test_a_codec_body_is_checked_against_the_limits_before_decoding() -> None:
+    blob = _codec_body({"3": (list(range(5000)), [True] * 5000)})   # 149 bytes
+    with pytest.raises(CodecError, match="5000 or more readings in 149 bytes exceed the limit "
+                                         "of 32 per byte"):
+        dec(blob)
+    assert len(dec(blob, BatchLimits(max_readings_per_byte=64)).readings) == 5000
+    with pytest.raises(CodecError, match="data batch v3: 5000 or more readings"):
+        dec(blob, BatchLimits(max_readings=4999, max_readings_per_byte=64))
