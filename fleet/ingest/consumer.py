@@ -6,7 +6,7 @@ subscription ``$share/GROUP/...`` so several workers split the load), decodes ea
 Schema messages are kept in the database (``parking``), so any worker decodes any version 3
 batch whose schema any worker was sent; a batch whose schema is not there yet is parked, the
 gateway is asked for the schema (``schema-request``, at most every ``SCHEMA_REQUEST_S`` per
-schema), and the batch is stored when the schema arrives.
+gateway), and the batch is stored when the schema arrives.
 
 Nothing is acknowledged before it is committed: paho's automatic PUBACK is turned off and each
 message is acknowledged after the transaction holding it commits, and the session is persistent
@@ -117,7 +117,7 @@ class Ingest:
         self.book = SchemaBook(limits=SchemaLimits(max_bytes=limits.max_schema_bytes))
         self._arrived: set[tuple[str, bytes]] = set()   # schemas kept since the last unpark
         self._wanted: set[tuple[str, bytes]] = set()    # schemas to ask gateways for
-        self._asked: dict[tuple[str, bytes], float] = {}
+        self._asked: dict[str, float] = {}  # gateway -> when it was last asked
         self._client: aiomqtt.Client | None = None
         self.last_message_ms: int | None = None
         self.last_error: str | None = None
@@ -285,16 +285,17 @@ class Ingest:
                      digest.hex(), gateway)
 
     async def _request_schemas(self, client: aiomqtt.Client) -> None:
-        """Ask gateways for the schemas parked batches wait for (each at most every 30 s)."""
+        """Ask gateways for the schemas parked batches wait for, one request per gateway every
+        ``SCHEMA_REQUEST_S`` at most (made-up hashes cost one publish per interval)."""
         now = self.clock.monotonic()
         wanted, self._wanted = self._wanted, set()
         for gateway, digest in sorted(wanted):
-            last = self._asked.get((gateway, digest))
+            last = self._asked.get(gateway)
             if last is not None and now - last < SCHEMA_REQUEST_S:
                 continue
             if len(self._asked) > 10_000:
                 self._asked.clear()
-            self._asked[(gateway, digest)] = now
+            self._asked[gateway] = now
             await client.publish(topics.schema_request_topic(self.prefix, gateway),
                                  digest.hex().encode(), qos=1)
             self.counters.schema_requests += 1
