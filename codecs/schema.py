@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from edge_agent.codecs.batch_model import MAX_NAME, name_problem
 from edge_agent.protocol.errors import CodecError
 from edge_agent.protocol.jsonsafe import INT64_MAX, UnsafeJsonError, loads_strict, show
+from edge_agent.protocol.readings import MAX_UNIT, point_text_problem
 
 SCHEMA_VERSION = 1
 HASH_BYTES = 6
@@ -36,7 +37,6 @@ COLUMNS = ("device", "point", "type", "unit", "scale", "offset", "interval_ms")
 # coils, discrete inputs and bit fields. Only the value coding's default depends on them.
 TYPES = frozenset({"bool", "int16", "uint16", "int32", "uint32", "int64", "uint64",
                    "float32", "float64", "string", "bits"})
-MAX_UNIT = 32
 MAX_INTERVAL_MS = 7 * 24 * 3600 * 1000  # a week: far beyond any poll interval
 
 
@@ -146,8 +146,7 @@ def _series(row: object, i: int, tick: int) -> SeriesDef:
             raise _fail(where, f"{'point' if is_point else 'device'} {show(name)}: {problem}")
     if kind not in TYPES:
         raise _fail(where, f"type {show(kind)} is not one of {sorted(TYPES)}")
-    if not isinstance(unit, str) or len(unit) > MAX_UNIT or name_problem(unit or "x",
-                                                                         point=True):
+    if not isinstance(unit, str) or point_text_problem("x", unit) is not None:
         raise _fail(where, f"unit {show(unit)} is not text of at most {MAX_UNIT} characters "
                     "without control characters")
     scale_f, offset_f = _number(scale, f"{where} scale"), _number(offset, f"{where} offset")

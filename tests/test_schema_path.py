@@ -210,3 +210,20 @@ def test_a_real_agent_sends_version_3_batches_a_subscriber_and_the_ingest_decode
     assert all(r.ts_ms % 1000 == 0 for r in readings)
     spooled = list((tmp_path / "state" / "schemas").iterdir())
     assert len(spooled) == 1 and spooled[0].suffix == ".json"
+
+
+def test_a_config_whose_points_cannot_be_schema_series_is_refused(tmp_path: Path) -> None:
+    from edge_agent.config.loader import load_config
+    from edge_agent.protocol.errors import ConfigError
+
+    long_name = "p" * 65
+    (tmp_path / "odd.toml").write_text(
+        '[profile]\nname = "odd"\n'
+        f'[points.{long_name}]\ntable = "holding_register"\naddress = 0\ntype = "uint16"\n'
+        '[points.ok]\ntable = "holding_register"\naddress = 1\ntype = "uint16"\n'
+        'unit = "' + "u" * 33 + '"\n')
+    site = write_site(tmp_path, [("m1", "lan", 1, str(tmp_path / "odd.toml"))])
+    with pytest.raises(ConfigError) as info:
+        load_config(site)
+    text = str(info.value)
+    assert "a point name of 1-64 characters" in text and "a unit of at most 32" in text, text
