@@ -27,14 +27,14 @@ PY = [sys.executable, "-m", "edge_agent"]
 
 def write_site(tmp: Path, devices: list[tuple[str, str, int, str]], *, baud: int = 115200,
                poll_s: float = 1.0, window_s: float = 0.5, tcp_port: int | None = None,
-               health_s: float = 60.0, extra: str = "") -> Path:
+               health_s: float = 60.0, extra: str = "", max_silence_s: float = 3600) -> Path:
     """Write a site config: ``devices`` are (name, bus "rs485"|"lan", unit id, profile)."""
     tcp_port = tcp_port or free_port()
     lines = [
         "[gateway]", 'id = "gw-test"', 'site = "test-site"', f'state_dir = "{tmp / "state"}"',
         f"health_interval_s = {health_s}",
         "[mqtt]", 'url = "mqtt://127.0.0.1:1"', 'topic_prefix = "edge"',
-        "[batch]", f"window_s = {window_s}", "max_silence_s = 3600",
+        "[batch]", f"window_s = {window_s}", f"max_silence_s = {max_silence_s}",
         "[buses.rs485]", 'type = "serial"', f'port = "{tmp / "rs485"}"', f"baudrate = {baud}",
         'parity = "N"',
         "[buses.lan]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {tcp_port}",
