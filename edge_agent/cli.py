@@ -20,7 +20,7 @@ commands:
   check-config SITE.toml           validate a site config; print a summary or every error
   simulate SITE.toml               simulate every device a site config names
   tail [--broker URL]              print readings, state and health as they arrive
-  decode FILE|-                    decode a data batch (a file or standard input)
+  decode FILE|- [--schema S.json]  decode a data batch (a file or standard input)
   ingest --broker URL --db URL     alias of `edge-fleet ingest` (the operations centre's
                                    ingest: every gateway's readings stored once, gaps noted)
   enroll --fleet URL --token T     enrol this gateway with the fleet service
