@@ -111,7 +111,7 @@ def _extra(out: bytearray, ref: int, key: str, r: Reading, base_ms: int) -> None
 class _Plan(NamedTuple):
     """What the coder needs of a schema, worked out once: positions, default kinds, steps."""
 
-    positions: dict[tuple[str, str], int]
+    positions: dict[str, dict[str, int]]  # device -> point -> index (no tuple per series)
     kinds: tuple[int, ...]
     steps: tuple[int, ...]
 
@@ -126,8 +126,11 @@ def _plan(schema: StreamSchema) -> _Plan:
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
+        positions: dict[str, dict[str, int]] = {}
+        for i, s in enumerate(schema.series):
+            positions.setdefault(s.device, {})[s.point] = i
         plan = _PLANS[schema.raw] = _Plan(
-            schema.index(), tuple(default_kind(s.type, s.scale, s.offset) for s in schema.series),
+            positions, tuple(default_kind(s.type, s.scale, s.offset) for s in schema.series),
             tuple(s.interval_ms // schema.tick_ms for s in schema.series))
     return plan
 
@@ -146,8 +149,9 @@ def encode_batch_v3(schema: StreamSchema, epoch: int, seq: int,
     tick, t0 = schema.tick_ms, schema.t0_ms
     grid: dict[int, list[Reading]] = {}
     extras: list[tuple[int, str, Reading]] = []
+    none: dict[str, int] = {}
     for r in readings:
-        i = index.get((r.device, r.point))
+        i = index.get(r.device, none).get(r.point)
         if i is not None and _grid_ok(r, t0, tick):
             if i in grid:
                 grid[i].append(r)
