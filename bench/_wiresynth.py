@@ -40,6 +40,23 @@ def residential_site(tmp: Path, meters: int = 20, water: int = 10) -> SiteConfig
     return load_config(path)
 
 
+def long_series_site(tmp: Path) -> SiteConfig:
+    """One device of each profile but the signal cabinet, polled every second, every reading
+    sent, batches of 300 s: long series, where the codec body is meant to win."""
+    lines = ["[gateway]", 'id = "long-gw-01"', 'site = "long series"',
+             f'state_dir = "{tmp / "state"}"',
+             "[mqtt]", 'url = "mqtt://127.0.0.1:1883"', 'topic_prefix = "edge"',
+             "[batch]", "window_s = 300", "max_readings = 100000", "max_silence_s = 0.5",
+             "[buses.rs485]", 'type = "serial"', f'port = "{tmp / "rs485"}"']
+    for i, profile in enumerate(["energy_meter", "water_meter", "pipe_sensor", "env_monitor",
+                                 "streetlight"]):
+        lines += [f"[devices.dev-{i + 1}]", 'bus = "rs485"', f"unit_id = {i + 1}",
+                  f'profile = "{profile}"', "poll_interval_s = 1"]
+    path = tmp / "long.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(path)
+
+
 def bench500_site(tmp: Path) -> SiteConfig:
     """The poll benchmark's 500 TCP devices x 30 points at 1 s (bench/_pollsite.py), with its
     settings: window 5 s, max_readings 5000, report-by-exception defeated (every reading sent)."""

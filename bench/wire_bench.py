@@ -1,6 +1,6 @@
 """Bytes on the wire per reading: version 3 batches beside version 2, JSON and Sparkplug B.
 
-Three sites, each encoded in every format from the same readings in the same run:
+Four sites, each encoded in every format from the same readings in the same run:
 
 - **demo**: ``configs/demo.toml`` at its defaults, run live (``bench/_wirelive.py``: a private
   mosquitto, ``edge-agent simulate``, ``edge-agent run``) for ``--seconds`` (60) while a
@@ -9,7 +9,9 @@ Three sites, each encoded in every format from the same readings in the same run
   batch by batch. ``--runs`` live runs (3), medians reported.
 - **residential**: 30 household meters (20 energy, 10 water) at a 15-minute interval, a day.
 - **bench500**: the poll benchmark's 500 devices x 30 points at 1 s, 20 s.
-  Both batched offline from the simulators by the agent's own filter and batcher
+- **long series**: five devices (every profile but the signal cabinet) at 1 s, every reading
+  sent, 300 s batches: where the codec body (FORMAT.md 10.5) should win.
+  These three batched offline from the simulators by the agent's own filter and batcher
   (``bench/_wiresynth.py``), encoded by the agent's encoder.
 
 Figures are bytes per reading: payload only, and with MQTT's PUBLISH framing and topic
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _wireformats import json_telemetry, mqtt_bytes, sparkplug_ndata
 from _wirelive import demo_site, run_site
-from _wiresynth import batches, bench500_site, residential_site
+from _wiresynth import batches, bench500_site, long_series_site, residential_site
 
 from edge_agent.codecs.batch import decode_batch, encode_batch_v2, encode_batch_v3
 from edge_agent.codecs.schema import SchemaBook, StreamSchema
@@ -166,6 +168,8 @@ def main() -> None:
                [offline(residential_site(Path(d)), start, 24 * 3600)])
         report("bench500: 500 devices x 30 points at 1 s, 20 s",
                [offline(bench500_site(Path(d)), start, 20)])
+        report("long series: 5 devices at 1 s, every reading, 300 s batches, 30 min",
+               [offline(long_series_site(Path(d)), start, 1800)])
 
 
 if __name__ == "__main__":
