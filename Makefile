@@ -48,7 +48,7 @@ test: setup lint typecheck
 bench: setup
 	$(PIP) install -q --no-build-isolation -e ".[bench]"
 	for b in bench/codec_bench.py bench/fuzz_codec.py bench/fuzz_bundle.py bench/fuzz_batch.py \
-	         bench/spool_bench.py bench/fleet_scale.py bench/poll_overhead.py; do \
+	         bench/spool_bench.py bench/fleet_scale.py bench/poll_overhead.py bench/wire_bench.py; do \
 	    echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from edge_agent.protocol.errors import CodecError
-from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.protocol.readings import NOT_TEXT, Quality, Reading
 
 # Wire codes of the qualities: fixed by the format, never by the enum's order.
 QUALITY_CODE: dict[Quality, int] = {
@@ -32,7 +32,6 @@ MAX_NAME = 64
 ID_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RULE = "1-64 letters, digits, '-' or '_'"
 POINT_RULE = "1-64 characters, none a control character"
-_NOT_POINT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # The longest series name, "device/point", in UTF-8 bytes (4 per character at most).
 MAX_SERIES_NAME_BYTES = 4 * (2 * MAX_NAME + 1)
 
@@ -42,7 +41,7 @@ def name_problem(name: object, *, point: bool) -> str | None:
     if not isinstance(name, str):
         return f"{type(name).__name__} is not a name"
     if point:
-        if not 1 <= len(name) <= MAX_NAME or _NOT_POINT.search(name):
+        if not 1 <= len(name) <= MAX_NAME or NOT_TEXT.search(name):
             return f"expected {POINT_RULE}"
     elif not ID_NAME.fullmatch(name):
         return f"expected {ID_RULE}"

@@ -24,7 +24,7 @@ Importing this needs only the standard library and the codec, like a cloud consu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent import codecs
@@ -232,8 +232,11 @@ def decode_v2(body: bytes, limits: BatchLimits = DEFAULT_LIMITS) -> DataBatch:
 # checks) the values afterwards.
 
 
-def _scan_codec(data: bytes, extras: int, nbytes: int, limits: BatchLimits) -> int:
-    """The codec series' total point count, refused if over the limits; names checked."""
+def _scan_codec(data: bytes, extras: int, nbytes: int, limits: BatchLimits,
+                check_name: Callable[[str], object] | None = None,
+                where: str = "data batch v2") -> int:
+    """The codec series' total point count, refused if over the limits; names checked (as
+    ``device/point``, or by ``check_name``, which raises CodecError)."""
     if len(data) < 3 or data[0] not in (1, 2) or data[1:3] != b"EC":
         return 0  # the codec refuses it, saying why, before allocating anything
     version = data[0]
@@ -241,7 +244,7 @@ def _scan_codec(data: bytes, extras: int, nbytes: int, limits: BatchLimits) -> i
     rd.pos = 3
     count = rd.count(rd.remaining, "series count")
     if count > limits.max_series:
-        raise CodecError(f"data batch v2: {count} codec series exceed the limit of "
+        raise CodecError(f"{where}: {count} codec series exceed the limit of "
                          f"{limits.max_series}")
     total = 0
     for _ in range(count):
@@ -250,10 +253,13 @@ def _scan_codec(data: bytes, extras: int, nbytes: int, limits: BatchLimits) -> i
             name = rd.take(nlen, "series name").decode("utf-8")
         except UnicodeDecodeError:
             raise rd.fail("series name is not valid UTF-8") from None
-        _split(name, "codec series")
+        if check_name is None:
+            _split(name, "codec series")
+        else:
+            check_name(name)
         n = rd.count(MAX_POINTS_PER_BYTE * rd.remaining, f"point count of series {name!r}")
         total += n
-        check_readings(extras + total, nbytes, limits, "data batch v2")
+        check_readings(extras + total, nbytes, limits, where)
         kind = rd.byte("series type")
         if kind not in TYPE_NAMES:
             raise rd.fail(f"unknown series type {kind} for {name!r}")

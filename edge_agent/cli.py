@@ -21,7 +21,7 @@ commands:
   simulate SITE.toml               simulate every device a site config names
   tail [--broker URL]              print readings, state and health as they arrive
   spb-tail [--broker URL]          print the Sparkplug B messages ([sparkplug]) as they arrive
-  decode FILE|-                    decode a data batch (a file or standard input)
+  decode FILE|- [--schema S.json]  decode a data batch (a file or standard input)
   ingest --broker URL --db URL     alias of `edge-fleet ingest` (the operations centre's
                                    ingest: every gateway's readings stored once, gaps noted)
   enroll --fleet URL --token-file F
@@ -93,13 +93,28 @@ def cmd_decode(argv: list[str]) -> int:
     """``edge-agent decode``: print a data batch read from a file or stdin."""
     ap = argparse.ArgumentParser(prog="edge-agent decode")
     ap.add_argument("file", help="a file holding one data batch, or - for standard input")
+    ap.add_argument("--schema", type=Path, action="append", default=[],
+                    help="a schema message (a version 3 batch needs its gateway's; "
+                    "state_dir/schemas/ keeps a gateway's); may be repeated")
+    ap.add_argument("--gateway", help="the gateway of a version 3 batch (its topic's; "
+                    "default: the gateway the schema names)")
     args = ap.parse_args(argv)
     from edge_agent.codecs.batch import decode_batch
+    from edge_agent.codecs.schema import SchemaBook, parse_schema
     from edge_agent.protocol.errors import CodecError
 
+    book = SchemaBook()
+    gateway = args.gateway
+    for path in args.schema:
+        try:
+            schema = parse_schema(path.read_bytes())
+        except CodecError as exc:
+            raise CodecError(f"{path}: {exc}") from exc
+        book.put(schema)
+        gateway = gateway or schema.gateway
     blob = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     try:
-        batch = decode_batch(blob)
+        batch = decode_batch(blob, gateway=gateway, schemas=book.lookup)
     except CodecError as exc:
         raise CodecError(f"{args.file}: {exc}") from exc
     print(f"gateway {batch.gateway} epoch {batch.epoch} seq {batch.seq}: "

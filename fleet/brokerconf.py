@@ -4,9 +4,9 @@ its own topics and its own session.
 The password hash is mosquitto 2.0's own format, ``$7$ITERATIONS$SALT$HASH`` (PBKDF2-HMAC-
 SHA512, base64 salt of 12 bytes and base64 64-byte hash), what ``mosquitto_passwd`` writes.
 Each gateway's username is its gateway id, and the ACL's ``pattern`` lines substitute it for
-``%u``: a gateway may write only its own state, data, health, reported and cmd-result topics
-and read only its own desired and cmd topics. The fleet user may read and write everything
-under the prefix. mosquitto re-reads the password and ACL files on SIGHUP.
+``%u``: a gateway may write only its own state, data, schema, health, reported and cmd-result
+topics and read only its own desired, cmd and schema-request topics. The fleet user may read
+and write everything under the prefix. mosquitto re-reads the password and ACL files on SIGHUP.
 
 Topics alone do not isolate sessions: the MQTT session belongs to the client id, and by
 default a client may pick any. Gateway A, logged in with its own credentials, could connect
@@ -90,6 +90,8 @@ def acl_text(prefix: str = "edge") -> str:
         "# every user on this listener is a gateway whose username is its gateway id",
         f"pattern write {prefix}/%u/state",
         f"pattern write {prefix}/%u/data",
+        f"pattern write {prefix}/%u/schema",
+        f"pattern read {prefix}/%u/schema-request",
         f"pattern write {prefix}/%u/health",
         f"pattern readwrite {prefix}/%u/reported",
         f"pattern read {prefix}/%u/desired/#",

@@ -20,7 +20,7 @@ from edge_agent.fleet.brokerconf import (
     mosquitto_hash,
     write_broker_config,
 )
-from edge_agent.fleet.ingest.consumer import add_ingest_arguments, ingest_command
+from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle

@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+# Point names and units travel in data batches and schema messages (codecs/FORMAT.md 7, 9):
+# text of bounded length without control characters (they would let a name rewrite a log
+# line or a terminal) or lone surrogates (no UTF-8 encoder can write them).
+MAX_POINT_NAME = 64
+MAX_UNIT = 32
+NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def point_text_problem(point: str, unit: str = "") -> str | None:
+    """Why a point of this name and unit cannot travel in a batch or a schema, or None."""
+    if not 1 <= len(point) <= MAX_POINT_NAME or NOT_TEXT.search(point):
+        return f"a point name of 1-{MAX_POINT_NAME} characters, none a control character"
+    if len(unit) > MAX_UNIT or NOT_TEXT.search(unit):
+        return f"a unit of at most {MAX_UNIT} characters, none a control character"
+    return None
 
 
 class Quality(StrEnum):

@@ -4,6 +4,8 @@ The scheme (docs/topics.md has the payloads)::
 
     {prefix}/{gateway}/state              retained JSON online/offline (offline is the will)
     {prefix}/{gateway}/data               QoS 1 data batches (edge_agent.codecs.batch)
+    {prefix}/{gateway}/schema             retained QoS 1 schema message of the boot epoch
+    {prefix}/{gateway}/schema-request     a consumer asks for a schema (its hash in hex)
     {prefix}/{gateway}/health             JSON health, periodic
     {prefix}/{gateway}/desired/{kind}     retained signed bundle from the fleet
     {prefix}/{gateway}/reported           apply results and current versions
@@ -23,6 +25,8 @@ from edge_agent.protocol.ids import check_gateway_id
 
 STATE = "state"
 DATA = "data"
+SCHEMA = "schema"
+SCHEMA_REQUEST = "schema-request"
 HEALTH = "health"
 DESIRED = "desired"
 REPORTED = "reported"
@@ -31,7 +35,7 @@ CMD_RESULT = "cmd-result"
 
 # kinds that take one more level (the bundle kind, the command id) after their name
 KINDS_WITH_ARG = frozenset({DESIRED, CMD, CMD_RESULT})
-KINDS_PLAIN = frozenset({STATE, DATA, HEALTH, REPORTED})
+KINDS_PLAIN = frozenset({STATE, DATA, SCHEMA, SCHEMA_REQUEST, HEALTH, REPORTED})
 
 # MQTT 3.1.1 section 4.7: '+' and '#' are wildcards, '/' separates levels; NUL is forbidden.
 _FORBIDDEN = ("/", "+", "#", "\x00")
@@ -84,6 +88,16 @@ def state_topic(prefix: str, gateway: str) -> str:
 def data_topic(prefix: str, gateway: str) -> str:
     """The data batch topic (QoS 1)."""
     return _topic(prefix, gateway, DATA)
+
+
+def schema_topic(prefix: str, gateway: str) -> str:
+    """The retained schema topic: the stream dictionary data batches of version 3 refer to."""
+    return _topic(prefix, gateway, SCHEMA)
+
+
+def schema_request_topic(prefix: str, gateway: str) -> str:
+    """Where a consumer asks the gateway to send a schema again (payload: its hash in hex)."""
+    return _topic(prefix, gateway, SCHEMA_REQUEST)
 
 
 def health_topic(prefix: str, gateway: str) -> str:

@@ -309,7 +309,7 @@ def test_the_ingest_health_endpoint_tells_the_truth(tmp_path: Path) -> None:
                              ("edge/gwh/data", b"\x07nonsense")])
             assert stored_batches(db, 1) == 1
             doc = wait_health(http, True)
-            assert doc["ok"] and doc["connected"] and doc["subscription"] == "edge/+/data"
+            assert doc["ok"] and doc["connected"] and "edge/+/data" in doc["subscription"]
             assert (doc["stored"], doc["rejected"]) == (1, 1), doc
             assert all(t["state"] == "running" for t in doc["tasks"].values()), doc
             b.stop()   # the broker goes away: the consumer is not connected, and says so

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -183,3 +185,46 @@ def test_hostile_documents_give_one_printable_line(kind: str, payload: bytes) ->
 def test_render_never_raises_and_prints_safely(payload: bytes, kind: str) -> None:
     lines, _ = render(f"edge/gw1/{kind}", payload, "edge")
     assert lines and all(line.isprintable() for line in lines)
+
+
+def test_a_version_3_batch_shows_after_its_schema_with_units() -> None:
+    from edge_agent.codecs.batch import encode_batch_v3
+    from edge_agent.codecs.schema import SchemaBook, SeriesDef, build_schema
+
+    schema = build_schema("gw1", T0 - 5000, [
+        SeriesDef("meter1", "voltage_l1", "float32", "V", 1.0, 0.0, 1000),
+        SeriesDef("meter1", "frequency", "float32", "Hz", 1.0, 0.0, 1000),
+        SeriesDef("lamp-12", "level", "uint16", "%", 1.0, 0.0, 1000),
+        SeriesDef("lamp-12", "on", "bool", "", 1.0, 0.0, 1000)])
+    blob = encode_batch_v3(schema, schema.epoch, 4, readings())
+    book = SchemaBook()
+    lines, count = render("edge/gw1/data", blob, "edge", book)
+    assert count == 0 and f"needs schema {schema.hash.hex()}, not seen yet" in lines[0]
+    lines, count = render("edge/gw1/schema", schema.raw, "edge", book)
+    assert count == 0 and lines[0].endswith(
+        f"gw1  schema  {schema.hash.hex()} epoch {schema.epoch}, 4 series, tick 1000 ms")
+    lines, count = render("edge/gw1/data", blob, "edge", book)
+    assert count == 6 and "data  epoch" in lines[0] and "seq 4, 6 readings" in lines[0]
+    assert lines[1].endswith("lamp-12  level                   80 %"), lines[1]
+    assert any(line.endswith("230.1 V") for line in lines), lines
+    lines, _ = render("edge/gw2/schema", schema.raw, "edge", book)   # not gw2's schema
+    assert "warning  undecodable schema message" in lines[0]
+
+
+def test_decode_prints_a_version_3_batch_given_its_schema(tmp_path: Path) -> None:
+    from edge_agent.codecs.batch import encode_batch_v3
+    from edge_agent.codecs.schema import SeriesDef, build_schema
+
+    schema = build_schema("gw1", T0, [SeriesDef("meter1", "frequency", "float32", "Hz", 1.0,
+                                                0.0, 1000)])
+    (tmp_path / "s.json").write_bytes(schema.raw)
+    (tmp_path / "b.bin").write_bytes(encode_batch_v3(
+        schema, schema.epoch, 7, [Reading("meter1", "frequency", T0 + 1000, 50.0)]))
+    cmd = [sys.executable, "-m", "edge_agent", "decode", str(tmp_path / "b.bin")]
+    bare = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bare.returncode != 0 and "names no gateway" in bare.stderr, bare.stderr
+    ok = subprocess.run([*cmd, "--schema", str(tmp_path / "s.json")], capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == [f"gateway gw1 epoch {schema.epoch} seq 7: 1 readings",
+                                      f"{T0 + 1000}\tmeter1\tfrequency\t50.0"]

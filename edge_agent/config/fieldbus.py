@@ -35,6 +35,7 @@ from edge_agent.drivers.dlt645.meter import MeterProfile
 from edge_agent.drivers.model import POLL_TEXT, DataType, Point, poll_interval_ok
 from edge_agent.drivers.profile import DeviceProfile, parse_point, parse_profile, shipped_profiles
 from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.readings import point_text_problem
 from edge_agent.protocol.tomlcheck import Checker, load_toml
 
 STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -231,6 +232,10 @@ def parse_devices(chk: Checker, raw: dict[str, Any], buses: dict[str, Bus], decl
                        expected=POLL_TEXT)
         profile = _profile(chk, d, p, base, roots, profiles)
         points = _points(chk, d, p, profile)
+        for pt in points:  # every point is a series of the schema message: its rules
+            why = point_text_problem(pt.name, pt.unit)
+            if why is not None:
+                chk.problem(f"{p}.profile", f"point {pt.name!r} (unit {pt.unit!r})", why)
         if len(chk.problems) == before and profile is not None and bus in buses:
             devices.append(DeviceConfig(name=name, bus=bus, unit_id=unit, profile=profile,
                                         poll_interval_s=poll, points=tuple(points)))

@@ -1,7 +1,10 @@
 """The running agent: polls its buses, encodes each batch once into the store, supervises tasks.
 
 The data path runs one way: schedulers -> batcher -> ``Agent._seal`` (the one encode site) ->
-the store -> the uplink, which only takes, publishes and acknowledges. The store (``open_store``:
+the store -> the uplink, which only takes, publishes and acknowledges. Batches are version 3
+(``edge_agent.codecs.batch_v3``): series by index into the boot epoch's schema message
+(``streams.site_schema``), which is kept on disk (``schemas.SchemaShelf``) before the first
+batch and sent by the uplink on every connection and on request. The store (``open_store``:
 the durable spool, or memory when it cannot be opened) is created first and given to the agent,
 which hands it to its uplink; the agent closes it when it stops.
 
@@ -25,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from edge_agent import __version__
-from edge_agent.codecs.batch import encode_batch
+from edge_agent.codecs.batch import encode_batch_v3
 from edge_agent.config.model import SiteConfig
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock, SystemClock
@@ -43,16 +46,19 @@ from edge_agent.runtime.buses import (
 )
 from edge_agent.runtime.lifecycle import Heartbeat, bounded
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
+from edge_agent.runtime.schemas import SchemaShelf
 from edge_agent.runtime.sparkplug.node import SparkplugNode
 from edge_agent.runtime.spool import Spool
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore, MemoryStore
+from edge_agent.runtime.streams import site_schema
 from edge_agent.runtime.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 SPOOL_FILE = "spool.db"
+SCHEMA_DIR = "schemas"
 
 # Deadlines of the stop steps, in order. Even if every step runs to its deadline the stop
 # stays under the unit's TimeoutStopSec=20 (``stop_budget_s``), so systemd never has to
@@ -166,10 +172,16 @@ class Agent:
         self.readings_polled = 0
         self.batches_built = 0
         self.store = store
+        self.schema = site_schema(cfg, self.epoch)
+        # Kept beside a durable spool, whose batches of earlier epochs may still need theirs.
+        self.schemas = SchemaShelf(self.schema,
+                                   cfg.state_dir / SCHEMA_DIR if store.durable else None)
+        self.schemas.save()
         sc = cfg.spool
         self.uplink = Uplink(cfg.mqtt, cfg.gateway_id, epoch=self.epoch, version=__version__,
                              clock=self.clock, store=store,
-                             pacer=RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s))
+                             pacer=RatePacer(sc.replay_msgs_per_s, sc.replay_bytes_per_s),
+                             schemas=self.schemas)
         # The Sparkplug view (docs/sparkplug.md): live-only, beside the guaranteed uplink.
         self.sparkplug = (SparkplugNode(cfg, self.clock) if cfg.sparkplug.enabled else None)
         self.filter = ReportFilter(cfg.devices, cfg.batch.max_silence_s)
@@ -229,7 +241,7 @@ class Agent:
         """Encode what the batcher holds as the next batch: the agent's one encode site."""
         readings = self.batcher.take()
         if readings:
-            payload = encode_batch(self.cfg.gateway_id, self.epoch, self.seq, readings)
+            payload = encode_batch_v3(self.schema, self.epoch, self.seq, readings)
             if self.sparkplug is not None:
                 self.sparkplug.offer(readings)  # the same readings, as DDATA when live
             self._sealed.append(_Sealed(self.seq, payload, len(readings)))
@@ -288,7 +300,8 @@ class Agent:
                        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
             "readings": {"polled": self.readings_polled, "sent": fs.sent,
                          "suppressed": fs.suppressed, "pending": len(self.batcher)},
-            "batches": {"built": self.batches_built, "seq": self.seq},
+            "batches": {"built": self.batches_built, "seq": self.seq,
+                        "schema": self.schema.hash.hex(), "schema_error": self.schemas.error},
             "uplink": self.uplink.stats_dict(),
             **({"sparkplug": self.sparkplug.stats_dict()} if self.sparkplug else {}),
             "spool": self.store.stats_dict(),

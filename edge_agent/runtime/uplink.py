@@ -13,6 +13,11 @@ it waits on the store's readiness, takes, publishes and acknowledges or releases
 before a connection are its backlog: paced with a ``RatePacer`` so a replay does not starve live
 data or the link. State, health and other JSON documents are published directly.
 
+Version 3 batches need their schema (``edge_agent.runtime.schemas``): it is published retained on
+every connection before the backlog, and again when a consumer asks on the schema-request topic
+(by hash, for the current or a kept earlier epoch; at most once per ``SCHEMA_RESEND_S`` each,
+so requests cannot make the gateway flood its link).
+
 MQTT 5 is used so the PUBACK reason code can be checked (aiomqtt ignores it): a code >= 0x80
 (e.g. 0x87 not authorised, MQTT 5.0 section 3.4.2.1) is an UplinkError, the batch stays first in
 the store and the connection is retried with backoff, so a refused batch is never lost.
@@ -32,17 +37,22 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.codecs.schema import HASH_BYTES
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import MqttConfig, client_options
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import UplinkError
+from edge_agent.runtime.schemas import SchemaShelf
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+SCHEMA_RESEND_S = 10.0      # a schema is sent again on request at most this often
+MAX_SCHEMA_REQUEST = 64     # bytes of a schema request read at most (a hash in hex)
 
 
 @dataclass
@@ -56,6 +66,9 @@ class UplinkCounters:
     rejected_publishes: int = 0
     health_skipped: int = 0
     handler_errors: int = 0
+    schemas_sent: int = 0
+    schema_requests: int = 0
+    schema_requests_refused: int = 0   # malformed, unknown hash, or asked again too soon
     last_error: str | None = None
 
 
@@ -122,7 +135,7 @@ class Uplink:
     def __init__(self, mqtt: MqttConfig, gateway: str, epoch: int, version: str, clock: Clock,
                  *, store: BatchStore, pacer: RatePacer | None = None,
                  backoff: Backoff | None = None, timeout_s: float = 10.0,
-                 goodbye_timeout_s: float = 2.0) -> None:
+                 goodbye_timeout_s: float = 2.0, schemas: SchemaShelf | None = None) -> None:
         self.mqtt = mqtt
         self.gateway = topics.check_level("gateway id", gateway)
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
@@ -141,6 +154,12 @@ class Uplink:
         self._handlers: dict[str, MessageHandler] = {}
         self._state_topic = topics.state_topic(self.prefix, gateway)
         self._data_topic = topics.data_topic(self.prefix, gateway)
+        self._schema_topic = topics.schema_topic(self.prefix, gateway)
+        self.schemas = schemas
+        self._schema_sent_at: dict[bytes, float] = {}
+        if schemas is not None:
+            self._handlers[topics.schema_request_topic(self.prefix, gateway)] = \
+                self._on_schema_request
 
     # ------------------------------------------------------------------ public API
 
@@ -233,6 +252,8 @@ class Uplink:
             try:
                 await client.publish_acked(self._state_topic, self._state_doc("online"),
                                            qos=1, retain=True)
+                if self.schemas is not None:  # before the backlog: its batches need it
+                    await self._send_schema(client, self.schemas.current.raw, retain=True)
                 for topic_filter in self._handlers:
                     await client.subscribe(topic_filter, qos=1)
                 self.backoff.reset()
@@ -256,6 +277,42 @@ class Uplink:
                                      qos=1, retain=True), self.goodbye_timeout_s)
         except (aiomqtt.MqttError, UplinkError, TimeoutError) as exc:
             log.info("offline state not published on shutdown: %s", exc)
+
+    async def _send_schema(self, client: _AckCheckingClient, raw: bytes, *,
+                           retain: bool) -> None:
+        await client.publish_acked(self._schema_topic, raw, qos=1, retain=retain)
+        self.counters.schemas_sent += 1
+
+    async def _on_schema_request(self, message: aiomqtt.Message) -> None:
+        """A consumer asks for a schema by its hash in hex (empty: the current one)."""
+        self.counters.schema_requests += 1
+        payload = message.payload
+        problem = None
+        digest = b""
+        if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_SCHEMA_REQUEST:
+            problem = "not a short byte string"
+        else:
+            text = bytes(payload).strip()
+            try:
+                digest = bytes.fromhex(text.decode("ascii")) if text else b""
+            except (UnicodeDecodeError, ValueError):
+                problem = "not a hash in hex"
+        shelf, client = self.schemas, self._client
+        if shelf is None or client is None:
+            return
+        digest = digest or shelf.current.hash
+        raw = None if problem or len(digest) != HASH_BYTES else shelf.find(digest)
+        now = self.clock.monotonic()
+        last = self._schema_sent_at.get(digest)
+        if raw is None or (last is not None and now - last < SCHEMA_RESEND_S):
+            self.counters.schema_requests_refused += 1
+            log.debug("schema request refused: %s", problem or (
+                "unknown schema" if raw is None else "sent moments ago"))
+            return
+        if len(self._schema_sent_at) > 64:
+            self._schema_sent_at.clear()
+        self._schema_sent_at[digest] = now
+        await self._send_schema(client, raw, retain=raw == shelf.current.raw)
 
     async def _watch(self, client: _AckCheckingClient) -> None:
         # The message iterator raises MqttError when the connection drops: this is the

@@ -1,7 +1,9 @@
 """`edge-agent tail`: watch gateways' state, data and health live on the broker, readably.
 
 Formatting is pure (``format_*``); ``tail`` is the thin shell that subscribes and prints. Times are
-shown in UTC (gateways of one fleet sit in several time zones).
+shown in UTC (gateways of one fleet sit in several time zones). Version 3 batches decode with
+their gateway's schema message: tail subscribes to the schema topics too (each gateway's
+current schema is retained, so it comes first) and shows the units the schema names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from edge_agent.codecs.batch import DataBatch, decode_batch
+from edge_agent.codecs.batch import VERSION_SCHEMA, DataBatch, MissingSchema, decode_batch
+from edge_agent.codecs.schema import HASH_BYTES, SchemaBook
 from edge_agent.protocol import topics
 from edge_agent.protocol.broker import client_options, parse_broker_url
 from edge_agent.protocol.errors import CommandError, EdgeError
@@ -134,20 +137,39 @@ def _ts(doc: dict[str, Any]) -> int | None:
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
 
 
-def render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
-    """Lines to print for one message and how many readings they show; never raises."""
-    lines, readings = _render(topic, payload, prefix)
+def render(topic: str, payload: bytes, prefix: str,
+           book: SchemaBook | None = None) -> tuple[list[str], int]:
+    """Lines to print for one message and how many readings they show; never raises.
+
+    Schema messages are kept in ``book`` (a new one if None) for the data batches after them.
+    """
+    lines, readings = _render(topic, payload, prefix, SchemaBook() if book is None else book)
     return [printable(line) for line in lines], readings
 
 
-def _render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
+def _render(topic: str, payload: bytes, prefix: str,
+            book: SchemaBook) -> tuple[list[str], int]:
     ref = topics.parse_topic(topic, prefix)
     if ref is None:
         return [f"{hms(None)}  ?  warning  message on unexpected topic {topic}"], 0
     try:
+        if ref.kind == topics.SCHEMA and payload:
+            schema = book.add(ref.gateway, payload)
+            return [f"{hms(None)}  {ref.gateway}  schema  {schema.hash.hex()} epoch "
+                    f"{schema.epoch}, {len(schema.series)} series, tick {schema.tick_ms} ms"], 0
         if ref.kind == topics.DATA:
-            batch = decode_batch(payload)
-            return format_batch(batch), len(batch.readings)
+            try:
+                batch = decode_batch(payload, gateway=ref.gateway, schemas=book.lookup)
+            except MissingSchema as exc:
+                return [f"{hms(None)}  {ref.gateway}  warning  data batch seq {exc.seq} "
+                        f"({len(payload)} bytes) needs schema {exc.schema_hash.hex()}, not "
+                        "seen yet"], 0
+            units: dict[tuple[str, str], str] = {}
+            known = book.lookup(ref.gateway, payload[1:1 + HASH_BYTES]) \
+                if batch.version == VERSION_SCHEMA else None
+            if known is not None:
+                units = {(s.device, s.point): s.unit for s in known.series}
+            return format_batch(batch, units), len(batch.readings)
         if not payload:  # a retained message being cleared
             return [f"{hms(None)}  {ref.gateway}  {ref.kind}  (cleared)"], 0
         doc = loads_strict(payload, **DOC_LIMITS)
@@ -157,7 +179,8 @@ def _render(topic: str, payload: bytes, prefix: str) -> tuple[list[str], int]:
             return [format_state(ref.gateway, doc)], 0
         return [format_health(ref.gateway, doc)], 0
     except Exception as exc:  # a display: whatever a message holds, the next one is shown
-        what = "data batch" if ref.kind == topics.DATA else f"{ref.kind} document"
+        what = "data batch" if ref.kind == topics.DATA else "schema message" \
+            if ref.kind == topics.SCHEMA else f"{ref.kind} document"
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return [f"{hms(None)}  {ref.gateway}  warning  undecodable {what} "
                 f"({len(payload)} bytes): {problem}"], 0
@@ -173,8 +196,9 @@ async def tail(broker_url: str, *, prefix: str = "edge", gateway: str = "+",
     cfg = parse_broker_url(broker_url, username=username, password=password, ca_file=ca_file,
                            cert_file=cert_file, key_file=key_file, topic_prefix=prefix)
     filters = [topics.subscription(prefix, kind, gateway)
-               for kind in (topics.STATE, topics.DATA, topics.HEALTH)]
+               for kind in (topics.STATE, topics.SCHEMA, topics.DATA, topics.HEALTH)]
     shown = 0
+    book = SchemaBook()
     async with aiomqtt.Client(**client_options(cfg)) as client:
         for topic_filter in filters:
             await client.subscribe(topic_filter, qos=1)
@@ -182,7 +206,7 @@ async def tail(broker_url: str, *, prefix: str = "edge", gateway: str = "+",
         async for message in client.messages:
             payload = message.payload
             blob = payload if isinstance(payload, bytes) else str(payload or "").encode()
-            lines, readings = render(message.topic.value, blob, prefix)
+            lines, readings = render(message.topic.value, blob, prefix, book)
             if count is not None and shown + readings > count:
                 keep = count - shown  # lines[0] is the batch header
                 lines, readings = lines[:1 + keep], keep

@@ -1,8 +1,12 @@
 """``edge-fleet ingest``: the cloud side of the data path, deduplicating and gap-aware.
 
-Subscribes to every gateway's data topic at QoS 1 (optionally as a shared subscription
-``$share/GROUP/...`` so several workers split the load), decodes each batch with
+Subscribes to every gateway's data and schema topics at QoS 1 (optionally as a shared
+subscription ``$share/GROUP/...`` so several workers split the load), decodes each batch with
 ``edge_agent.codecs.batch.decode_batch``, and stores its readings once per (gateway, epoch, seq).
+Schema messages are kept in the database (``parking``), so any worker decodes any version 3
+batch whose schema any worker was sent; a batch whose schema is not there yet is parked, the
+gateway is asked for the schema (``schema-request``, at most every ``SCHEMA_REQUEST_S`` per
+gateway), and the batch is stored when the schema arrives.
 
 Nothing is acknowledged before it is committed: paho's automatic PUBACK is turned off and each
 message is acknowledged after the transaction holding it commits, and the session is persistent
@@ -12,18 +16,16 @@ again from the broker. Messages that arrive together are committed together (one
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import random
-import time
-from dataclasses import replace
 from typing import Any
 
 import aiomqtt
 
-from edge_agent.fleet.httpd import serve_http
+from edge_agent.codecs.schema import SchemaBook, SchemaLimits, StreamSchema, parse_schema
+from edge_agent.fleet.ingest import parking
 from edge_agent.fleet.ingest.intake import (
     DEFAULT_INGEST_LIMITS,
     IngestCounters,
@@ -34,27 +36,20 @@ from edge_agent.fleet.ingest.intake import (
 from edge_agent.fleet.ingest.store import (
     DEFERRED,
     DUPLICATE,
+    PARKED,
+    SCHEMA,
     STORED,
     IngestStore,
+    Outcome,
     Received,
 )
 from edge_agent.fleet.intake import quote
 from edge_agent.fleet.supervisor import EXIT_TASK_FAILED, RUNNING, Supervisor
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
-from edge_agent.protocol.broker import URL_TEXT, MqttConfig, client_options, parse_broker_url
+from edge_agent.protocol.broker import MqttConfig, client_options
 from edge_agent.protocol.clock import Clock, SystemClock
-from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.rejections import Rejections
-from edge_agent.protocol.shell import (
-    add_broker_login,
-    broker_password,
-    check_broker_url,
-    host_port,
-    opened,
-    run_until_signal,
-    setup_logging,
-)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +57,7 @@ MAX_GROUP = 500  # messages committed in one transaction at most
 DEFERRED_POLL_S = 1.0  # how often deferred batches are offered to their gateways' budgets
 HTTP_ROUTES = {"/v1/health": ("GET",)}
 STATUS_S = 60.0  # how often a running ingest logs its status line
+SCHEMA_REQUEST_S = 30.0  # a gateway is asked for one schema at most this often
 
 
 def _exit_process() -> None:
@@ -97,8 +93,10 @@ class Ingest:
         self.store = store
         store.deferred_cap_bytes = limits.gateway_deferred_bytes
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
-        data = topics.subscription(self.prefix, topics.DATA)
-        self.filter = f"$share/{share_group}/{data}" if share_group else data
+        self.filters = [f"$share/{share_group}/{f}" if share_group else f
+                        for f in (topics.subscription(self.prefix, topics.SCHEMA),
+                                  topics.subscription(self.prefix, topics.DATA))]
+        self.filter = " ".join(self.filters)  # for the log
         self.client_id = client_id
         self.gap_scan_s = gap_scan_s
         self.limits = limits
@@ -110,6 +108,11 @@ class Ingest:
         self.supervisor = supervisor or Supervisor(clock=self.clock)
         self.budget = ReadingBudget(limits.gateway_readings_per_s, limits.gateway_burst_readings)
         self.subscribed = asyncio.Event()
+        self.book = SchemaBook(limits=SchemaLimits(max_bytes=limits.max_schema_bytes))
+        self._arrived: set[tuple[str, bytes]] = set()   # schemas kept since the last unpark
+        self._wanted: set[tuple[str, bytes]] = set()    # schemas to ask gateways for
+        self._asked: dict[str, float] = {}  # gateway -> when it was last asked
+        self._client: aiomqtt.Client | None = None
         self.last_message_ms: int | None = None
         self.last_error: str | None = None
         self._backoff = Backoff(0.2, 5.0, random.Random(client_id))
@@ -160,6 +163,12 @@ class Ingest:
             gaps = self.store.scan_gaps()
             if gaps:
                 log.info("ingest: %d open gaps, e.g. %s", len(gaps), gaps[:3])
+            # Batches still parked: ask again (a request or its answer may have been lost).
+            for gw, digest, _n in self.store.query(parking.WAITING):
+                with contextlib.suppress(ValueError):
+                    self._wanted.add((str(gw), bytes.fromhex(str(digest))))
+            if self._client is not None:
+                await self._request_schemas(self._client)
 
     async def _deferred_loop(self) -> None:
         while True:
@@ -172,14 +181,18 @@ class Ingest:
         released = 0
         for gateway in self.store.deferred_gateways():
             ready: list[Received] = []
+            ids: list[int] = []
             for row_id, topic, payload in self.store.next_deferred(gateway, MAX_GROUP):
-                r = decode_message(topic, payload, self.prefix, self.limits)
+                r = decode_message(topic, payload, self.prefix, self.limits,
+                                   schemas=self._schema)
                 n = len(r.batch.readings) if r.batch is not None else 0
                 if not self.budget.take(gateway, n, self.clock.monotonic()):
                     break
-                ready.append(replace(r, deferred_id=row_id))
+                ready.append(r)
+                ids.append(row_id)
             if ready:
-                self._record(ready)
+                self._count(ready, self.store.record_each(ready, unpark=ids))
+                self.counters.commits += 1
                 released += len(ready)
         self.counters.released += released
         return released
@@ -196,7 +209,9 @@ class Ingest:
         client = aiomqtt.Client(**opts, identifier=self.client_id, clean_session=False)
         client._client.manual_ack_set(True)  # PUBACK after commit, not on receipt
         async with client:
-            await client.subscribe(self.filter, qos=1)
+            for topic_filter in self.filters:
+                await client.subscribe(topic_filter, qos=1)
+            self._client = client
             self.counters.connects += 1
             self._backoff.reset()
             self.subscribed.set()
@@ -210,6 +225,8 @@ class Ingest:
                 self._commit(group)
                 for m in group:
                     client._client.ack(m.mid, m.qos)
+                self._unpark()
+                await self._request_schemas(client)
 
     def _intake(self, m: aiomqtt.Message) -> Received:
         """One message as the store takes it: a batch within every limit, or a rejection."""
@@ -219,7 +236,8 @@ class Ingest:
             parsed = topics.parse_topic(topic, self.prefix)
             return Received(topic, b"", None, f"payload is {type(m.payload).__name__}, not "
                             "bytes", "not_bytes", parsed.gateway if parsed else None)
-        r = decode_message(topic, payload, self.prefix, self.limits)
+        r = decode_message(topic, payload, self.prefix, self.limits, schemas=self._schema,
+                           book=self.book)
         b = r.batch
         if b is not None and not self.budget.take(b.gateway, len(b.readings),
                                                   self.clock.monotonic()):
@@ -241,6 +259,9 @@ class Ingest:
         """Store what the intake made of a group and count each outcome."""
         outcomes = self.store.record_each(received)
         self.counters.commits += 1
+        self._count(received, outcomes)
+
+    def _count(self, received: list[Received], outcomes: list[Outcome]) -> None:
         for r, outcome in zip(received, outcomes, strict=True):
             if outcome.status == DEFERRED:
                 self.counters.deferred += 1
@@ -249,11 +270,62 @@ class Ingest:
                 self.counters.readings += len(r.batch.readings) if r.batch is not None else 0
             elif outcome.status == DUPLICATE:
                 self.counters.duplicates += 1
+            elif outcome.status == SCHEMA and r.schema is not None:
+                self.counters.schemas += 1
+                self._arrived.add((r.schema.gateway, r.schema.hash))
+            elif outcome.status == PARKED and r.missing is not None and r.gateway is not None:
+                self.counters.parked += 1
+                self._wanted.add((r.gateway, r.missing))
             else:
                 self.counters.rejected += 1
                 self.rejections.reject(outcome.reason or "undecodable",
                                        f"topic {quote(r.topic)} ({len(r.payload)} bytes): "
                                        f"{outcome.error}")
+
+    def _schema(self, gateway: str, digest: bytes) -> StreamSchema | None:
+        """A gateway's schema: kept in memory, else from the database (any worker's)."""
+        schema = self.book.lookup(gateway, digest)
+        if schema is None:
+            rows = self.store.query(parking.SELECT_SCHEMA, (gateway, digest.hex()))
+            if rows:
+                schema = parse_schema(parking.blob(rows[0][0]), self.book.limits)
+                self.book.put(schema)
+        return schema
+
+    def _unpark(self) -> None:
+        """Store the parked batches whose schema has come, oldest first, a group at a time."""
+        arrived, self._arrived = self._arrived, set()
+        for gateway, digest in sorted(arrived):
+            self._wanted.discard((gateway, digest))
+            while rows := self.store.query(parking.SELECT_PARKED,
+                                           (gateway, digest.hex(), MAX_GROUP)):
+                received = [decode_message(str(topic), parking.blob(payload), self.prefix,
+                                           self.limits, schemas=self._schema)
+                            for _id, topic, payload in rows]
+                outcomes = self.store.record_each(received, unpark=[int(r[0]) for r in rows])
+                self.counters.unparked += len(rows)
+                self.counters.commits += 1
+                self._count(received, outcomes)
+                if any(o.status == PARKED for o in outcomes):
+                    break  # cannot happen with the schema here; never loop on it
+            log.info("ingest: schema %s of %s arrived; its parked batches were decoded",
+                     digest.hex(), gateway)
+
+    async def _request_schemas(self, client: aiomqtt.Client) -> None:
+        """Ask gateways for the schemas parked batches wait for, one request per gateway every
+        ``SCHEMA_REQUEST_S`` at most (made-up hashes cost one publish per interval)."""
+        now = self.clock.monotonic()
+        wanted, self._wanted = self._wanted, set()
+        for gateway, digest in sorted(wanted):
+            last = self._asked.get(gateway)
+            if last is not None and now - last < SCHEMA_REQUEST_S:
+                continue
+            if len(self._asked) > 10_000:
+                self._asked.clear()
+            self._asked[gateway] = now
+            await client.publish(topics.schema_request_topic(self.prefix, gateway),
+                                 digest.hex().encode(), qos=1)
+            self.counters.schema_requests += 1
 
     def status(self) -> dict[str, Any]:
         """The consumer's state: connection, last message, counters, tasks."""
@@ -265,7 +337,9 @@ class Ingest:
                 else round(max(0, self._now_ms() - last) / 1000, 3),
                 "received": c.messages, "stored": c.batches, "readings": c.readings,
                 "duplicates": c.duplicates, "rejected": c.rejected,
-                "deferred": c.deferred, "released": c.released,
+                "deferred": c.deferred, "released": c.released, "schemas": c.schemas,
+                "parked": c.parked, "unparked": c.unparked,
+                "schema_requests": c.schema_requests,
                 "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
                 "commits": c.commits, "tasks": self.supervisor.snapshot()}
 
@@ -291,86 +365,3 @@ class Ingest:
                 f"{s['rejected_by_reason'] or ''}; {s['commits']} commits, {s['connects']} "
                 f"connects; task restarts {restarts or 'none'}"
                 + (f", tasks not running {failing}" if failing else ""))
-
-
-def add_ingest_arguments(ap: argparse.ArgumentParser) -> None:
-    """The options of ``edge-fleet ingest`` (and of its alias ``edge-agent ingest``)."""
-    ap.add_argument("--broker", help=f"broker URL ({URL_TEXT}); no credentials in it")
-    add_broker_login(ap)
-    ap.add_argument("--db", default="ingest.db",
-                    help="sqlite:///path, a file path (default ingest.db) or postgresql://...")
-    ap.add_argument("--db-schema", help="PostgreSQL schema to use (created if missing)")
-    ap.add_argument("--prefix", default="edge", help="topic prefix (default edge)")
-    ap.add_argument("--share", metavar="GROUP",
-                    help="join the shared subscription $share/GROUP to split load with others")
-    ap.add_argument("--client-id", default="edge-ingest",
-                    help="MQTT client id; its session keeps unacknowledged messages (unique "
-                    "per worker)")
-    ap.add_argument("--gap-scan-s", type=float, default=10.0)
-    ap.add_argument("--http", metavar="HOST:PORT",
-                    help="serve GET /v1/health here (read-only status; bind it to loopback or a "
-                    "monitoring network)")
-    ap.add_argument("--report", action="store_true", help="print totals and open gaps, exit")
-    ap.add_argument("-v", "--verbose", action="store_true")
-
-
-def print_report(store: IngestStore) -> None:
-    """Totals per stream, every open gap, and the rejected messages a database holds."""
-    store.scan_gaps()
-    s = store.summary()
-    for gw, epoch, batches, readings, dups, max_seq in s["streams"]:
-        print(f"{gw} epoch {epoch}: {batches} batches (max seq {max_seq}), "
-              f"{readings} readings, {dups} duplicates dropped")
-    for gw, epoch, lo, hi in s["open_gaps"]:
-        print(f"gap: {gw} epoch {epoch} seq {lo}..{hi}")
-    print(f"{len(s['open_gaps'])} open gaps, {s['rejected']} rejected messages")
-    for reason, count in s["rejected_by_reason"].items():
-        print(f"rejected: {count} {reason}")
-
-
-def ingest_command(args: argparse.Namespace) -> int:
-    """``edge-fleet ingest``: run an ingest worker until a signal, or print a report."""
-    setup_logging(args.verbose)
-    mqtt: MqttConfig | None = None
-    if not args.report:
-        if not args.broker:
-            raise CommandError("--broker is required (or --report)")
-        # the broker, its login and the prefix are checked before a database is touched
-        topics.check_prefix(args.prefix)
-        mqtt = parse_broker_url(check_broker_url(args.broker), username=args.username,
-                                password=broker_password(args.username, args.password_file),
-                                topic_prefix=args.prefix)
-    store = opened("--db", args.db, lambda: IngestStore(args.db, schema=args.db_schema))
-    try:
-        if mqtt is None:
-            print_report(store)
-            return 0
-        ingest = Ingest(mqtt, store, share_group=args.share, client_id=args.client_id,
-                        gap_scan_s=args.gap_scan_s)
-        listen = host_port(args.http, "--http") if args.http else None
-
-        async def main(stop: asyncio.Event) -> None:
-            server = None
-            if listen is not None:
-                server = await serve_http(*listen, ingest.http, routes=HTTP_ROUTES)
-                port = server.sockets[0].getsockname()[1]
-                log.info("ingest health on http://%s:%d/v1/health", listen[0], port)
-            task = asyncio.create_task(ingest.run())
-            try:
-                await stop.wait()
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                if server is not None:
-                    server.close()
-
-        started = time.monotonic()
-        run_until_signal(main)
-        c = ingest.counters
-        log.info("ingest stopped after %.0f s: %d messages, %d batches stored, %d duplicates, "
-                 "%d rejected, %d commits", time.monotonic() - started, c.messages, c.batches,
-                 c.duplicates, c.rejected, c.commits)
-        return 0
-    finally:
-        store.close()

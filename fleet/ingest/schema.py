@@ -34,9 +34,6 @@ CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT 
     bytes INTEGER NOT NULL, error TEXT NOT NULL, gateway TEXT, reason TEXT, payload_hex TEXT);
 CREATE INDEX IF NOT EXISTS rejected_age ON rejected (received_ms);
 CREATE TABLE IF NOT EXISTS rejected_totals (reason TEXT PRIMARY KEY, total {big} NOT NULL);
-CREATE TABLE IF NOT EXISTS deferred (id {serial} PRIMARY KEY, gateway TEXT NOT NULL,
-    topic TEXT NOT NULL, received_ms {big} NOT NULL, payload {blob} NOT NULL);
-CREATE INDEX IF NOT EXISTS deferred_gateway ON deferred (gateway, id);
 """
 # Columns added to ``rejected`` after its first version: a database made before them gets them
 # with ALTER TABLE when opened (the same SQL in both dialects).
@@ -59,18 +56,10 @@ SEED_TOTALS = ("INSERT INTO rejected_totals (reason, total) SELECT COALESCE(reas
                "ON CONFLICT (reason) DO NOTHING")
 PRUNE_REJECTED = ("DELETE FROM rejected WHERE received_ms < (SELECT received_ms FROM rejected "
                   "ORDER BY received_ms DESC LIMIT 1 OFFSET ?)")
-# Batches over their gateway's reading budget wait here, whole, until the budget allows them.
-DEFER = "INSERT INTO deferred (gateway, topic, received_ms, payload) VALUES (?, ?, ?, ?)"
-DEFERRED_BYTES = "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM deferred WHERE gateway = ?"
-DEFERRED_GATEWAYS = "SELECT DISTINCT gateway FROM deferred ORDER BY gateway"
-NEXT_DEFERRED = ("SELECT id, topic, payload FROM deferred WHERE gateway = ? ORDER BY id "
-                 "LIMIT ?")
-RELEASE_DEFERRED = "DELETE FROM deferred WHERE id = ?"
-DEFERRED_BACKLOG = "SELECT count(*), COALESCE(SUM(LENGTH(payload)), 0) FROM deferred"
 DDL = {
-    "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL", blob="BLOB"),
+    "sqlite": _DDL_TEMPLATE.format(big="INTEGER", serial="INTEGER", real="REAL"),
     "postgresql": _DDL_TEMPLATE.format(big="BIGINT", serial="BIGSERIAL",
-                                       real="DOUBLE PRECISION", blob="BYTEA"),
+                                       real="DOUBLE PRECISION"),
 }
 
 CLAIM = ("INSERT INTO batches (gateway, epoch, seq, readings, bytes, received_ms) "

@@ -26,26 +26,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent.codecs.batch import DataBatch
+from edge_agent.codecs.schema import StreamSchema
+from edge_agent.fleet.ingest import parking
 from edge_agent.fleet.ingest.schema import (
     CLAIM,
     COUNT_REJECTED,
     CURRENT_GAPS,
     DDL,
-    DEFER,
-    DEFERRED_BACKLOG,
-    DEFERRED_BYTES,
-    DEFERRED_GATEWAYS,
     INSERT_READING,
     INSERT_REJECTED,
     INT64_RANGE,
-    NEXT_DEFERRED,
     PRUNE_EVERY,
     PRUNE_REJECTED,
     REJECTED_ADDED,
     REJECTED_PREFIX,
     REJECTED_ROWS,
     REJECTED_TEXT,
-    RELEASE_DEFERRED,
     SEED_TOTALS,
     STREAM,
     reading_rows,
@@ -66,7 +62,8 @@ class Received:
     reason: str = "undecodable"  # the refusal's reason code, counted per reason
     gateway: str | None = None   # the gateway the topic names, if it names a valid one
     defer: bool = False          # a good batch over its gateway's budget: keep it for later
-    deferred_id: int | None = None  # taken from ``deferred``: released when this is recorded
+    schema: StreamSchema | None = None  # a schema message, read and checked
+    missing: bytes | None = None  # a v3 batch whose schema (this hash) is not here: parked
 
 
 DEFERRED_CAP_BYTES = 256 * 1024 * 1024  # per gateway: what one spool's worth of backlog may be
@@ -74,6 +71,7 @@ DEFERRED_CAP_BYTES = 256 * 1024 * 1024  # per gateway: what one spool's worth of
 
 # What ``IngestStore.record_each`` did with each message.
 STORED, DUPLICATE, REJECTED, DEFERRED = "stored", "duplicate", "rejected", "deferred"
+SCHEMA, PARKED = parking.SCHEMA, parking.PARKED
 
 
 class Outcome(NamedTuple):
@@ -163,6 +161,7 @@ class IngestStore:
                 self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 self.conn.execute(f"SET search_path TO {schema}")
             self.conn.execute(DDL["postgresql"])
+            self.conn.execute(parking.DDL["postgresql"])
             self._add_rejected_columns()
             self.conn.commit()
             self._seed_totals()
@@ -176,7 +175,7 @@ class IngestStore:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")  # acked to the broker after commit
             self.conn.execute("PRAGMA busy_timeout = 10000")
-            self.conn.executescript(DDL["sqlite"])
+            self.conn.executescript(DDL["sqlite"] + parking.DDL["sqlite"])
             self._add_rejected_columns()
             self._seed_totals()
 
@@ -229,18 +228,20 @@ class IngestStore:
         statuses = [o.status for o in self.record_each(messages, now_ms)]
         return statuses.count(STORED), statuses.count(DUPLICATE)
 
-    def record_each(self, messages: Sequence[Received],
-                    now_ms: int | None = None) -> list[Outcome]:
+    def record_each(self, messages: Sequence[Received], now_ms: int | None = None, *,
+                    unpark: Sequence[int] = ()) -> list[Outcome]:
         """Store a group of messages in one transaction; what became of each, in order.
 
         A message refused before (``batch`` None) or refused by the database for its own
         values is kept in ``rejected`` and its Outcome says why; an error of the database
-        itself rolls the whole group back and raises.
+        itself rolls the whole group back and raises. ``unpark``: parked rows to delete with them.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         outcomes: list[Outcome] = []
         cur = self._begin()
         try:
+            for row_id in unpark:
+                cur.execute(self._sql(parking.DELETE_PARKED), (row_id,))
             for m in messages:
                 cur.execute("SAVEPOINT message")
                 try:
@@ -252,8 +253,6 @@ class IngestStore:
                     error = f"the database refused it: {type(exc).__name__}: {exc}"
                     self._reject(cur, m, now_ms, "database", error)
                     outcomes.append(Outcome(REJECTED, "database", error))
-                if m.deferred_id is not None:  # whatever became of it, it waits no more
-                    cur.execute(self._sql(RELEASE_DEFERRED), (m.deferred_id,))
                 cur.execute("RELEASE SAVEPOINT message")
             self._commit()
         except BaseException:
@@ -263,6 +262,10 @@ class IngestStore:
 
     def _one(self, cur: Any, m: Received, now_ms: int) -> Outcome:
         b = m.batch
+        kept = parking.keep(cur, self._sql, m.schema, m.gateway, m.missing, _text(m.topic, 500),
+                            m.payload, now_ms)
+        if kept:  # a schema message, or a batch waiting for its schema
+            return Outcome(kept, m.reason, m.error or "")
         if b is None:
             error = m.error or "undecodable"
             self._reject(cur, m, now_ms, m.reason, error)
@@ -283,14 +286,15 @@ class IngestStore:
         """Keep a good batch over its gateway's budget whole until the budget allows it; set it
         aside (reason ``rate``) only when the gateway's deferred backlog is full."""
         gateway = m.gateway or ""
-        cur.execute(self._sql(DEFERRED_BYTES), (gateway,))
+        cur.execute(self._sql(parking.PARKED_BYTES), (gateway, parking.BUDGET))
         used = int(cur.fetchone()[0])
         if used + len(m.payload) > self.deferred_cap_bytes:
             error = (f"{m.error}; its deferred backlog of {used} bytes is full (cap "
                      f"{self.deferred_cap_bytes})")
             self._reject(cur, m, now_ms, "rate", error)
             return Outcome(REJECTED, "rate", error)
-        cur.execute(self._sql(DEFER), (gateway, m.topic, now_ms, m.payload))
+        cur.execute(self._sql(parking.INSERT_PARKED),
+                    (gateway, parking.BUDGET, _text(m.topic, 500), now_ms, m.payload))
         return Outcome(DEFERRED, "rate", m.error or "")
 
     def _reject(self, cur: Any, m: Received, now_ms: int, reason: str, error: str) -> None:
@@ -308,16 +312,16 @@ class IngestStore:
 
     def deferred_gateways(self) -> list[str]:
         """The gateways with batches waiting for their budget."""
-        return [str(r[0]) for r in self.query(DEFERRED_GATEWAYS)]
+        return [str(r[0]) for r in self.query(parking.GATEWAYS_PARKED, (parking.BUDGET,))]
 
     def next_deferred(self, gateway: str, limit: int) -> list[tuple[int, str, bytes]]:
-        """(id, topic, payload) of ``gateway``'s oldest waiting batches."""
-        return [(int(i), str(t), bytes(p))
-                for i, t, p in self.query(NEXT_DEFERRED, (gateway, limit))]
+        """(id, topic, payload) of ``gateway``'s oldest batches waiting for its budget."""
+        return [(int(i), str(t), parking.blob(p)) for i, t, p in
+                self.query(parking.SELECT_PARKED, (gateway, parking.BUDGET, limit))]
 
     def deferred_backlog(self) -> tuple[int, int]:
         """(batches, bytes) waiting for their gateways' budgets."""
-        rows, size = self.query(DEFERRED_BACKLOG)[0]
+        rows, size = self.query(parking.BACKLOG, (parking.BUDGET,))[0]
         return int(rows), int(size)
 
     def scan_gaps(self, now_ms: int | None = None) -> list[tuple[str, int, int, int]]:

@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.codecs.batch import decode_batch
+from edge_agent.codecs.schema import SchemaBook
 from edge_agent.drivers.sim import sim_control_sync
 from edge_agent.protocol.readings import Reading
 from edge_agent.tools.procs import spawn_until_ready, stop_process
@@ -26,14 +27,14 @@ PY = [sys.executable, "-m", "edge_agent"]
 
 def write_site(tmp: Path, devices: list[tuple[str, str, int, str]], *, baud: int = 115200,
                poll_s: float = 1.0, window_s: float = 0.5, tcp_port: int | None = None,
-               health_s: float = 60.0, extra: str = "") -> Path:
+               health_s: float = 60.0, extra: str = "", max_silence_s: float = 3600) -> Path:
     """Write a site config: ``devices`` are (name, bus "rs485"|"lan", unit id, profile)."""
     tcp_port = tcp_port or free_port()
     lines = [
         "[gateway]", 'id = "gw-test"', 'site = "test-site"', f'state_dir = "{tmp / "state"}"',
         f"health_interval_s = {health_s}",
         "[mqtt]", 'url = "mqtt://127.0.0.1:1"', 'topic_prefix = "edge"',
-        "[batch]", f"window_s = {window_s}", "max_silence_s = 3600",
+        "[batch]", f"window_s = {window_s}", f"max_silence_s = {max_silence_s}",
         "[buses.rs485]", 'type = "serial"', f'port = "{tmp / "rs485"}"', f"baudrate = {baud}",
         'parity = "N"',
         "[buses.lan]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {tcp_port}",
@@ -94,6 +95,7 @@ class Collector:
         self.states: list[dict[str, object]] = []
         self.health: list[dict[str, object]] = []
         self._lock = threading.Lock()
+        self._book = SchemaBook()  # version 3 batches decode with their gateway's schema
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
@@ -101,10 +103,13 @@ class Collector:
         self._client.loop_start()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        kind = msg.topic.rsplit("/", 1)[-1]
+        gateway, kind = msg.topic.split("/")[-2:]
         with self._lock:
-            if kind == "data":
-                batch = decode_batch(bytes(msg.payload))
+            if kind == "schema" and msg.payload:
+                self._book.add(gateway, bytes(msg.payload))
+            elif kind == "data":
+                batch = decode_batch(bytes(msg.payload), gateway=gateway,
+                                     schemas=self._book.lookup)
                 self.batches.append((batch.epoch, batch.seq))
                 self.readings.extend(batch.readings)
             elif kind == "state" and msg.payload:

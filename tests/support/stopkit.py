@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.codecs.batch import decode_batch
+from edge_agent.codecs.schema import SchemaBook
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 from tests.support.sitekit import PY, spool_batches
 
@@ -141,19 +142,24 @@ class StopLine:
 
 
 class Batches:
-    """Subscribes to every gateway's data topic and keeps (epoch, seq) -> readings."""
+    """Subscribes to every gateway's data (and schema) topic and keeps (epoch, seq) -> readings."""
 
     def __init__(self, port: int, prefix: str = "edge") -> None:
         self.seen: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
+        self._book = SchemaBook()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe(f"{prefix}/+/data", qos=1)
+        self._client.subscribe([(f"{prefix}/+/schema", 1), (f"{prefix}/+/data", 1)])
         self._client.loop_start()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        batch = decode_batch(bytes(msg.payload))
+        gateway, kind = msg.topic.split("/")[-2:]
+        if kind == "schema":
+            self._book.add(gateway, bytes(msg.payload))
+            return
+        batch = decode_batch(bytes(msg.payload), gateway=gateway, schemas=self._book.lookup)
         with self._lock:
             self.seen[(batch.epoch, batch.seq)] = len(batch.readings)
 
