@@ -197,8 +197,12 @@ def test_a_real_agent_sends_version_3_batches_a_subscriber_and_the_ingest_decode
                 while store.query("SELECT count(*) FROM batches")[0][0] < 5:
                     assert time.monotonic() < deadline, "the ingest stored no batches"
                     time.sleep(0.1)
-                assert store.query("SELECT count(*) FROM schemas WHERE gateway = ?",
-                                   ("gw-test",)) == [(1,)]
+                # This agent's schema (the session's broker may also hold, retained, the
+                # schema of another test's agent with the same gateway id: kept too, rightly).
+                spooled = list((tmp_path / "state" / "schemas").iterdir())
+                assert len(spooled) == 1 and spooled[0].suffix == ".json"
+                assert store.query("SELECT count(*) FROM schemas WHERE gateway = ? AND hash = ?",
+                                   ("gw-test", spooled[0].stem)) == [(1,)]
                 assert store.query("SELECT count(*) FROM rejected WHERE gateway = ?",
                                    ("gw-test",)) == [(0,)]
             finally:
@@ -208,8 +212,6 @@ def test_a_real_agent_sends_version_3_batches_a_subscriber_and_the_ingest_decode
     readings = sub.snapshot()
     assert {type(r.value) for r in readings if r.point == "relay_on"} == {bool}
     assert all(r.ts_ms % 1000 == 0 for r in readings)
-    spooled = list((tmp_path / "state" / "schemas").iterdir())
-    assert len(spooled) == 1 and spooled[0].suffix == ".json"
 
 
 def test_a_config_whose_points_cannot_be_schema_series_is_refused(tmp_path: Path) -> None:
