@@ -46,7 +46,7 @@ from edge_agent.drivers.bus import SerialBus
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.model import Table
 from edge_agent.tools.devbroker import Mosquitto
-from tests.support.stopkit import free_ports
+from tests.support.brokers import free_ports
 
 MB = 1024 * 1024
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.runtime.agent import stop_budget_s
 from edge_agent.tools.devbroker import Mosquitto
-from tests.support.stopkit import Batches, Try, free_ports, sigterm_try, tcp_simulator, tcp_site
+from tests.support.brokers import free_ports
+from tests.support.stopkit import Batches, Try, sigterm_try, tcp_simulator, tcp_site
 
 
 def main() -> int:

@@ -26,11 +26,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.fleet.registry import Registry
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.tools.devbroker import Mosquitto
+from tests.support.brokers import free_ports
 from tests.support.fleetkit import Pki, enrol_direct
 from tests.support.sitekit import Collector, agent, control, simulator, write_site
 from tests.support.stopkit import (
     Batches,
-    free_ports,
     site_devices,
     site_head,
     tcp_simulator,

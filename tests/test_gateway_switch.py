@@ -27,9 +27,9 @@ from edge_agent.config.loader import load_config
 from edge_agent.control.gateway import Gateway
 from edge_agent.protocol.tasks import describe_tasks
 from edge_agent.tools.devbroker import Mosquitto
+from tests.support.brokers import free_ports
 from tests.support.stopkit import (
     Batches,
-    free_ports,
     site_devices,
     site_head,
     tcp_simulator,

@@ -75,3 +75,19 @@ def test_without_a_readiness_test_it_returns_at_once(tmp_path: Path) -> None:
         assert proc.poll() is None
     finally:
         stop_process(proc)
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.tools import devbroker
+
+    monkeypatch.setenv(devbroker.PORTS_ENV, "23000-23100")
+    ports = devbroker.free_ports(40)
+    assert len(set(ports)) == 40 and all(23000 <= p < 23100 for p in ports)
+    monkeypatch.delenv(devbroker.PORTS_ENV)
+    lo, hi = devbroker.port_range()
+    assert hi <= 32768  # below Linux's ephemeral ports: no outgoing connection takes one
+    for bad in ("100-200", "5000", "x-y", "30000-20000"):
+        monkeypatch.setenv(devbroker.PORTS_ENV, bad)
+        with pytest.raises(EdgeError, match="EDGE_FREE_PORTS"):
+            devbroker.free_port()

@@ -26,7 +26,8 @@ import pytest
 
 from edge_agent.runtime.agent import stop_budget_s
 from edge_agent.tools.devbroker import Mosquitto
-from tests.support.stopkit import Batches, Try, free_ports, sigterm_try, tcp_simulator, tcp_site
+from tests.support.brokers import free_ports
+from tests.support.stopkit import Batches, Try, sigterm_try, tcp_simulator, tcp_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 

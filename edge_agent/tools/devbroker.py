@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -12,12 +13,49 @@ from pathlib import Path
 from edge_agent.protocol.errors import EdgeError
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 
+# Ports handed out come from below Linux's ephemeral range (32768-60999): a port the kernel
+# picked with bind(0) can be given to someone's outgoing connection between our closing it and
+# a server binding it, which made two test workers' brokers and simulators collide.
+# EDGE_FREE_PORTS=LO-HI narrows the range (the test run gives each worker its own).
+PORTS_ENV = "EDGE_FREE_PORTS"
+DEFAULT_PORTS = (20000, 32000)
+_handed_out: set[int] = set()
+
+
+def port_range() -> tuple[int, int]:
+    """[lo, hi) of the ports ``free_port`` hands out: $EDGE_FREE_PORTS, else the default."""
+    text = os.environ.get(PORTS_ENV, "")
+    if not text:
+        return DEFAULT_PORTS
+    lo_text, _, hi_text = text.partition("-")
+    if not (lo_text.isdigit() and hi_text.isdigit()
+            and 1024 <= int(lo_text) < int(hi_text) <= 65536):
+        raise EdgeError(f"{PORTS_ENV}={text!r}: expected LO-HI, ports from 1024 to 65536")
+    return int(lo_text), int(hi_text)
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port free right now and not handed out before by this process."""
+    lo, hi = port_range()
+    if len(_handed_out) > (hi - lo) // 2:
+        _handed_out.clear()  # long since closed again: start over rather than run dry
+    for _ in range(1000):
+        port = random.randrange(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise EdgeError(f"no free loopback TCP port in {lo}-{hi}")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports, each free right now."""
+    return [free_port() for _ in range(n)]
 
 
 class Mosquitto:

@@ -1,5 +1,5 @@
 """Test access to the private broker helper (it lives in the product because the demo uses it)."""
 
-from edge_agent.tools.devbroker import Mosquitto, free_port
+from edge_agent.tools.devbroker import Mosquitto, free_port, free_ports
 
-__all__ = ["Mosquitto", "free_port"]
+__all__ = ["Mosquitto", "free_port", "free_ports"]

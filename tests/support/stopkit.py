@@ -14,12 +14,11 @@ import math
 import random
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,21 +27,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.codecs.batch import decode_batch
 from edge_agent.codecs.schema import SchemaBook
+from edge_agent.tools.devbroker import free_ports
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 from tests.support.sitekit import PY, spool_batches
 
 GATEWAY = "gw-test"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports, all free a moment ago (held open together)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-    return ports
 
 
 def site_head(state_dir: Path, ports: list[int], *, window_s: float = 0.5,
