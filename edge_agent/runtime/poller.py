@@ -276,7 +276,10 @@ class BusPoller(Generic[P, T]):
         """Poll every device group due at ``mark``, then schedule their next slots."""
         due = [key for key, at in self._due.items() if at == mark]
         by_device: dict[str, list[int]] = {}
-        for name, ms in due:
+        # Devices that answer first, then the probes of those that do not: an unanswered
+        # request keeps the line silent for its timeout and the no-reply guard, which after
+        # the slot's last request costs nothing but idle line time.
+        for name, ms in sorted(due, key=lambda k: self.devices[k[0]].consecutive_failures > 0):
             by_device.setdefault(name, []).append(ms)
         started = self.clock.monotonic()
         for name, intervals in by_device.items():
@@ -314,13 +317,16 @@ class BusPoller(Generic[P, T]):
             delay = state.backoff.delay(state.consecutive_failures, self.rng)
             state.retry_at_monotonic = self.clock.monotonic() + delay
             if state.status != "offline":
-                log.warning("device %s (%s on %s) stopped answering: %s; backing off",
-                            state.cfg.name, _where(state.cfg), self.transport.describe(),
-                            comm_error)
+                log.warning("device %s (%s on %s) stopped answering: %s; its points read "
+                            "comm_error and it is probed again in %.1f s, then less often "
+                            "(at most every %.0f s) until it answers", state.cfg.name,
+                            _where(state.cfg), self.transport.describe(), comm_error, delay,
+                            state.backoff.cap_s)
             self._set_status(state, "offline")
             return
         if state.status == "offline":
-            log.info("device %s answers again after %d failed polls", state.cfg.name,
+            log.info("device %s (%s on %s) answers again after %d failed polls",
+                     state.cfg.name, _where(state.cfg), self.transport.describe(),
                      state.consecutive_failures)
         self._set_status(state, "online")
         state.consecutive_failures = 0
