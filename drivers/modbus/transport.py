@@ -83,12 +83,12 @@ def bus_no_reply_guard_s(bus: Bus) -> float:
 
 
 def request_budget_s(bus: Bus) -> float:
-    """The longest one read may hold this bus: every attempt timing out, each after its gap
-    or what is left of the no-reply guard of the request before it."""
+    """The longest one read may hold this bus: what is left of the no-reply guard of the
+    request before it, then every attempt timing out, each after its gap."""
     timeout = bus_timeout_s(bus)
     request_s = _REQUEST_CHARS * char_time_s(bus) if isinstance(bus, SerialBus) else 0.0
     guard_left = max(0.0, request_s + bus_no_reply_guard_s(bus) - timeout)
-    return (1 + bus.retries) * (timeout + bus_gap_s(bus) + guard_left)
+    return guard_left + (1 + bus.retries) * (timeout + bus_gap_s(bus))
 
 
 def _request_chars(function_code: int, count: int) -> int:
@@ -179,6 +179,15 @@ class BusTransport:
         return client
 
     @property
+    def silent_probe_s(self) -> float:
+        """Line time one unanswered read holds the bus beyond its timeout's (the no-reply
+        guard, the later of the two); 0 where no guard is kept (a Modbus TCP bus)."""
+        if not self.guard_s:
+            return 0.0
+        request_s = _REQUEST_CHARS * self.char_s
+        return request_s + max(self.timeout_s, self.guard_s) + self.gap_s
+
+    @property
     def connected(self) -> bool:
         """True while the underlying connection is open."""
         return bool(self._client.connected)
@@ -258,7 +267,9 @@ class BusTransport:
             started = time.monotonic()
             try:
                 for attempt in range(tries):
-                    await self._respect_gap()
+                    # A retry follows its unanswered attempt at once: a slave waiting for
+                    # that unit's reply takes the retry for it and is then in step again.
+                    await self._respect_gap(guard=attempt == 0)
                     if self._closed:  # pymodbus would reconnect a closed client by itself
                         error = f"{self.describe()} is closed"
                         break
@@ -283,6 +294,10 @@ class BusTransport:
                         self._last_frame_end = time.monotonic()
                         _raise_lost_cancel(before)
                     self.stats.replies += 1
+                    if attempt:
+                        # A slave that took the retry for the first attempt's reply now
+                        # hears this reply as another unit's frame and waits again.
+                        self._quiet_until = time.monotonic() + self.guard_s
                     if isinstance(rr, ExceptionResponse):
                         code = int(rr.exception_code)
                         self.stats.exceptions += 1
@@ -297,13 +312,14 @@ class BusTransport:
             finally:
                 self.stats.busy_s += time.monotonic() - started
 
-    async def _respect_gap(self) -> None:
+    async def _respect_gap(self, *, guard: bool = True) -> None:
         # pymodbus's async client writes a request the moment it is called: nothing in it
         # keeps the t3.5 silence after the previous frame (serial line V1.02, 2.5.1.1), nor
         # the no-reply guard after an unanswered request (see ``modbus.timing``).
         now = time.monotonic()
-        wait = max(self._last_frame_end + self.gap_s, self._quiet_until) - now
-        if self._quiet_until > now:
+        quiet_until = self._quiet_until if guard else 0.0
+        wait = max(self._last_frame_end + self.gap_s, quiet_until) - now
+        if quiet_until > now:
             self.stats.guard_waits += 1
         if wait > 0:
             await asyncio.sleep(wait)

@@ -177,7 +177,8 @@ class FakeUnit:
     # this many seconds as that unit's reply and ignores it (None: pymodbus-like, no wait).
     confirmation_wait_s: float | None = None
     waiting_since: float | None = None
-    swallowed: int = 0
+    swallowed: int = 0   # frames it took for another unit's reply
+    missed_own: int = 0  # ...of which requests addressed to it
 
     def hears(self, addressed_to: int, at: float) -> bool:
         """A frame for ``addressed_to`` ends at ``at``: False if this unit swallows it."""
@@ -186,6 +187,7 @@ class FakeUnit:
         if self.waiting_since is not None and at - self.waiting_since <= self.confirmation_wait_s:
             self.waiting_since = None
             self.swallowed += 1
+            self.missed_own += addressed_to == self.unit_id
             return False
         self.waiting_since = None if addressed_to == self.unit_id else at
         return True
@@ -318,7 +320,7 @@ class FakeBus:
                     # Reads are the poller's: they stop at the horizon. Writes are what a
                     # test asks for while the poller waits there, so they always go out.
                     await self.clock.hold()
-                if self.clock.monotonic() < self.quiet_until:  # the no-reply guard
+                if not attempt and self.clock.monotonic() < self.quiet_until:  # the guard
                     self.guard_waits += 1
                     st.guard_waits += 1
                     self.clock.advance(self.quiet_until - self.clock.monotonic())
@@ -333,6 +335,8 @@ class FakeBus:
                     for u in self.units.values():
                         if u.unit_id != unit_id:
                             u.hears(unit_id, sent_at + cost)
+                    if attempt:  # as BusTransport: a retry's reply is followed by the guard
+                        self.quiet_until = sent_at + cost + self.no_reply_guard_s
                 else:
                     self.quiet_until = sent_at + self.no_reply_guard_s
                 outcome: Outcome = ("no answer" if answer is None else
