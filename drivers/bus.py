@@ -48,6 +48,9 @@ class SerialBus:
     timeout_s: float | None = None          # None: derived from baud and the largest frame
     retries: int = 1
     protocol: FieldProtocol = FieldProtocol.MODBUS
+    # Silence after a request that got no reply (Modbus only). None: the default of
+    # ``modbus.timing.no_reply_guard_s``, which outlasts libmodbus's 0.5 s confirmation wait.
+    no_reply_guard_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,9 @@ class TcpBus:
     framing: TcpFraming = TcpFraming.SOCKET
     timeout_s: float | None = None  # None: 1 s
     retries: int = 1
+    # Silence after a request that got no reply. None: none on Modbus TCP (every device has
+    # its own connection), the serial default with RTU framing (a serial line behind a converter).
+    no_reply_guard_s: float | None = None
 
 
 Bus = SerialBus | TcpBus

@@ -54,6 +54,7 @@ class BusStats:
     retries: int = 0
     reconnects: int = 0
     busy_s: float = 0.0
+    guard_waits: int = 0     # requests held back by the no-reply guard (Modbus serial lines)
     last_error: str = ""
     exception_codes: dict[int, int] = field(default_factory=dict)
 

@@ -85,11 +85,11 @@ def test_the_watchdog_is_not_pinged_while_a_bus_poller_is_stuck(
     exchange = BusTransport._exchange
 
     async def maybe_hang(self: BusTransport, call: Callable[[], Awaitable[object]],
-                         attempts: int | None) -> Reply:
+                         attempts: int | None, request_chars: int = 8) -> Reply:
         if hang[0]:
             stuck.set()
             await release.wait()
-        return await exchange(self, call, attempts)
+        return await exchange(self, call, attempts, request_chars)
 
     monkeypatch.setattr(BusTransport, "_exchange", maybe_hang)
 

@@ -376,6 +376,17 @@ def test_bad_serial_settings(tmp_path: Path, setting: str, fragment: str) -> Non
         fragment)
 
 
+def test_no_reply_guard_is_set_per_bus_and_bounded(tmp_path: Path) -> None:
+    text = BASE.replace('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nno_reply_guard_ms = 750')
+    bus = load_config(write(tmp_path, text)).buses["rs485"]
+    assert isinstance(bus, SerialBus) and bus.no_reply_guard_s == 0.75
+    default = load_config(write(tmp_path, BASE)).buses["rs485"]
+    assert isinstance(default, SerialBus) and default.no_reply_guard_s is None
+    one(tmp_path, BASE.replace('port = "/dev/ttyUSB0"',
+                               'port = "/dev/ttyUSB0"\nno_reply_guard_ms = 6000'),
+        "buses.rs485.no_reply_guard_ms = 6000.0: expected a number of milliseconds from 0 to 5000")
+
+
 @pytest.mark.parametrize("port", ["socket://10.1.1.1:4001", "rfc2217://conv.local:2217",
                                   "socket://[fd00::7]:4001", "/dev/ttyAMA0", "/dev/null",
                                   "/dev/serial/by-id/usb-FTDI-if00-port0"])

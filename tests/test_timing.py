@@ -7,17 +7,21 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.loader import load_config
-from edge_agent.drivers.bus import Parity, SerialBus
+from edge_agent.drivers.bus import Parity, SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.modbus.timing import (
     bus_budget,
     char_time_s,
     exchange_s,
     frame_bytes,
     inter_frame_gap_s,
+    no_reply_guard_s,
     no_reply_s,
+    reply_timeout_s,
     requests_per_s,
     serial_budget,
+    silent_probe_s,
 )
+from edge_agent.drivers.modbus.transport import bus_no_reply_guard_s, request_budget_s
 from edge_agent.drivers.model import DataType, Point, Table
 
 
@@ -110,3 +114,32 @@ def test_bus_budget_covers_only_serial_buses_of_a_site() -> None:
     assert lamps.framing == "8N1" and lamps.baudrate == 19200
     assert 0 < lamps.utilisation < 0.1
     assert [d.name for d in lamps.devices] == ["lamp_01", "lamp_02"]
+
+
+def test_the_no_reply_guard_outlasts_libmodbus_s_confirmation_wait() -> None:
+    """libmodbus waits 0.5 s for another unit's reply: the default guard is longer."""
+    bus = line(9600)
+    assert no_reply_guard_s(bus) > 0.5
+    assert no_reply_guard_s(SerialBus(name="l", port="/dev/null", no_reply_guard_s=0.0)) == 0.0
+    assert bus_no_reply_guard_s(TcpBus(name="t", host="h")) == 0.0   # Modbus TCP
+    assert bus_no_reply_guard_s(TcpBus(name="t", host="h", framing=TcpFraming.RTU)) > 0.5
+    # A silent probe holds the line for the request and the later of timeout and guard.
+    request = 8 * char_time_s(bus)
+    assert silent_probe_s(bus) == pytest.approx(request + max(reply_timeout_s(bus),
+                                                              no_reply_guard_s(bus)))
+    # The heartbeat's promise for one read covers every attempt's timeout and guard.
+    assert request_budget_s(bus) >= request + no_reply_guard_s(bus) + reply_timeout_s(bus)
+    assert request_budget_s(bus) >= 2 * reply_timeout_s(bus)
+
+
+def test_the_budget_names_a_silent_probe_s_cost_and_whether_it_fits() -> None:
+    bus = line(9600)
+    points = [_reg(f"p{i}", i * 200) for i in range(4)]
+    cycle = 4 * exchange_s(bus, 3, 1)
+    roomy = serial_budget(bus, [("d", 2.0, points)], max_gap=16)
+    tight = serial_budget(bus, [("d", cycle + 0.1, points)], max_gap=16)
+    assert roomy.silent_probe_s == pytest.approx(silent_probe_s(bus))
+    assert roomy.probe_fits and not tight.probe_fits
+    assert f"costs {silent_probe_s(bus) * 1000:.0f} ms per probe" in roomy.describe()
+    assert "cannot hold its polls and a probe" in tight.describe()
+    assert "cannot hold" not in roomy.describe()

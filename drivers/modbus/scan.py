@@ -51,10 +51,12 @@ class ScanSetting:
         """As installers write it: 9600 8E1."""
         return f"{self.baudrate} 8{self.parity.value}{self.stopbits}"
 
-    def bus(self, port: str, timeout_s: float | None = None) -> SerialBus:
+    def bus(self, port: str, timeout_s: float | None = None,
+            no_reply_guard_s: float | None = None) -> SerialBus:
         """A SerialBus for this setting (no retries: a silent id costs one timeout)."""
         return SerialBus(name="scan", port=port, baudrate=self.baudrate, parity=self.parity,
-                         stopbits=self.stopbits, timeout_s=timeout_s, retries=0)
+                         stopbits=self.stopbits, timeout_s=timeout_s, retries=0,
+                         no_reply_guard_s=no_reply_guard_s)
 
 
 def parse_framing(text: str) -> tuple[Parity, int]:

@@ -12,7 +12,15 @@ One request/response exchange (a transaction, 2.4.1) occupies the line for
     request characters + t3.5 + device turnaround + reply characters + t3.5
 
 where the turnaround is the time a device takes to process the request after it has
-seen its end (5 to 50 ms on real devices). Frame sizes per function
+seen its end (5 to 50 ms on real devices).
+
+A request that gets no reply costs more than its timeout: other slave stacks read the line
+differently from pymodbus's server. A libmodbus RTU slave that sees a request for another
+unit waits up to its response timeout (0.5 s by default) for that unit's reply and takes the
+next frame on the line as that reply, unread. If nothing answered, the next frame is our
+next request, and the slave ignores it even when it is addressed to it. So after a request
+without a reply the line stays silent for the no-reply guard (``no_reply_guard_s``, counted
+from the end of the unanswered request) before anything else is sent. Frame sizes per function
 code come from Modbus application protocol V1.1b3, section 6, plus the RTU envelope of
 unit id (1 byte) and CRC (2 bytes).
 """
@@ -34,6 +42,15 @@ FIXED_GAP_ABOVE_BAUD = 19200
 FIXED_T35_S = 0.00175
 # check-config: warn above this share of the line's time, fail above 1.0.
 WARN_UTILISATION = 0.8
+# Silence after a request that got no reply: libmodbus's default response timeout (0.5 s,
+# its wait for another unit's reply) plus 100 ms for the slave's own processing and USB
+# adapters that deliver bytes late.
+DEFAULT_NO_REPLY_GUARD_S = 0.6
+# Reply timeout when the config names none: the longest exchange on the wire plus device
+# turnaround and USB-serial adapters that deliver bytes in ~16 ms batches.
+_REQUEST_CHARS = 8
+_MAX_REPLY_CHARS = 255  # 5 + 2 x 125 (serial line V1.02, 2.5.1)
+_TIMEOUT_TURNAROUND_S = 0.1
 
 # Read function codes by table (application protocol 6.1-6.4).
 READ_FC: dict[Table, int] = {
@@ -57,6 +74,25 @@ def inter_frame_gap_s(bus: SerialBus) -> float:
     if bus.inter_frame_gap_s is not None:
         return bus.inter_frame_gap_s
     return FIXED_T35_S if bus.baudrate > FIXED_GAP_ABOVE_BAUD else 3.5 * char_time_s(bus)
+
+
+def reply_timeout_s(bus: SerialBus) -> float:
+    """Reply timeout: the configured one, or the longest exchange at this speed plus turnaround."""
+    if bus.timeout_s is not None:
+        return bus.timeout_s
+    wire = (_REQUEST_CHARS + _MAX_REPLY_CHARS) * char_time_s(bus) + 2 * inter_frame_gap_s(bus)
+    return round(wire + _TIMEOUT_TURNAROUND_S, 3)
+
+
+def no_reply_guard_s(bus: SerialBus) -> float:
+    """Silence kept after the end of a request that got no reply (configured or 0.6 s)."""
+    return DEFAULT_NO_REPLY_GUARD_S if bus.no_reply_guard_s is None else bus.no_reply_guard_s
+
+
+def silent_probe_s(bus: SerialBus) -> float:
+    """Line time one request without a reply costs: the later of its timeout and its guard."""
+    request_s = _REQUEST_CHARS * char_time_s(bus)
+    return max(request_s + reply_timeout_s(bus), request_s + no_reply_guard_s(bus))
 
 
 def _bytes_for_bits(count: int) -> int:
@@ -159,6 +195,10 @@ class BusBudget:
     utilisation: float
     full_cycle_s: float
     devices: tuple[DeviceLoad, ...] = field(default_factory=tuple)
+    # A silent device's probe: its reply timeout or no-reply guard, whichever ends later
+    # (0 where nothing is kept silent). The poller sends probes after a slot's polls.
+    silent_probe_s: float = 0.0
+    shortest_interval_s: float | None = None
 
     @property
     def status(self) -> str:
@@ -191,7 +231,21 @@ class BusBudget:
             text += (f"; above {WARN_UTILISATION:.0%}: little room for retries and dead-device "
                      f"probes; poll no faster than every {self.comfortable_interval_s:.2f} s "
                      "to stay under 80 %")
+        if self.silent_probe_s:
+            text += (f"; a device that stops answering costs {self.silent_probe_s * 1000:.0f} ms "
+                     "per probe (reply timeout, then the no-reply guard), sent after the "
+                     "slot's polls")
+            if not self.probe_fits:
+                text += (f"; the fastest slot ({self.shortest_interval_s:g} s) cannot hold "
+                         "its polls and a probe: those slots run late while a device is dead")
         return text
+
+    @property
+    def probe_fits(self) -> bool:
+        """True when one silent probe fits in the fastest slot after every device's read."""
+        if self.shortest_interval_s is None or not self.silent_probe_s:
+            return True
+        return self.full_cycle_s + self.silent_probe_s <= self.shortest_interval_s
 
 
 def framing_text(bus: SerialBus) -> str:
@@ -203,6 +257,7 @@ def serial_budget(bus: SerialBus, devices: Iterable[tuple[str, float, Iterable[P
                   max_gap: int, turnaround_s: float = DEFAULT_TURNAROUND_S) -> BusBudget:
     """The budget of one line; ``devices`` are (name, poll interval s, points) triples."""
     loads: list[DeviceLoad] = []
+    intervals: list[float] = []
     for name, poll_s, points in devices:
         by_interval: dict[float, list[Point]] = {}
         all_points: list[Point] = []
@@ -210,6 +265,7 @@ def serial_budget(bus: SerialBus, devices: Iterable[tuple[str, float, Iterable[P
             by_interval.setdefault(p.interval_s or poll_s, []).append(p)
             all_points.append(p)
         rate = util = 0.0
+        intervals.extend(by_interval)
         for interval_s, group in by_interval.items():
             n, line_s = read_exchanges_s(bus, group, max_gap, turnaround_s)
             rate += n / interval_s
@@ -221,7 +277,9 @@ def serial_budget(bus: SerialBus, devices: Iterable[tuple[str, float, Iterable[P
         char_time_s=char_time_s(bus), gap_s=inter_frame_gap_s(bus), turnaround_s=turnaround_s,
         requests_per_s=sum(d.requests_per_s for d in loads),
         utilisation=sum(d.utilisation for d in loads),
-        full_cycle_s=sum(d.full_read_s for d in loads), devices=tuple(loads))
+        full_cycle_s=sum(d.full_read_s for d in loads), devices=tuple(loads),
+        silent_probe_s=silent_probe_s(bus),
+        shortest_interval_s=min(intervals) if intervals else None)
 
 
 def bus_budget(cfg: FieldSite,

@@ -32,7 +32,15 @@ from pymodbus.exceptions import ConnectionException
 from pymodbus.pdu import ExceptionResponse
 
 from edge_agent.drivers.bus import Bus, SerialBus, TcpBus, TcpFraming
-from edge_agent.drivers.modbus.timing import char_time_s, inter_frame_gap_s
+from edge_agent.drivers.modbus.timing import (
+    DEFAULT_NO_REPLY_GUARD_S,
+    READ_FC,
+    char_time_s,
+    frame_bytes,
+    inter_frame_gap_s,
+    no_reply_guard_s,
+    reply_timeout_s,
+)
 from edge_agent.drivers.model import ReadRequest, Table
 from edge_agent.drivers.transport import BusStats as BusStats
 from edge_agent.drivers.transport import FieldTransport
@@ -43,22 +51,13 @@ log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR; our scheduler reports device state itself.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-# Largest frames we exchange: a read request is 8 bytes (RTU); the largest read reply is
-# 5 + 2 x 125 = 255 bytes (Modbus over serial line V1.02, 2.5.1).
-_REQUEST_CHARS = 8
-_MAX_REPLY_CHARS = 255
-# Allowance for device turnaround (real devices take 5-50 ms to start answering after a
-# request ends) and for USB-serial adapters that deliver bytes in ~16 ms batches.
-_TURNAROUND_S = 0.1
 DEFAULT_TCP_TIMEOUT_S = 1.0
+_REQUEST_CHARS = 8  # a read request's RTU frame (serial line V1.02, 2.5.1)
 
 
 def serial_timeout_s(bus: SerialBus) -> float:
     """Reply timeout: the longest exchange at this line speed plus device turnaround."""
-    if bus.timeout_s is not None:
-        return bus.timeout_s
-    wire = (_REQUEST_CHARS + _MAX_REPLY_CHARS) * char_time_s(bus) + 2 * inter_frame_gap_s(bus)
-    return round(wire + _TURNAROUND_S, 3)
+    return reply_timeout_s(bus)
 
 
 def bus_timeout_s(bus: Bus) -> float:
@@ -73,9 +72,39 @@ def bus_gap_s(bus: Bus) -> float:
     return inter_frame_gap_s(bus) if isinstance(bus, SerialBus) else 0.0
 
 
+def bus_no_reply_guard_s(bus: Bus) -> float:
+    """Silence after a request that got no reply: serial lines (and RTU over TCP) by default,
+    Modbus TCP only when configured (each TCP device reads its own connection)."""
+    if isinstance(bus, SerialBus):
+        return no_reply_guard_s(bus)
+    if bus.no_reply_guard_s is not None:
+        return bus.no_reply_guard_s
+    return DEFAULT_NO_REPLY_GUARD_S if bus.framing is TcpFraming.RTU else 0.0
+
+
 def request_budget_s(bus: Bus) -> float:
-    """The longest one read may hold this bus: every attempt timing out, each after its gap."""
-    return (1 + bus.retries) * (bus_timeout_s(bus) + bus_gap_s(bus))
+    """The longest one read may hold this bus: what is left of the no-reply guard of the
+    request before it, then every attempt timing out, each after its gap."""
+    timeout = bus_timeout_s(bus)
+    request_s = _REQUEST_CHARS * char_time_s(bus) if isinstance(bus, SerialBus) else 0.0
+    guard_left = max(0.0, request_s + bus_no_reply_guard_s(bus) - timeout)
+    return guard_left + (1 + bus.retries) * (timeout + bus_gap_s(bus))
+
+
+def _request_chars(function_code: int, count: int) -> int:
+    """Bytes of the RTU request frame (8 for a read) for the guard's start; 8 if out of range."""
+    try:
+        return frame_bytes(function_code, count)[0]
+    except ValueError:
+        return 8
+
+
+def _no_reply_text(exc: ModbusException) -> str:
+    """pymodbus's reason without its retry count (ours are retries as configured)."""
+    text = str(exc)
+    if "No response received" in text:
+        return "no reply within the timeout"
+    return f"no valid reply: {text}"
 
 
 def _cancel_requests() -> int:
@@ -118,9 +147,13 @@ class BusTransport:
         self.bus = bus
         self.timeout_s = bus_timeout_s(bus)
         self.gap_s = bus_gap_s(bus)
+        self.guard_s = bus_no_reply_guard_s(bus)
+        self.char_s = char_time_s(bus) if isinstance(bus, SerialBus) else 0.0
         self.stats = BusStats()
         self._lock = asyncio.Lock()
         self._last_frame_end = 0.0
+        # The line stays silent until then: the no-reply guard after an unanswered request.
+        self._quiet_until = 0.0
         self._closed = False
         self._client = self._make_client()
 
@@ -144,6 +177,15 @@ class BusTransport:
             # drop the connection every device shares.
             client.set_max_no_responses(1_000_000)
         return client
+
+    @property
+    def silent_probe_s(self) -> float:
+        """Line time one unanswered read holds the bus beyond its timeout's (the no-reply
+        guard, the later of the two); 0 where no guard is kept (a Modbus TCP bus)."""
+        if not self.guard_s:
+            return 0.0
+        request_s = _REQUEST_CHARS * self.char_s
+        return request_s + max(self.timeout_s, self.guard_s) + self.gap_s
 
     @property
     def connected(self) -> bool:
@@ -180,7 +222,7 @@ class BusTransport:
         async def call() -> object:
             return await getattr(self._client, method)(address, count=count, device_id=unit_id)
 
-        reply = await self._exchange(call, attempts)
+        reply = await self._exchange(call, attempts, _request_chars(READ_FC[table], count))
         if reply.ok and table.is_bit and reply.data is not None:
             # Bit replies are padded to whole bytes (spec 6.1): keep what was asked for.
             return Reply(data=reply.data[:count], latency_s=reply.latency_s)
@@ -211,10 +253,11 @@ class BusTransport:
                                                           device_id=unit_id)
             raise ValueError(f"{table.value} is read-only")
 
-        return await self._exchange(call, 1)
+        fc = (5 if len(values) == 1 else 15) if table is Table.COIL else 16
+        return await self._exchange(call, 1, _request_chars(fc, len(values)))
 
     async def _exchange(self, call: Callable[[], Awaitable[object]],
-                        attempts: int | None) -> Reply:
+                        attempts: int | None, request_chars: int = 8) -> Reply:
         tries = attempts if attempts is not None else 1 + self.bus.retries
         async with self._lock:
             error = await self._ensure_connected()
@@ -224,7 +267,9 @@ class BusTransport:
             started = time.monotonic()
             try:
                 for attempt in range(tries):
-                    await self._respect_gap()
+                    # A retry follows its unanswered attempt at once: a slave waiting for
+                    # that unit's reply takes the retry for it and is then in step again.
+                    await self._respect_gap(guard=attempt == 0)
                     if self._closed:  # pymodbus would reconnect a closed client by itself
                         error = f"{self.describe()} is closed"
                         break
@@ -232,6 +277,7 @@ class BusTransport:
                     if attempt:
                         self.stats.retries += 1
                     before = _cancel_requests()
+                    sent_at = time.monotonic()
                     try:
                         rr = await call()
                     except ModbusException as exc:
@@ -239,12 +285,19 @@ class BusTransport:
                             error = f"{self.describe()} closed during the request"
                             break
                         self.stats.timeouts += 1
-                        error = f"no valid reply: {exc}"
+                        error = _no_reply_text(exc)
+                        # A slave of another stack may still be waiting for this unit's reply
+                        # and would take our next frame for it: keep the line silent.
+                        self._quiet_until = sent_at + request_chars * self.char_s + self.guard_s
                         continue
                     finally:
                         self._last_frame_end = time.monotonic()
                         _raise_lost_cancel(before)
                     self.stats.replies += 1
+                    if attempt:
+                        # A slave that took the retry for the first attempt's reply now
+                        # hears this reply as another unit's frame and waits again.
+                        self._quiet_until = time.monotonic() + self.guard_s
                     if isinstance(rr, ExceptionResponse):
                         code = int(rr.exception_code)
                         self.stats.exceptions += 1
@@ -253,18 +306,23 @@ class BusTransport:
                         return Reply(exception_code=code, latency_s=time.monotonic() - started)
                     data = getattr(rr, "registers", None) or getattr(rr, "bits", None) or []
                     return Reply(data=list(data), latency_s=time.monotonic() - started)
-                self.stats.last_error = error or "no reply"
-                return Reply(error=error or "no reply", latency_s=time.monotonic() - started)
+                error = f"{error or 'no reply'} ({tries} attempt{'s' if tries > 1 else ''})"
+                self.stats.last_error = error
+                return Reply(error=error, latency_s=time.monotonic() - started)
             finally:
                 self.stats.busy_s += time.monotonic() - started
 
-    async def _respect_gap(self) -> None:
+    async def _respect_gap(self, *, guard: bool = True) -> None:
         # pymodbus's async client writes a request the moment it is called: nothing in it
-        # keeps the t3.5 silence after the previous frame (serial line V1.02, 2.5.1.1).
-        if self.gap_s:
-            wait = self._last_frame_end + self.gap_s - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        # keeps the t3.5 silence after the previous frame (serial line V1.02, 2.5.1.1), nor
+        # the no-reply guard after an unanswered request (see ``modbus.timing``).
+        now = time.monotonic()
+        quiet_until = self._quiet_until if guard else 0.0
+        wait = max(self._last_frame_end + self.gap_s, quiet_until) - now
+        if quiet_until > now:
+            self.stats.guard_waits += 1
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         """Close for good: the request in flight fails now, later ones are refused (idempotent)."""

@@ -7,6 +7,9 @@ Requests (replies always carry ``"ok"``; on failure ``"error"`` says what was wr
   sends replies with a corrupted CRC (on MBAP-framed TCP: a corrupted protocol identifier).
   For a DL/T 645 meter ``code`` is the error byte of its abnormal replies (default 1, "other
   error") and bad_crc flips the checksum byte.
+  ``"libmodbus"`` (Modbus RTU devices only) makes the device read the line as libmodbus's RTU
+  slave does: the frame after a request for another unit, within 0.5 s, is taken for that
+  unit's reply and ignored (``sim.confirmation``); ``stats`` counts those as ``ignored``.
 - ``{"cmd": "freeze", "on": true}``: stop (or restart) value evolution for every device.
 - ``{"cmd": "registers", "device": NAME}``: ``registers`` = {table: {address: register or bit}}
   (addresses as decimal strings, JSON keys), plus ``values`` = the engineering values.

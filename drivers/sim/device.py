@@ -15,6 +15,7 @@ from typing import Any
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.modbus.decode import decode_point, encode_point
 from edge_agent.drivers.model import Access, DataType, Point, Table
+from edge_agent.drivers.sim.confirmation import ConfirmationWait
 from edge_agent.drivers.sim.models import values_at
 from edge_agent.protocol.readings import Value
 
@@ -27,12 +28,14 @@ ILLEGAL_VALUE = 3
 
 
 class Fault(StrEnum):
-    """How a device misbehaves: answers normally, never, with an exception, or with a bad CRC."""
+    """How a device misbehaves: answers normally, never, with an exception, or with a bad CRC;
+    or reads the line as libmodbus's RTU slave does (``sim.confirmation``; RTU lines only)."""
 
     NONE = "none"
     SILENT = "silent"
     EXCEPTION = "exception"
     BAD_CRC = "bad_crc"
+    LIBMODBUS = "libmodbus"
 
 
 def compose_image(points: Iterable[Point], values: Mapping[str, Value]) -> Image:
@@ -84,6 +87,10 @@ class DeviceSim:
         self.exception_code = 4
         self.requests = 0   # requests addressed to this device that reached the server
         self.answered = 0   # replies put on the wire (including corrupted ones)
+        # In Fault.LIBMODBUS: what the slave makes of the line, and whether it discarded the
+        # request the server is answering (so the reply must not go out).
+        self.confirmation = ConfirmationWait(cfg.unit_id)
+        self.discard_reply = False
         self.writes = 0
         self._image: Image = {t: {} for t in Table}
         self._image_second: int | None = None
@@ -176,7 +183,8 @@ class DeviceSim:
     def stats(self) -> dict[str, Any]:
         """Counters for tests that count polls."""
         return {"device": self.name, "unit_id": self.unit_id, "requests": self.requests,
-                "answered": self.answered, "writes": self.writes, "fault": self.fault.value}
+                "answered": self.answered, "writes": self.writes, "fault": self.fault.value,
+                "ignored": self.confirmation.ignored}
 
     def registers_json(self, t: float) -> dict[str, dict[str, int | bool]]:
         """The image as JSON: table name -> {address as a string: register or bit}."""

@@ -129,6 +129,8 @@ class MeterSim:
 
     def set_fault(self, fault: Fault, code: int = 0x01) -> None:
         """Switch the fault mode; ``code`` is the error byte of an abnormal reply."""
+        if fault is Fault.LIBMODBUS:
+            raise ValueError("fault 'libmodbus' is a Modbus RTU slave's behaviour, not a meter's")
         if fault is Fault.EXCEPTION and not 1 <= code <= 0x7F:
             raise ValueError(f"error byte {code}: expected 1..127 (bits of the DL/T 645 "
                              "error information word)")

@@ -8,7 +8,10 @@ multi-drop line). The pymodbus hooks do the rest:
 - ``trace_pdu`` counts requests per unit id and turns every reply of a device in exception fault
   into that exception (also for addresses pymodbus rejects before calling the action);
 - ``trace_packet`` drops replies (silent fault, and unknown unit ids on RTU lines, where a real
-  bus stays silent instead of answering exception 4) and corrupts the CRC (bad_crc fault).
+  bus stays silent instead of answering exception 4) and corrupts the CRC (bad_crc fault);
+- on RTU lines both hooks show every frame (requests, and replies that go out) to the devices
+  in the libmodbus fault, which discard the frame after another unit's request as libmodbus's
+  RTU slave does (``sim.confirmation``): a request they discard gets no reply.
 
 On RTU lines unit id 0 is a broadcast (Modbus over serial line V1.02, 2.1): every device
 executes the write and none replies. Bit tables have no holes in pymodbus, so a read of an
@@ -20,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,12 +178,27 @@ def catch_all_device() -> SimDevice:
 class BusHooks:
     """trace_packet / trace_pdu hooks of one bus server (see the module docstring)."""
 
-    def __init__(self, devices: Sequence[DeviceSim], *, rtu: bool) -> None:
+    def __init__(self, devices: Sequence[DeviceSim], *, rtu: bool,
+                 now: Callable[[], float] = time.monotonic) -> None:
         self.by_unit = {d.unit_id: d for d in devices}
         self.rtu = rtu
+        self.now = now
+
+    def _on_line(self, unit: int, *, reply: bool) -> None:
+        """A frame for (or from) ``unit`` crossed the line: libmodbus-style slaves see it."""
+        if not self.rtu:
+            return
+        at = self.now()
+        for dev in self.by_unit.values():
+            if dev.fault is Fault.LIBMODBUS and not (reply and dev.unit_id == unit):
+                heard = dev.confirmation.hears(unit, at)
+                if dev.unit_id == unit and not heard:
+                    dev.discard_reply = True  # it took our request for another unit's reply
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         """Count requests; force the exception fault onto every reply of a faulty device."""
+        if not sending:
+            self._on_line(pdu.dev_id, reply=False)
         dev = self.by_unit.get(pdu.dev_id)
         if dev is None:
             return pdu
@@ -203,6 +222,10 @@ class BusHooks:
             return b"" if self.rtu else data
         if dev.fault is Fault.SILENT:
             return b""
+        if dev.discard_reply:
+            dev.discard_reply = False
+            return b""
+        self._on_line(unit, reply=True)
         dev.answered += 1
         if dev.fault is Fault.BAD_CRC:
             if self.rtu:  # flip the CRC's low byte (serial line V1.02, 2.5.1.2)

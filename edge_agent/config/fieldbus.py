@@ -42,8 +42,8 @@ STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # The Modbus over serial line V1.02 2.2 address space: 0 is broadcast, 248-255 reserved.
 UNIT_TEXT = "a unit id from 1 to 247 (0 is broadcast, 248-255 reserved: serial line V1.02, 2.2)"
 SERIAL_KEYS = ("type", "port", "baudrate", "parity", "stopbits", "inter_frame_gap_ms",
-               "timeout_ms", "retries", "protocol")
-TCP_KEYS = ("type", "host", "port", "framing", "timeout_ms", "retries")
+               "timeout_ms", "retries", "protocol", "no_reply_guard_ms")
+TCP_KEYS = ("type", "host", "port", "framing", "timeout_ms", "retries", "no_reply_guard_ms")
 DEVICE_KEYS = ("bus", "unit_id", "profile", "poll_interval_s", "points", "extra_points")
 OVERRIDE_KEYS = ("interval_s", "deadband", "scale", "offset", "unit", "enabled")
 NON_NUMERIC = (DataType.BOOL, DataType.STRING)
@@ -159,6 +159,7 @@ def _serial_bus(chk: Checker, name: str, raw: dict[str, Any],
     gap = _ms(chk, raw, p, "inter_frame_gap_ms", 0, 1000)
     timeout = _ms(chk, raw, p, "timeout_ms", 1, 60000)
     retries = _retries(chk, raw, p)
+    guard = _ms(chk, raw, p, "no_reply_guard_ms", 0, 5000)
     protocol = chk.choice(raw, p, "protocol", FieldProtocol, [f.value for f in FieldProtocol],
                           default=FieldProtocol.MODBUS)
     if protocol is FieldProtocol.DLT645 and port is not None and port.startswith("rfc2217://"):
@@ -171,7 +172,7 @@ def _serial_bus(chk: Checker, name: str, raw: dict[str, Any],
         return None, endpoint
     return (SerialBus(name=name, port=port, baudrate=baud, parity=parity, stopbits=stopbits,
                       inter_frame_gap_s=gap, timeout_s=timeout, retries=retries,
-                      protocol=protocol), endpoint)
+                      protocol=protocol, no_reply_guard_s=guard), endpoint)
 
 
 def _tcp_bus(chk: Checker, name: str, raw: dict[str, Any],
@@ -187,11 +188,12 @@ def _tcp_bus(chk: Checker, name: str, raw: dict[str, Any],
                          default=TcpFraming.SOCKET)
     timeout = _ms(chk, raw, p, "timeout_ms", 1, 60000)
     retries = _retries(chk, raw, p)
+    guard = _ms(chk, raw, p, "no_reply_guard_ms", 0, 5000)
     endpoint = f"tcp {host.strip('[]').lower()}:{port}" if host else None
     if len(chk.problems) > before:
         return None, endpoint
     return (TcpBus(name=name, host=host, port=port, framing=framing, timeout_s=timeout,
-                   retries=retries), endpoint)
+                   retries=retries, no_reply_guard_s=guard), endpoint)
 
 
 def parse_devices(chk: Checker, raw: dict[str, Any], buses: dict[str, Bus], declared: set[str],

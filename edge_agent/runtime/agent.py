@@ -287,7 +287,8 @@ class Agent:
                 "where": sched.transport.describe(), "connected": sched.transport.connected,
                 "requests": st.requests, "replies": st.replies, "timeouts": st.timeouts,
                 "exceptions": st.exceptions, "retries": st.retries,
-                "busy_s": round(st.busy_s, 3), "last_error": st.last_error,
+                "guard_waits": st.guard_waits, "busy_s": round(st.busy_s, 3),
+                "last_error": st.last_error,
             }
             for dname, dstate in sched.devices.items():
                 devices[dname] = dstate.health()

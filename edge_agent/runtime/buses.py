@@ -57,6 +57,7 @@ def make_scheduler(transport: AnyTransport, devices: Sequence[DeviceConfig],
         return MeterScheduler(transport, devices, sink, clock, seed=seed, heartbeat=heartbeat,
                               request_budget_s=request_budget_s, on_missed=on_missed,
                               on_status=on_status)
+    probe_cost_s = transport.silent_probe_s if isinstance(transport, BusTransport) else 0.0
     return BusScheduler(transport, devices, sink, clock, max_gap=max_gap, seed=seed,
                         heartbeat=heartbeat, request_budget_s=request_budget_s,
-                        on_missed=on_missed, on_status=on_status)
+                        on_missed=on_missed, on_status=on_status, probe_cost_s=probe_cost_s)

@@ -6,7 +6,10 @@ reported in health). A device that stops answering is backed off exponentially w
 jitter up to a cap, and while backed off only a single one-attempt probe is sent when its
 back-off ends, so it costs the healthy devices on the bus at most one timeout per probe.
 The cap is two of the device's poll intervals (at most 60 s), so a replugged device is
-read again within two poll cycles.
+read again within two poll cycles. A probe goes after the slot's other polls; on a Modbus
+line its silence (timeout, then the no-reply guard) can outlast the room before the next
+slot, and then the probe waits for a slot with room, for at most ``PROBE_DEFER_FACTOR``
+probe costs (12 s at the default guard), so a dead device cannot eat a fast line's slots.
 
 ``BusPoller`` is that part, shared by every field protocol; a protocol's scheduler
 (``scheduler.BusScheduler`` for Modbus, ``meter_scheduler.MeterScheduler`` for DL/T 645)
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 # A dead device is retried after 2, 4, 8 ... s (each drawn in [delay/2, delay]), capped per
 # device at two of its poll intervals so a replugged device is back within two cycles.
 DEVICE_BACKOFF = BackoffPolicy(base_s=2.0, cap_s=60.0, jitter=0.5)
+# A due probe of a dead device whose silence (timeout, then the no-reply guard) would run
+# into the next slot waits for a slot with room for it, for at most this many probe costs.
+PROBE_DEFER_FACTOR = 20
 
 
 class PolledPoint(Protocol):
@@ -94,6 +100,13 @@ class DeviceState:
     latency_ms_last: float = 0.0
     latency_ms_max: float = 0.0
     latency_ms_sum: float = 0.0
+    # Refusals (Modbus exception 2) are re-checked: what was learned is forgotten at
+    # ``recheck_at_monotonic`` and learned again by the next polls (scheduler.py).
+    refused: frozenset[tuple[str, int, int]] = frozenset()  # (table, start, end) as logged
+    recheck_at_monotonic: float = 0.0
+    recheck_delay_s: float = 0.0
+    rechecks: int = 0
+    all_refused: bool = False
 
     def health(self) -> dict[str, object]:
         """The device's part of the health document."""
@@ -112,6 +125,11 @@ class DeviceState:
         }
         if self.cfg.address:
             doc["address"] = self.cfg.address
+        if self.refused:
+            doc["refused"] = [list(r) for r in sorted(self.refused)]
+            doc["refusal_rechecks"] = self.rechecks
+        if self.all_refused and self.status == "online":
+            doc["status"] = "refusing"  # it answers, but refuses every point: not healthy
         return doc
 
 
@@ -165,8 +183,11 @@ class BusPoller(Generic[P, T]):
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
+        probe_cost_s: float = 0.0,
     ) -> None:
         self.transport = transport
+        # Line time one unanswered request holds the bus (timeout and no-reply guard).
+        self.probe_cost_s = probe_cost_s
         self.heartbeat = heartbeat
         # The longest one request may take (every attempt timing out): the promise a
         # heartbeat makes before each request.
@@ -276,12 +297,17 @@ class BusPoller(Generic[P, T]):
         """Poll every device group due at ``mark``, then schedule their next slots."""
         due = [key for key, at in self._due.items() if at == mark]
         by_device: dict[str, list[int]] = {}
-        for name, ms in due:
+        # Devices that answer first, then the probes of those that do not: an unanswered
+        # request keeps the line silent for its timeout and the no-reply guard, which after
+        # the slot's last request costs nothing but idle line time.
+        for name, ms in sorted(due, key=lambda k: self.devices[k[0]].consecutive_failures > 0):
             by_device.setdefault(name, []).append(ms)
         started = self.clock.monotonic()
         for name, intervals in by_device.items():
             if self.stopping:
                 return
+            if self._defer_probe(self.devices[name], mark, due):
+                continue
             points = [p for ms in intervals for p in self._groups[name][ms]]
             await self.poll_device(self.devices[name], points, mark, tuple(intervals))
         now_ms = int(self.clock.now() * 1000)
@@ -297,6 +323,29 @@ class BusPoller(Generic[P, T]):
                     self.on_missed(key[0], missed, self.clock.monotonic() - started)
                 nxt = latest
             self._due[key] = nxt
+
+    def _defer_probe(self, state: DeviceState, mark: int, due: list[tuple[str, int]]) -> bool:
+        """True (and counted) when a dead device's due probe would make the next slot late.
+
+        Its silence costs ``probe_cost_s``; sent when the line is idle until the next slot it
+        costs nobody anything. On a line with no such room it goes out anyway once it has
+        waited ``PROBE_DEFER_FACTOR`` probe costs, so a replugged device is still found.
+        """
+        if state.consecutive_failures == 0 or not self.probe_cost_s:
+            return False
+        now_mono = self.clock.monotonic()
+        if now_mono < state.retry_at_monotonic:
+            return False  # not due: skip_backed_off counts it
+        if now_mono >= state.retry_at_monotonic + PROBE_DEFER_FACTOR * self.probe_cost_s:
+            return False
+        due_keys = set(due)
+        upcoming = [at for key, at in self._due.items() if key not in due_keys]
+        upcoming += [next_mark_ms(mark, ms) for _, ms in due]
+        room_s = min(upcoming) / 1000 - self.clock.now()
+        if room_s >= self.probe_cost_s:
+            return False
+        state.skipped_slots += 1
+        return True
 
     def skip_backed_off(self, state: DeviceState) -> bool:
         """True (and counted) when a backed-off device's probe is not due yet."""
@@ -314,13 +363,16 @@ class BusPoller(Generic[P, T]):
             delay = state.backoff.delay(state.consecutive_failures, self.rng)
             state.retry_at_monotonic = self.clock.monotonic() + delay
             if state.status != "offline":
-                log.warning("device %s (%s on %s) stopped answering: %s; backing off",
-                            state.cfg.name, _where(state.cfg), self.transport.describe(),
-                            comm_error)
+                log.warning("device %s (%s on %s) stopped answering: %s; its points read "
+                            "comm_error and it is probed again in %.1f s, then less often "
+                            "(at most every %.0f s) until it answers", state.cfg.name,
+                            _where(state.cfg), self.transport.describe(), comm_error, delay,
+                            state.backoff.cap_s)
             self._set_status(state, "offline")
             return
         if state.status == "offline":
-            log.info("device %s answers again after %d failed polls", state.cfg.name,
+            log.info("device %s (%s on %s) answers again after %d failed polls",
+                     state.cfg.name, _where(state.cfg), self.transport.describe(),
                      state.consecutive_failures)
         self._set_status(state, "online")
         state.consecutive_failures = 0

@@ -17,9 +17,14 @@ from collections.abc import Callable, Sequence
 
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.modbus.decode import decode_request, encode_write, failed_readings
-from edge_agent.drivers.modbus.planner import ILLEGAL_DATA_ADDRESS, after_reply, plan_reads
+from edge_agent.drivers.modbus.planner import (
+    ILLEGAL_DATA_ADDRESS,
+    BadRanges,
+    after_reply,
+    plan_reads,
+)
 from edge_agent.drivers.modbus.transport import ModbusTransport, WriteRequest
-from edge_agent.drivers.model import Point, ReadRequest
+from edge_agent.drivers.model import Point, ReadRequest, Table
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Quality, Reading
@@ -32,6 +37,12 @@ from edge_agent.runtime.poller import interval_groups as _interval_groups
 from edge_agent.runtime.poller import next_mark_ms as next_mark_ms
 
 log = logging.getLogger(__name__)
+
+# A refused address range (exception 2) is asked again after 30 s, then 60, 120 ... s, at
+# most every 15 minutes while it stays refused: a meter that refuses registers while it
+# boots is read again within 30 s of the refusal plus one poll interval (docs/config.md).
+REFUSAL_RECHECK_FIRST_S = 30.0
+REFUSAL_RECHECK_CAP_S = 900.0
 
 # Exceptions 0x0A and 0x0B come from a TCP gateway whose serial device did not answer
 # (section 7): for us the device is silent, not answering with an exception.
@@ -60,10 +71,11 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         request_budget_s: float = 30.0,
         on_missed: Callable[[str, int, float], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
+        probe_cost_s: float = 0.0,
     ) -> None:
         super().__init__(transport, devices, lambda d: d.points, sink, clock, backoff=backoff,
                          seed=seed, heartbeat=heartbeat, request_budget_s=request_budget_s,
-                         on_missed=on_missed, on_status=on_status)
+                         on_missed=on_missed, on_status=on_status, probe_cost_s=probe_cost_s)
         self.max_gap = max_gap
         self._plans: dict[tuple[str, tuple[int, ...]], list[ReadRequest]] = {}
 
@@ -107,6 +119,10 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         probing = state.consecutive_failures > 0
         device = state.cfg.name
         readings: list[Reading] = []
+        if state.refused and self.clock.monotonic() >= state.recheck_at_monotonic:
+            # Ask again: a device refuses registers while booting, updating or locked.
+            state.bad = BadRanges()
+            state.rechecks += 1
         if not state.bad.empty:
             known_bad = [p for p in points if state.bad.is_point_bad(p)]
             if known_bad:
@@ -148,6 +164,36 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
                 readings += failed_readings(rest, Quality.COMM_ERROR, device=device, ts_ms=ts_ms)
                 break
         self.record(state, comm_error, latency, ts_ms)
+        if not comm_error:
+            self._note_refusals(state)
         if readings:
             self.sink(readings)
+
+    def _note_refusals(self, state: DeviceState) -> None:
+        """Log newly refused ranges once, schedule the next re-check, judge all-refused."""
+        learned = frozenset((t.value, a, b) for t in Table for a, b in state.bad.ranges(t))
+        now = self.clock.monotonic()
+        new = learned - state.refused
+        if new:
+            log.warning(
+                "device %s (unit %d on %s) refuses %s (exception 2, illegal data address): "
+                "those points read device_exception and are asked again in %.0f s",
+                state.cfg.name, state.cfg.unit_id, self.transport.describe(),
+                ", ".join(f"{t} {a}-{b - 1}" for t, a, b in sorted(new)),
+                REFUSAL_RECHECK_FIRST_S)
+            state.recheck_delay_s = REFUSAL_RECHECK_FIRST_S
+        elif learned and learned == state.refused and now >= state.recheck_at_monotonic:
+            # Re-checked and still refused: ask less often.
+            state.recheck_delay_s = min(REFUSAL_RECHECK_CAP_S, 2 * state.recheck_delay_s)
+        if learned and (new or now >= state.recheck_at_monotonic):
+            state.recheck_at_monotonic = now + state.recheck_delay_s
+        gone = state.refused - learned
+        if gone and state.bad.empty:
+            log.info("device %s (unit %d on %s) answers %s again", state.cfg.name,
+                     state.cfg.unit_id, self.transport.describe(),
+                     ", ".join(f"{t} {a}-{b - 1}" for t, a, b in sorted(gone)))
+        if new or state.bad.empty:
+            state.refused = learned
+        state.all_refused = bool(state.cfg.points) and all(
+            state.bad.is_point_bad(p) for p in state.cfg.points)
 

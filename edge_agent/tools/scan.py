@@ -78,7 +78,9 @@ class SweepResult:
 async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: float,
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Probe every id once at ``setting``; an exception reply counts as present."""
-    transport = BusTransport(setting.bus(port, timeout_s))
+    # No guard: most ids are silent, and a sweep that waited out every one would take
+    # minutes. (A libmodbus-style slave may miss its probe after a silent id.)
+    transport = BusTransport(setting.bus(port, timeout_s, no_reply_guard_s=0.0))
     present: list[int] = []
     started = time.monotonic()
     try:

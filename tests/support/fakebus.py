@@ -173,6 +173,24 @@ class FakeUnit:
     silent: bool = False
     refuse_all: int | None = None  # e.g. 0x0B: a TCP gateway whose serial device is silent
     reply_s: float | None = None   # None: the bus's
+    # libmodbus's RTU slave: after a frame for another unit it takes the next frame within
+    # this many seconds as that unit's reply and ignores it (None: pymodbus-like, no wait).
+    confirmation_wait_s: float | None = None
+    waiting_since: float | None = None
+    swallowed: int = 0   # frames it took for another unit's reply
+    missed_own: int = 0  # ...of which requests addressed to it
+
+    def hears(self, addressed_to: int, at: float) -> bool:
+        """A frame for ``addressed_to`` ends at ``at``: False if this unit swallows it."""
+        if self.confirmation_wait_s is None:
+            return True
+        if self.waiting_since is not None and at - self.waiting_since <= self.confirmation_wait_s:
+            self.waiting_since = None
+            self.swallowed += 1
+            self.missed_own += addressed_to == self.unit_id
+            return False
+        self.waiting_since = None if addressed_to == self.unit_id else at
+        return True
 
     def load(self, table: Table, address: int, values: Iterable[int | bool]) -> FakeUnit:
         """Put ``values`` into the image from ``address`` on."""
@@ -223,8 +241,11 @@ class FakeBus:
 
     def __init__(self, clock: FakeClock, *, name: str = "A", retries: int = 1,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
-                 reply_s: float = DEFAULT_REPLY_S) -> None:
+                 reply_s: float = DEFAULT_REPLY_S, no_reply_guard_s: float = 0.0) -> None:
         self.clock = clock
+        self.no_reply_guard_s = no_reply_guard_s
+        self.quiet_until = 0.0
+        self.guard_waits = 0
         self.name = name
         self.retries = retries
         self.timeout_s = timeout_s
@@ -299,8 +320,25 @@ class FakeBus:
                     # Reads are the poller's: they stop at the horizon. Writes are what a
                     # test asks for while the poller waits there, so they always go out.
                     await self.clock.hold()
+                if not attempt and self.clock.monotonic() < self.quiet_until:  # the guard
+                    self.guard_waits += 1
+                    st.guard_waits += 1
+                    self.clock.advance(self.quiet_until - self.clock.monotonic())
                 sent_at = self.clock.monotonic()
-                answer, cost = self._answer(unit_id, kind, table, address, count, values)
+                heard = {u.unit_id: u.hears(unit_id, sent_at) for u in self.units.values()}
+                answer: _Answer
+                if heard.get(unit_id, True):
+                    answer, cost = self._answer(unit_id, kind, table, address, count, values)
+                else:
+                    answer, cost = None, self.timeout_s  # it took our request for a reply
+                if answer is not None:  # the reply is a frame every other unit hears too
+                    for u in self.units.values():
+                        if u.unit_id != unit_id:
+                            u.hears(unit_id, sent_at + cost)
+                    if attempt:  # as BusTransport: a retry's reply is followed by the guard
+                        self.quiet_until = sent_at + cost + self.no_reply_guard_s
+                else:
+                    self.quiet_until = sent_at + self.no_reply_guard_s
                 outcome: Outcome = ("no answer" if answer is None else
                                     "exception" if isinstance(answer, int) else "data")
                 # The bus is busy for the whole exchange: time passes, nothing else is sent.
