@@ -6,6 +6,7 @@ The scheme (docs/topics.md has the payloads)::
     {prefix}/{gateway}/data               QoS 1 data batches (edge_agent.codecs.batch)
     {prefix}/{gateway}/schema             retained QoS 1 schema message of the boot epoch
     {prefix}/{gateway}/schema-request     a consumer asks for a schema (its hash in hex)
+    {prefix}/{gateway}/receipt            the ingest's receipt: what it has stored (JSON)
     {prefix}/{gateway}/health             JSON health, periodic
     {prefix}/{gateway}/desired/{kind}     retained signed bundle from the fleet
     {prefix}/{gateway}/reported           apply results and current versions
@@ -27,6 +28,7 @@ STATE = "state"
 DATA = "data"
 SCHEMA = "schema"
 SCHEMA_REQUEST = "schema-request"
+RECEIPT = "receipt"
 HEALTH = "health"
 DESIRED = "desired"
 REPORTED = "reported"
@@ -35,7 +37,8 @@ CMD_RESULT = "cmd-result"
 
 # kinds that take one more level (the bundle kind, the command id) after their name
 KINDS_WITH_ARG = frozenset({DESIRED, CMD, CMD_RESULT})
-KINDS_PLAIN = frozenset({STATE, DATA, SCHEMA, SCHEMA_REQUEST, HEALTH, REPORTED})
+KINDS_PLAIN = frozenset({STATE, DATA, SCHEMA, SCHEMA_REQUEST, RECEIPT, HEALTH,
+                         REPORTED})
 
 # MQTT 3.1.1 section 4.7: '+' and '#' are wildcards, '/' separates levels; NUL is forbidden.
 _FORBIDDEN = ("/", "+", "#", "\x00")
@@ -98,6 +101,11 @@ def schema_topic(prefix: str, gateway: str) -> str:
 def schema_request_topic(prefix: str, gateway: str) -> str:
     """Where a consumer asks the gateway to send a schema again (payload: its hash in hex)."""
     return _topic(prefix, gateway, SCHEMA_REQUEST)
+
+
+def receipt_topic(prefix: str, gateway: str) -> str:
+    """Where the ingest says what it has stored of the gateway's batches (protocol.receipts)."""
+    return _topic(prefix, gateway, RECEIPT)
 
 
 def health_topic(prefix: str, gateway: str) -> str:

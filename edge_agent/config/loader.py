@@ -18,6 +18,7 @@ from typing import Any
 from edge_agent.config.fieldbus import parse_buses, parse_devices
 from edge_agent.config.model import (
     BatchConfig,
+    ReceiptMode,
     SiteConfig,
     SpoolConfig,
     SpoolPolicy,
@@ -33,7 +34,8 @@ from edge_agent.protocol.tomlcheck import Checker, parse_toml, read_regular_file
 
 TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "sparkplug", "buses", "devices")
 SPOOL_KEYS = ("max_bytes", "policy", "synchronous", "group_commit_ms", "replay_msgs_per_s",
-              "replay_bytes_per_s", "live_first")
+              "replay_bytes_per_s", "live_first", "receipts", "confirm_retention_s",
+              "resend_grace_s")
 # Below this the spool's own SQLite files (WAL index, WAL reserve, schema) leave no room for data.
 MIN_SPOOL_BYTES = 256 * 1024
 GATEWAY_KEYS = ("id", "site", "state_dir", "health_interval_s")
@@ -301,4 +303,12 @@ def _spool(chk: Checker, raw: dict[str, Any]) -> SpoolConfig:
                                   check=lambda v: v >= 0, expected=rate),
         replay_bytes_per_s=chk.get(raw, p, "replay_bytes_per_s", float, d.replay_bytes_per_s,
                                    check=lambda v: v >= 0, expected=rate),
-        live_first=chk.get(raw, p, "live_first", bool, d.live_first))
+        live_first=chk.get(raw, p, "live_first", bool, d.live_first),
+        receipts=chk.choice(raw, p, "receipts", ReceiptMode, [v.value for v in ReceiptMode],
+                            default=d.receipts),
+        confirm_retention_s=chk.get(raw, p, "confirm_retention_s", float,
+                                    d.confirm_retention_s, check=lambda v: v > 0,
+                                    expected="a number of seconds above 0"),
+        resend_grace_s=chk.get(raw, p, "resend_grace_s", float, d.resend_grace_s,
+                               check=lambda v: 0 <= v <= 3600,
+                               expected="a number of seconds from 0 to 3600"))

@@ -32,6 +32,14 @@ class SpoolPolicy(StrEnum):
     REJECT_NEW = "reject-new"    # keep the oldest data; the new batch is not stored
 
 
+class ReceiptMode(StrEnum):
+    """When the spool deletes a published batch (docs/spool.md, "Receipts")."""
+
+    AUTO = "auto"  # on PUBACK until the ingest's first receipt; from then on, on receipts
+    ON = "on"      # on the ingest's receipt, or when confirm_retention_s has passed
+    OFF = "off"    # on PUBACK
+
+
 class SpoolSync(StrEnum):
     """SQLite ``PRAGMA synchronous`` of the spool (docs/spool.md: the NORMAL loss window)."""
 
@@ -50,6 +58,9 @@ class SpoolConfig:
     replay_msgs_per_s: float = 50.0      # backlog replay pacing: batches per second
     replay_bytes_per_s: float = 262144.0  # and bytes per second (0 disables either limit)
     live_first: bool = False             # publish new batches before the backlog
+    receipts: ReceiptMode = ReceiptMode.AUTO
+    confirm_retention_s: float = 7 * 86400.0  # a sent batch no receipt confirmed is then dropped
+    resend_grace_s: float = 5.0          # a batch is sent again at most this often
 
 
 @dataclass(frozen=True, slots=True)

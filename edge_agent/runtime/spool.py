@@ -1,5 +1,6 @@
 """The durable spool: every data batch is committed to SQLite before it counts as stored,
-published oldest first, and deleted only after its PUBACK (docs/spool.md).
+published oldest first, and deleted after its PUBACK or, with receipts, once the ingest's
+receipt confirms it (``spool_confirm``, ``spool_sent``; docs/spool.md).
 
 This is the asyncio face of ``edge_agent.runtime.spool_db`` (the SQLite file) and it implements
 the batch-store contract of ``edge_agent.runtime.store``: the agent ``put``s, the uplink
@@ -10,9 +11,8 @@ the batch-store contract of ``edge_agent.runtime.store``: the agent ``put``s, th
   and wakes every waiter once it is durable.
 - **One worker thread** runs all SQLite calls: ``sqlite3`` blocks in fsync, and a slow SD
   card must not stall polling on the event loop.
-- **Deletes after PUBACK are grouped** (every 0.2 s or 256 batches): a crash may re-send a few
-  batches already acknowledged, which consumers drop by (gateway, epoch, seq).
-- **In flight is a memory-only mark**: after a restart every stored batch is ready again.
+- **Deletes (or sent marks) after PUBACK are grouped** (every 0.2 s or 256 batches): a crash
+  may re-send a few acknowledged batches; consumers drop them by (gateway, epoch, seq).
 - **Lanes.** Batches stored before the current connection are the backlog (paced by the
   uplink); with ``live_first`` batches stored since are published before the backlog.
 """
@@ -29,10 +29,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge_agent.config.model import SpoolConfig
+from edge_agent.config.model import ReceiptMode, SpoolConfig
 from edge_agent.protocol.errors import SpoolError
+from edge_agent.protocol.receipts import Receipt
+from edge_agent.runtime.spool_confirm import Confirmations
 from edge_agent.runtime.spool_core import StoredRow, row_cost
 from edge_agent.runtime.spool_db import Append, CommitResult, SpoolDB
+from edge_agent.runtime.spool_sent import Confirmed
 from edge_agent.runtime.store import Readiness, StoredBatch
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,13 @@ class Spool:
         self._mark = db.last_id   # batches up to this id are the backlog of this connection
         self._in_flight: StoredBatch | None = None
         self._in_flight_live = False
-        self._pending = db.rows
-        self._readiness = Readiness(db.rows)
+        self._pending = db.rows - db.sent_rows   # sent ones wait for a receipt, not the uplink
+        self._readiness = Readiness(self._pending)
+        self.previous_life = {k: db.meta[k] for k in ("life_epoch", "life_seq")}
+        self._life_base = {k: db.meta[k] for k in ("missed_slots", "rejected")}
+        self.confirms = Confirmations(db)
+        self._resend = self.confirms.resend
+        self._in_flight_resend = False
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self._drop_logged = False
@@ -150,7 +158,11 @@ class Spool:
         async with self._lanes:
             if self._in_flight is not None:
                 raise RuntimeError("spool: take() while a batch is in flight")
-            if self.cfg.live_first and self._live:
+            self._in_flight_resend = bool(self._resend)
+            if self._resend:  # lost on the way: older than anything else waiting
+                item = replace(self._resend.popleft(), backlog=True)
+                self._in_flight_live = False
+            elif self.cfg.live_first and self._live:
                 item = replace(self._live.popleft(), backlog=False)
                 self._in_flight_live = True
             else:
@@ -176,6 +188,7 @@ class Spool:
         if not self._acked:
             self._ack_deadline = asyncio.get_running_loop().time() + DELETE_EVERY_S
         self._acked.append(StoredRow(item.id, row_cost(len(item.payload)), item.readings))
+        self.confirms.sent(item.id)
         self._start_committer()
         if len(self._acked) == 1 or len(self._acked) >= DELETE_BATCH:
             self._kick.set()
@@ -184,8 +197,9 @@ class Spool:
         """``item`` was not acknowledged: it goes back to the front, to be sent again."""
         if self._in_flight is None or self._in_flight.id != item.id:
             raise RuntimeError(f"spool: release of batch {item.id}, which is not in flight")
-        (self._live if self._in_flight_live else self._ready).appendleft(
-            replace(item, backlog=False))
+        lane = self._resend if self._in_flight_resend else (
+            self._live if self._in_flight_live else self._ready)
+        lane.appendleft(replace(item, backlog=False))
         self._in_flight = None
 
     def mark_backlog(self) -> None:
@@ -267,12 +281,17 @@ class Spool:
         for (_, fut), rid in zip(appends, result.ids, strict=True):
             if not fut.done():
                 fut.set_result(rid is not None)
+        try:
+            await self.confirms.maybe_expire(self._run)
+        except SpoolError as exc:
+            log.error("%s", exc)
 
     def _apply(self, result: CommitResult, items: list[Append]) -> None:
         evicted = set(result.evicted)
         if evicted:
             self._ready = deque(b for b in self._ready if b.id not in evicted)
             self._live = deque(b for b in self._live if b.id not in evicted)
+            self.confirms.drop(evicted)
         stored = 0
         for a, rid in zip(items, result.ids, strict=True):
             if rid is None:
@@ -312,6 +331,31 @@ class Spool:
             if not fut.done():
                 fut.set_exception(exc)
 
+    # ------------------------------------------------------------------ receipts
+
+    async def receipt(self, receipt: Receipt) -> Confirmed | None:
+        """Apply the ingest's receipt: delete what it confirms, queue what it reports lost to
+        be sent again (``spool_confirm``); None when receipts are off."""
+        if self.cfg.receipts is ReceiptMode.OFF or self._closing:
+            return None
+        if self._acked:  # what the broker acknowledged is marked sent first, so it can confirm
+            await self._commit_once()
+        busy = {self._in_flight.id} if self._in_flight is not None else set()
+        async with self._lanes:
+            done, again = await self.confirms.apply(receipt, busy, self._run)
+        self._pending += len(again)
+        if again:
+            self._readiness.stored()
+        return done
+
+    def note_life(self, epoch: int, seq: int, missed_slots: int, rejected: int) -> None:
+        """Keep this life's epoch, last seq and counters in the file with the next commit, so
+        the next boot reports them even if this one is killed."""
+        self._db.pending_meta = {
+            "life_epoch": epoch, "life_seq": seq,
+            "missed_slots": self._life_base["missed_slots"] + missed_slots,
+            "rejected": self._life_base["rejected"] + rejected}
+
     # ------------------------------------------------------------------ state and shutdown
 
     def stats_dict(self) -> dict[str, object]:
@@ -329,6 +373,7 @@ class Spool:
             **{k: v for k, v in asdict(self.counters).items()
                if k not in ("lost_batches", "lost_readings")},
         }
+        doc["receipts"] = self.confirms.health()
         if db.event is not None:
             doc["integrity_event"] = asdict(db.event)
         return doc

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,63 +28,25 @@ from edge_agent.runtime.spool_core import (
     row_cost,
 )
 from edge_agent.runtime.spool_file import (
+    COUNTER_KEYS,
     META_KEYS,
     SCHEMA,
     SELECT_ROWS,
+    SPOOL_FILE_MODE,
+    SPOOL_SUFFIXES,
     IntegrityEvent,
     Salvage,
     check_file,
+    private_dir,
+    private_file,
     quarantine,
 )
+from edge_agent.runtime.spool_sent import UNSENT, mark_sent
 from edge_agent.runtime.store import StoredBatch
 
 log = logging.getLogger(__name__)
 
 FULL_MODE_WAL_PAGES = 4  # while the disk is full the WAL is checkpointed after every commit
-# The state dir holds the trust state, the MQTT password and the spool: the gateway's alone,
-# whatever the umask of whoever started it (the unit sets 0077; a shell usually 0022).
-STATE_DIR_MODE = 0o700
-SPOOL_FILE_MODE = 0o600
-SPOOL_SUFFIXES = ("", "-wal", "-shm", ".reserve")  # the database, SQLite's two, the reserve
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with the directory itself 0700; narrow it if more open."""
-    if not path.is_dir():
-        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-        os.chmod(path, STATE_DIR_MODE)  # mkdir's mode is masked by the umask
-        return
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        try:
-            os.chmod(path, mode & ~0o077 | STATE_DIR_MODE)
-        except OSError as exc:
-            log.warning("state directory %s is mode %04o, open to other users, and cannot be "
-                        "narrowed to 0700: %s", path, mode, exc)
-            return
-        log.warning("state directory %s was mode %04o, open to other users: narrowed to %04o",
-                    path, mode, mode & ~0o077 | STATE_DIR_MODE)
-
-
-def _private_file(path: Path, *, create: bool) -> None:
-    """Leave ``path`` 0600 whatever the umask; create it empty first if ``create``."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, SPOOL_FILE_MODE)
-    except FileNotFoundError:
-        if create:
-            raise
-        return
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode != SPOOL_FILE_MODE:
-            try:
-                os.fchmod(fd, SPOOL_FILE_MODE)
-            except OSError as exc:  # another user's file: SQLite may still use it, so warn
-                log.warning("spool file %s is mode %04o and cannot be made 0600: %s", path,
-                            mode, exc)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +87,8 @@ class SpoolDB:
         self.event: IntegrityEvent | None = None
         self._meta_dirty = False
         self.full_budget: int | None = None  # set while the disk is full: the effective cap
+        self.confirming = False  # True: acknowledged batches wait for a receipt (spool_sent)
+        self.pending_meta: dict[str, int] = {}  # state values to write with the next commit
         self.reserve_path = path.with_name(path.name + ".reserve")
         try:
             private_dir(path.parent)
@@ -139,9 +103,9 @@ class SpoolDB:
         try:
             # SQLite creates the -wal and -shm files with the database's mode, so a 0600
             # database made before the first connect keeps all three private.
-            _private_file(path, create=True)
+            private_file(path, create=True)
             for suffix in SPOOL_SUFFIXES[1:]:
-                _private_file(path.with_name(path.name + suffix), create=False)
+                private_file(path.with_name(path.name + suffix), create=False)
         except OSError as exc:
             raise SpoolError(f"spool {path} cannot be created: {exc}") from exc
         try:
@@ -161,6 +125,7 @@ class SpoolDB:
                 "coalesce(max(id), 0) FROM batches"):
             self.rows, self.cost, self.readings = count, nbytes + count * row_cost(0), readings
             self.last_id = last
+        self.sent_rows = int(self.conn.execute("SELECT count(*) FROM sent").fetchone()[0])
 
     # ------------------------------------------------------------------ open
 
@@ -189,7 +154,7 @@ class SpoolDB:
             cur.execute("INSERT INTO batches (epoch, seq, readings, nbytes, crc, payload) "
                         "VALUES (?, ?, ?, ?, ?, ?)", (epoch, seq, readings, len(payload), crc,
                                                       payload))
-        self._write_meta(cur)
+        self.write_meta(cur)
         cur.execute("COMMIT")
 
     # ------------------------------------------------------------------ reading
@@ -199,9 +164,28 @@ class SpoolDB:
         try:
             return [StoredBatch(rid, epoch, seq, readings, payload)
                     for rid, epoch, seq, readings, _n, _c, payload in self.conn.execute(
-                        SELECT_ROWS + " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
+                        SELECT_ROWS + UNSENT, (after_id, limit))]
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"spool {self.path}: reading batches failed: {exc}") from exc
+
+    def load_ids(self, ids: list[int]) -> list[StoredBatch]:
+        """The stored batches with these row ids (those still there), in id order."""
+        out: list[StoredBatch] = []
+        for rid in sorted(ids):
+            for _id, epoch, seq, readings, _n, _c, payload in self.conn.execute(
+                    SELECT_ROWS + " WHERE id = ?", (rid,)):
+                out.append(StoredBatch(rid, epoch, seq, readings, payload))
+        return out
+
+    def mark_dirty(self) -> None:
+        """The meta values changed in memory: write them with the next commit."""
+        self._meta_dirty = True
+
+    def gone(self, n: int, readings: int, cost: int) -> None:
+        self.rows -= n
+        self.readings -= readings
+        self.cost -= cost
+        self.sent_rows -= n
 
     def _oldest(self, exclude: set[int]) -> Iterator[StoredRow]:
         after = 0
@@ -225,7 +209,7 @@ class SpoolDB:
         try:
             return self._transaction(appends, deletes, in_flight, budget)
         except sqlite3.DatabaseError as exc:
-            self._rollback()
+            self.rollback()
             if not _is_full(exc):
                 raise SpoolError(f"spool {self.path}: commit failed: {exc}") from exc
         return self._commit_when_full(appends, deletes, in_flight)
@@ -254,7 +238,7 @@ class SpoolDB:
         try:
             result = self._transaction(appends, deletes, in_flight, self.full_budget)
         except sqlite3.DatabaseError as exc:
-            self._rollback()
+            self.rollback()
             if not _is_full(exc):
                 raise SpoolError(f"spool {self.path}: commit failed: {exc}") from exc
             result = self._reject_all(appends)
@@ -311,18 +295,29 @@ class SpoolDB:
         try:  # the counters may not fit either; they stay in memory and go with the next commit
             cur = self.conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
-            self._write_meta(cur)
+            self.write_meta(cur)
             cur.execute("COMMIT")
             self._meta_dirty = False
         except sqlite3.DatabaseError:
-            self._rollback()
+            self.rollback()
         return result
 
     def _transaction(self, appends: list[Append], deletes: list[StoredRow],
                      in_flight: set[int], budget: int) -> CommitResult:
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        if deletes:
+        meta = dict(self.meta)
+        pending, self.pending_meta = self.pending_meta, {}
+        if pending:
+            meta.update(pending)
+            self._meta_dirty = True
+        if deletes and self.confirming:  # acknowledged: kept until a receipt confirms them
+            meta["send_ord"] = mark_sent(cur, [d.id for d in deletes], meta["send_ord"],
+                                         int(time.time() * 1000))
+            self._meta_dirty = True
+            marked, deletes = len(deletes), []
+        else:
+            marked = 0
             cur.executemany("DELETE FROM batches WHERE id = ?", [(d.id,) for d in deletes])
         stored = self.cost - sum(d.cost for d in deletes)
         new = [NewBatch(row_cost(len(a.payload)), a.readings) for a in appends]
@@ -346,11 +341,10 @@ class SpoolDB:
             self.last_id = max(self.last_id, cur.lastrowid or 0)
         result.dropped_batches += len(decision.evict)
         result.dropped_readings += sum(r.readings for r in decision.evict)
-        meta = dict(self.meta)
         meta["dropped_batches"] += result.dropped_batches
         meta["dropped_readings"] += result.dropped_readings
         if result.dropped_batches or self._meta_dirty:
-            self._write_meta(cur, meta)
+            self.write_meta(cur, meta)
         cur.execute("COMMIT")
         # committed: now the in-memory totals follow
         self.meta = meta
@@ -358,17 +352,21 @@ class SpoolDB:
         gone = deletes + decision.evict
         kept = [a for a, rid in zip(appends, result.ids, strict=True) if rid is not None]
         self.rows += len(kept) - len(gone)
+        # evicted rows may have been sent ones; recounted only when some were evicted
+        self.sent_rows += marked
+        if decision.evict:
+            self.sent_rows = int(cur.execute("SELECT count(*) FROM sent").fetchone()[0])
         self.cost += sum(row_cost(len(a.payload)) for a in kept) - sum(r.cost for r in gone)
         self.readings += sum(a.readings for a in kept) - sum(r.readings for r in gone)
         return result
 
-    def _write_meta(self, cur: sqlite3.Cursor, meta: dict[str, int] | None = None) -> None:
+    def write_meta(self, cur: sqlite3.Cursor, meta: dict[str, int] | None = None) -> None:
         meta = self.meta if meta is None else meta
         cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         [(k, meta[k]) for k in META_KEYS])
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
@@ -387,7 +385,7 @@ class SpoolDB:
 
     def counters(self) -> dict[str, int]:
         """The lifetime counters kept in the file."""
-        return {k: self.meta[k] for k in META_KEYS}
+        return {k: self.meta[k] for k in COUNTER_KEYS}
 
     def close(self) -> None:
         """Close the connection (the last close checkpoints and removes the WAL)."""

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +32,71 @@ CREATE TABLE IF NOT EXISTS batches (
     crc INTEGER NOT NULL,
     payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- batches the broker acknowledged and no receipt confirmed yet (spool_sent.py); ord is the
+-- order of their last send, sent_ms the wall time of their first
+CREATE TABLE IF NOT EXISTS sent (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL, ord INTEGER NOT NULL, sent_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_seq ON sent (epoch, seq);
+CREATE INDEX IF NOT EXISTS sent_ord ON sent (ord);
+CREATE TRIGGER IF NOT EXISTS batch_gone AFTER DELETE ON batches
+    BEGIN DELETE FROM sent WHERE id = old.id; END;
 """
 # Lifetime counters kept in the file itself, so a restart never hides an earlier loss.
-META_KEYS = ("dropped_batches", "dropped_readings", "full_events", "integrity_events",
-             "salvaged_batches")
+COUNTER_KEYS = ("dropped_batches", "dropped_readings", "full_events", "integrity_events",
+                "salvaged_batches", "confirmed_batches", "expired_batches", "resent_batches",
+                "missed_slots", "rejected")
+# State kept beside them: receipts seen once (auto mode), the send order, and the last life's
+# epoch and seq (the next boot reports them so the ingest knows that epoch's end).
+STATE_KEYS = ("receipts_seen", "send_ord", "life_epoch", "life_seq")
+META_KEYS = COUNTER_KEYS + STATE_KEYS
 SELECT_ROWS = "SELECT id, epoch, seq, readings, nbytes, crc, payload FROM batches"
 MAX_PROBES = 2_000_000
 
 SalvagedRow = tuple[int, int, int, int, bytes]   # epoch, seq, readings, crc, payload
+# The state dir holds the trust state, the MQTT password and the spool: the gateway's alone,
+# whatever the umask of whoever started it (the unit sets 0077; a shell usually 0022).
+STATE_DIR_MODE = 0o700
+SPOOL_FILE_MODE = 0o600
+SPOOL_SUFFIXES = ("", "-wal", "-shm", ".reserve")  # the database, SQLite's two, the reserve
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) with the directory itself 0700; narrow it if more open."""
+    if not path.is_dir():
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, STATE_DIR_MODE)  # mkdir's mode is masked by the umask
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(path, mode & ~0o077 | STATE_DIR_MODE)
+        except OSError as exc:
+            log.warning("state directory %s is mode %04o, open to other users, and cannot be "
+                        "narrowed to 0700: %s", path, mode, exc)
+            return
+        log.warning("state directory %s was mode %04o, open to other users: narrowed to %04o",
+                    path, mode, mode & ~0o077 | STATE_DIR_MODE)
+
+
+def private_file(path: Path, *, create: bool) -> None:
+    """Leave ``path`` 0600 whatever the umask; create it empty first if ``create``."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, SPOOL_FILE_MODE)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode != SPOOL_FILE_MODE:
+            try:
+                os.fchmod(fd, SPOOL_FILE_MODE)
+            except OSError as exc:  # another user's file: SQLite may still use it, so warn
+                log.warning("spool file %s is mode %04o and cannot be made 0600: %s", path,
+                            mode, exc)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)

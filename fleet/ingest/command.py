@@ -46,6 +46,9 @@ def add_ingest_arguments(ap: argparse.ArgumentParser) -> None:
                     help="MQTT client id; its session keeps unacknowledged messages (unique "
                     "per worker)")
     ap.add_argument("--gap-scan-s", type=float, default=10.0)
+    ap.add_argument("--no-receipts", action="store_true",
+                    help="do not publish receipts (gateways then delete batches on PUBACK, or "
+                    "after their retention; docs/spool.md)")
     ap.add_argument("--http", metavar="HOST:PORT",
                     help="serve GET /v1/health here (read-only status; bind it to loopback or a "
                     "monitoring network)")
@@ -85,7 +88,7 @@ def ingest_command(args: argparse.Namespace) -> int:
             print_report(store)
             return 0
         ingest = Ingest(mqtt, store, share_group=args.share, client_id=args.client_id,
-                        gap_scan_s=args.gap_scan_s)
+                        gap_scan_s=args.gap_scan_s, receipts=not args.no_receipts)
         listen = host_port(args.http, "--http") if args.http else None
 
         async def main(stop: asyncio.Event) -> None:

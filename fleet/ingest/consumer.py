@@ -26,6 +26,7 @@ import aiomqtt
 
 from edge_agent.codecs.schema import SchemaBook, SchemaLimits, StreamSchema, parse_schema
 from edge_agent.fleet.ingest import parking
+from edge_agent.fleet.ingest import receipts as rc
 from edge_agent.fleet.ingest.intake import (
     DEFAULT_INGEST_LIMITS,
     IngestCounters,
@@ -88,14 +89,18 @@ class Ingest:
     def __init__(self, mqtt: MqttConfig, store: IngestStore, *, share_group: str | None = None,
                  client_id: str = "edge-ingest", gap_scan_s: float = 10.0,
                  limits: IngestLimits = DEFAULT_INGEST_LIMITS, status_s: float = STATUS_S,
-                 supervisor: Supervisor | None = None, clock: Clock | None = None) -> None:
+                 supervisor: Supervisor | None = None, clock: Clock | None = None,
+                 receipts: bool = True) -> None:
         self.mqtt = mqtt
         self.store = store
         store.deferred_cap_bytes = limits.gateway_deferred_bytes
         self.prefix = topics.check_prefix(mqtt.topic_prefix)
         self.filters = [f"$share/{share_group}/{f}" if share_group else f
                         for f in (topics.subscription(self.prefix, topics.SCHEMA),
-                                  topics.subscription(self.prefix, topics.DATA))]
+                                  topics.subscription(self.prefix, topics.DATA),
+                                  topics.subscription(self.prefix, topics.STATE))]
+        self.receipts = receipts  # publish receipts (protocol.receipts) after each commit
+        self.marks = rc.Marks()
         self.filter = " ".join(self.filters)  # for the log
         self.client_id = client_id
         self.gap_scan_s = gap_scan_s
@@ -132,6 +137,8 @@ class Ingest:
         sup.start("ingest-gaps", self._scan_loop)
         sup.start("ingest-deferred", self._deferred_loop)
         sup.start("ingest-status", self._status_loop)
+        if self.receipts:
+            sup.start("ingest-receipts", self._receipt_loop)
         try:
             await sup.fatal.wait()
         finally:
@@ -197,6 +204,24 @@ class Ingest:
         self.counters.released += released
         return released
 
+    async def _receipt_loop(self) -> None:
+        while True:
+            await self.clock.sleep(rc.RECEIPT_S)
+            if self._client is not None and self.subscribed.is_set() and self.marks.pending:
+                try:
+                    self.counters.receipts += await rc.publish_marked(
+                        self._client, self.store, self.prefix, self.marks)
+                except aiomqtt.MqttError as exc:  # marks kept; the next connection sends them
+                    log.debug("ingest: receipts not sent: %s", exc)
+
+    def _epoch_end(self, m: aiomqtt.Message) -> None:
+        """A gateway's retained state names the end of its previous epoch: keep it."""
+        try:
+            rc.record_epoch_end(self.store, m.topic.value, _payload_bytes(m.payload),
+                                self.prefix)
+        except ValueError as exc:
+            self.rejections.reject("state", f"topic {quote(m.topic.value)}: {exc}")
+
     async def _status_loop(self) -> None:
         while True:
             await self.clock.sleep(self.status_s)
@@ -251,6 +276,10 @@ class Ingest:
 
     def _commit(self, group: list[aiomqtt.Message]) -> None:
         """Store a group; raises only if the database itself fails (nothing is acked then)."""
+        states = [m for m in group if m.topic.value.endswith("/" + topics.STATE)]
+        for m in states:
+            self._epoch_end(m)
+        group = [m for m in group if m not in states]
         self.counters.messages += len(group)
         self.last_message_ms = self._now_ms()
         self._record([self._intake(m) for m in group])
@@ -263,6 +292,8 @@ class Ingest:
 
     def _count(self, received: list[Received], outcomes: list[Outcome]) -> None:
         for r, outcome in zip(received, outcomes, strict=True):
+            if r.batch is not None and outcome.status in (STORED, DUPLICATE):
+                self.marks.mark(r.batch.gateway, r.batch.epoch)  # its receipt is due
             if outcome.status == DEFERRED:
                 self.counters.deferred += 1
             elif outcome.status == STORED:
@@ -339,7 +370,7 @@ class Ingest:
                 "duplicates": c.duplicates, "rejected": c.rejected,
                 "deferred": c.deferred, "released": c.released, "schemas": c.schemas,
                 "parked": c.parked, "unparked": c.unparked,
-                "schema_requests": c.schema_requests,
+                "schema_requests": c.schema_requests, "receipts": c.receipts,
                 "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
                 "commits": c.commits, "tasks": self.supervisor.snapshot()}
 

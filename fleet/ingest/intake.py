@@ -70,6 +70,7 @@ class IngestCounters:
     parked: int = 0       # v3 batches parked for want of their schema (recoverable)
     unparked: int = 0     # parked batches decoded once their schema came
     schema_requests: int = 0  # schema requests published to gateways
+    receipts: int = 0         # receipts published to gateways (protocol.receipts)
     commits: int = 0
     connects: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS rejected (topic TEXT NOT NULL, received_ms {big} NOT 
     bytes INTEGER NOT NULL, error TEXT NOT NULL, gateway TEXT, reason TEXT, payload_hex TEXT);
 CREATE INDEX IF NOT EXISTS rejected_age ON rejected (received_ms);
 CREATE TABLE IF NOT EXISTS rejected_totals (reason TEXT PRIMARY KEY, total {big} NOT NULL);
+CREATE TABLE IF NOT EXISTS epoch_ends (gateway TEXT NOT NULL, epoch {big} NOT NULL,
+    last_seq {big} NOT NULL, PRIMARY KEY (gateway, epoch));
 """
 # Columns added to ``rejected`` after its first version: a database made before them gets them
 # with ALTER TABLE when opened (the same SQL in both dialects).
@@ -74,10 +76,14 @@ STREAM = ("INSERT INTO streams (gateway, epoch, batches, readings, duplicates, m
           "duplicates = streams.duplicates + excluded.duplicates, "
           "max_seq = CASE WHEN excluded.max_seq > streams.max_seq THEN excluded.max_seq "
           "ELSE streams.max_seq END, last_ms = excluded.last_ms")
-# Missing seqs between received ones, and before the first (seqs count from 0 per epoch).
+# Missing seqs between received ones, and before the first (seqs count from 0 per epoch);
+# and the lost tail of an epoch whose end a later boot reported (``epoch_ends``).
 CURRENT_GAPS = ("SELECT gateway, epoch, prev + 1, seq - 1 FROM (SELECT gateway, epoch, seq, "
                 "LAG(seq, 1, -1) OVER (PARTITION BY gateway, epoch ORDER BY seq) AS prev "
-                "FROM batches) AS t WHERE seq > prev + 1")
+                "FROM batches) AS t WHERE seq > prev + 1 "
+                "UNION ALL SELECT e.gateway, e.epoch, COALESCE(s.max_seq, -1) + 1, e.last_seq "
+                "FROM epoch_ends AS e LEFT JOIN streams AS s ON s.gateway = e.gateway AND "
+                "s.epoch = e.epoch WHERE e.last_seq > COALESCE(s.max_seq, -1)")
 
 
 def value_columns(value: object) -> tuple[str, int | None, float | None, str | None]:

@@ -347,6 +347,16 @@ class IngestStore:
             raise
         return sorted(current)
 
+    def execute(self, sql: str, params: Iterable[object] = ()) -> None:
+        """Run one writing statement in its own transaction (``?`` placeholders)."""
+        cur = self._begin()
+        try:
+            cur.execute(self._sql(sql), tuple(params))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
     def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (``?`` placeholders in both dialects)."""
         cur = self.conn.cursor()

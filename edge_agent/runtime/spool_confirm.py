@@ -1,0 +1,99 @@
+"""The spool's receipts in memory: batches to send again, recent sends, retention, health.
+
+The SQL is in ``spool_sent``; this holds what lives beside it on the event loop: the lane of
+batches a receipt reported lost (sent again before anything else), when each batch was last
+sent (a batch goes again at most once per ``resend_grace_s``), the highest (epoch, seq)
+confirmed, and the periodic deletion of sent batches past ``confirm_retention_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from edge_agent.config.model import ReceiptMode
+from edge_agent.protocol.receipts import Receipt
+from edge_agent.runtime.spool_db import SpoolDB
+from edge_agent.runtime.spool_sent import Confirmed, apply_receipt, expire_sent
+from edge_agent.runtime.store import StoredBatch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Runner = Callable[..., Awaitable[Any]]
+EXPIRE_EVERY_S = 30.0  # sent batches past their retention are looked for this often
+
+
+class Confirmations:
+    """The in-memory side of receipts for one spool."""
+
+    def __init__(self, db: SpoolDB) -> None:
+        self.db = db
+        self.cfg = db.cfg
+        mode = self.cfg.receipts
+        db.confirming = mode is ReceiptMode.ON or (
+            mode is ReceiptMode.AUTO and db.meta["receipts_seen"] > 0)
+        self.resend: deque[StoredBatch] = deque()
+        self.recent: dict[int, float] = {}      # row id -> loop time of its last send
+        self.last_confirmed: tuple[int, int] | None = None
+        self.receipts = 0
+        self._next_expire = 0.0
+        self.expire_every_s = EXPIRE_EVERY_S
+
+    def sent(self, row_id: int) -> None:
+        """A batch was acknowledged by the broker just now."""
+        if self.db.confirming:
+            self.recent[row_id] = asyncio.get_running_loop().time()
+
+    async def apply(self, receipt: Receipt, busy: set[int],
+                    run: Runner) -> tuple[Confirmed, list[StoredBatch]]:
+        """Apply ``receipt`` on the worker thread; (what it did, batches queued to go again)."""
+        self.db.confirming = True  # auto: an ingest confirms from now on (kept in the file)
+        self.receipts += 1
+        now = asyncio.get_running_loop().time()
+        grace = self.cfg.resend_grace_s
+        self.recent = {i: t for i, t in self.recent.items() if now - t < grace}
+        busy = busy | set(self.recent) | {b.id for b in self.resend}
+        done: Confirmed = await run(apply_receipt, self.db, receipt, busy)
+        if done.deleted:
+            self.drop(set(done.deleted))
+        again: list[StoredBatch] = (await run(self.db.load_ids, done.resend)
+                                    if done.resend else [])
+        self.resend.extend(again)
+        if again:
+            log.info("receipt: %d batches lost on the way are sent again (%d confirmed)",
+                     len(again), len(done.deleted))
+        if done.last is not None and (self.last_confirmed is None
+                                      or done.last > self.last_confirmed):
+            self.last_confirmed = done.last
+        return done, again
+
+    def drop(self, ids: set[int]) -> None:
+        """These rows are gone (confirmed or evicted): not to be sent again."""
+        kept = [b for b in self.resend if b.id not in ids]
+        self.resend.clear()  # the same deque object: the spool's lane is this one
+        self.resend.extend(kept)
+
+    async def maybe_expire(self, run: Runner) -> None:
+        """Every EXPIRE_EVERY_S: delete sent batches past their retention (counted dropped)."""
+        now = asyncio.get_running_loop().time()
+        if not self.db.confirming or now < self._next_expire:
+            return
+        self._next_expire = now + self.expire_every_s
+        before_ms = int((time.time() - self.cfg.confirm_retention_s) * 1000)
+        n = await run(expire_sent, self.db, before_ms)
+        if n:
+            log.warning("spool %s: %d sent batches had no receipt within %.0f s: deleted and "
+                        "counted as dropped", self.db.path, n, self.cfg.confirm_retention_s)
+
+    def health(self) -> dict[str, object]:
+        """The receipts' part of health: mode, waiting for confirmation, confirmed up to."""
+        last = self.last_confirmed
+        return {"mode": self.cfg.receipts.value, "confirming": self.db.confirming,
+                "receipts": self.receipts, "sent_unconfirmed": self.db.sent_rows,
+                "resend_queued": len(self.resend),
+                "last_confirmed": None if last is None else {"epoch": last[0], "seq": last[1]}}
