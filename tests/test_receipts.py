@@ -208,12 +208,12 @@ def test_life_counters_and_the_epoch_end_survive_a_restart(tmp_path: Path) -> No
 
     async def go() -> None:
         spool = await Spool.open(path, cfg())
-        spool.note_life(1234, 41, missed_slots=3, rejected=2)
+        spool.confirms.note_life(1234, 41, missed_slots=3, rejected=2)
         await fill(spool, 1)
         await spool.close()
         spool = await Spool.open(path, cfg())
-        assert spool.previous_life == {"life_epoch": 1234, "life_seq": 41}
-        spool.note_life(5678, 0, missed_slots=1, rejected=0)
+        assert spool.confirms.previous_life == {"life_epoch": 1234, "life_seq": 41}
+        spool.confirms.note_life(5678, 0, missed_slots=1, rejected=0)
         await fill(spool, 1, start=1)
         stats = spool.stats_dict()
         await spool.close()

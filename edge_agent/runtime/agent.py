@@ -44,6 +44,7 @@ from edge_agent.runtime.buses import (
     open_transport,
     request_budget_s,
 )
+from edge_agent.runtime.endtoend import EndToEnd
 from edge_agent.runtime.lifecycle import Heartbeat, bounded
 from edge_agent.runtime.looplag import LagMonitor, MissedSlots, Witness
 from edge_agent.runtime.schemas import SchemaShelf
@@ -210,6 +211,7 @@ class Agent:
         self._sink_open = True
         # Health sections the agent's owner adds (the gateway: its control plane's counters).
         self.health_sections: dict[str, Callable[[], object]] = {}
+        self.endtoend = EndToEnd(self)  # receipts in; this life's counters kept for the next
 
     def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
         def missed(device: str, slots: int, busy_s: float) -> None:

@@ -85,9 +85,9 @@ class Spool:
         self._in_flight_live = False
         self._pending = db.rows - db.sent_rows   # sent ones wait for a receipt, not the uplink
         self._readiness = Readiness(self._pending)
-        self.previous_life = {k: db.meta[k] for k in ("life_epoch", "life_seq")}
-        self._life_base = {k: db.meta[k] for k in ("missed_slots", "rejected")}
         self.confirms = Confirmations(db)
+        # (epoch, last seq, missed slots, rejections) of this life, kept with every commit
+        self.life_source: Callable[[], tuple[int, int, int, int]] | None = None
         self._resend = self.confirms.resend
         self._in_flight_resend = False
         self._committer: asyncio.Task[None] | None = None
@@ -254,6 +254,8 @@ class Spool:
             await self._kick.wait()
 
     async def _commit_once(self) -> None:
+        if self.life_source is not None:
+            self.confirms.note_life(*self.life_source())
         appends, self._appends = self._appends, []
         deletes, self._acked = self._acked, []
         items = [a for a, _ in appends]
@@ -347,14 +349,6 @@ class Spool:
         if again:
             self._readiness.stored()
         return done
-
-    def note_life(self, epoch: int, seq: int, missed_slots: int, rejected: int) -> None:
-        """Keep this life's epoch, last seq and counters in the file with the next commit, so
-        the next boot reports them even if this one is killed."""
-        self._db.pending_meta = {
-            "life_epoch": epoch, "life_seq": seq,
-            "missed_slots": self._life_base["missed_slots"] + missed_slots,
-            "rejected": self._life_base["rejected"] + rejected}
 
     # ------------------------------------------------------------------ state and shutdown
 

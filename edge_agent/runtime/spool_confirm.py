@@ -1,4 +1,5 @@
-"""The spool's receipts in memory: batches to send again, recent sends, retention, health.
+"""The spool's receipts in memory (batches to send again, recent sends, retention, health),
+and the counters of the agent's life it keeps for the next one.
 
 The SQL is in ``spool_sent``; this holds what lives beside it on the event loop: the lane of
 batches a receipt reported lost (sent again before anything else), when each batch was last
@@ -43,6 +44,18 @@ class Confirmations:
         self.receipts = 0
         self._next_expire = 0.0
         self.expire_every_s = EXPIRE_EVERY_S
+        # The last life as the file has it (before this one overwrites it)
+        self.previous_life = {k: db.meta[k] for k in ("life_epoch", "life_seq")}
+        self.life_counters = {k: db.meta[k] for k in ("missed_slots", "rejected",
+                                                      "dropped_batches", "dropped_readings")}
+
+    def note_life(self, epoch: int, seq: int, missed_slots: int, rejected: int) -> None:
+        """Keep this life's epoch, last seq and counters in the file with the next commit, so
+        the next boot reports them even if this one is killed."""
+        base = self.life_counters
+        self.db.pending_meta = {"life_epoch": epoch, "life_seq": seq,
+                                "missed_slots": base["missed_slots"] + missed_slots,
+                                "rejected": base["rejected"] + rejected}
 
     def sent(self, row_id: int) -> None:
         """A batch was acknowledged by the broker just now."""

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from edge_agent.config.model import SpoolPolicy
 
 # Bytes a stored batch costs beyond its payload: the b-tree cell (header, rowid, the integer
-# columns), its cell pointer and the slack of a not-quite-full page. Measured by
-# bench/spool_bench.py ("disk bytes per reading"); the page-count limit is the hard backstop.
-ROW_OVERHEAD = 48
+# columns), its cell pointer and the slack of a not-quite-full page (48, measured by
+# bench/spool_bench.py, "disk bytes per reading"), plus its row and two index entries in
+# ``sent`` while it waits for a receipt (about 80 with slack; spool_sent.py). The page-count
+# limit is the hard backstop.
+ROW_OVERHEAD = 128
 PAGE_SIZE = 4096
-# Pages SQLite needs besides the batches' leaves: schema, meta table, b-tree interior pages.
-FIXED_PAGES = 6
+# Pages SQLite needs besides the batches' leaves: schema, meta table, the sent table and its
+# two indexes, b-tree interior pages.
+FIXED_PAGES = 9
 MAX_WAL_RESERVE = 4 * 1024 * 1024
 SHM_BYTES = 32 * 1024   # the WAL index file (-shm) SQLite keeps beside the database
 TXN_SLACK_PAGES = 8     # WAL frames one ordinary commit may add past the checkpoint threshold

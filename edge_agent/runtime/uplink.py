@@ -43,6 +43,7 @@ from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import MqttConfig, client_options
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import UplinkError
+from edge_agent.runtime.reconnect import probe, reconnect_backoff
 from edge_agent.runtime.schemas import SchemaShelf
 from edge_agent.runtime.spool_core import RatePacer
 from edge_agent.runtime.store import BatchStore
@@ -142,7 +143,7 @@ class Uplink:
         self.epoch = epoch
         self.version = version
         self.clock = clock
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or reconnect_backoff()
         self.timeout_s = timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
         self.counters = UplinkCounters()
@@ -157,6 +158,7 @@ class Uplink:
         self._schema_topic = topics.schema_topic(self.prefix, gateway)
         self.schemas = schemas
         self._schema_sent_at: dict[bytes, float] = {}
+        self.state_extra: dict[str, Any] = {}  # more for the state document (prev_epoch, ...)
         if schemas is not None:
             self._handlers[topics.schema_request_topic(self.prefix, gateway)] = \
                 self._on_schema_request
@@ -215,8 +217,9 @@ class Uplink:
         """Connect, publish, reconnect with backoff, forever; cancel to stop (publishes offline)."""
         while True:
             try:
+                await probe(self.mqtt)  # fails fast while the broker is away (reconnect.py)
                 await self._connection()
-            except (aiomqtt.MqttError, UplinkError, OSError) as exc:
+            except (aiomqtt.MqttError, UplinkError, OSError, TimeoutError) as exc:
                 self._note_failure(exc)
             await self.clock.sleep(self.backoff.next_delay())
 
@@ -224,7 +227,7 @@ class Uplink:
 
     def _state_doc(self, status: str, reason: str | None = None) -> bytes:
         doc: dict[str, Any] = {"status": status, "version": self.version, "epoch": self.epoch,
-                               "ts": int(self.clock.now() * 1000)}
+                               "ts": int(self.clock.now() * 1000), **self.state_extra}
         if reason:
             doc["reason"] = reason
         return _json(doc)
