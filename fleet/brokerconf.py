@@ -66,6 +66,10 @@ PERSISTENCE_DIR = Path("/var/lib/mosquitto")  # Debian's persistence_location, m
 DEFAULT_OUTAGE_S = 24 * 3600
 DEFAULT_WINDOW_S = 5.0
 MIN_QUEUED = 100_000
+# mosquitto saves its in-memory store every autosave_interval seconds (1800 by default): a
+# kill -9 or power loss of the broker loses what it queued since. With receipts the gateways
+# send that again (docs/spool.md); without, this is the broker's loss window.
+DEFAULT_AUTOSAVE_S = 60
 
 
 def mosquitto_hash(password: str, *, salt: bytes | None = None,
@@ -92,6 +96,7 @@ def acl_text(prefix: str = "edge") -> str:
         f"pattern write {prefix}/%u/data",
         f"pattern write {prefix}/%u/schema",
         f"pattern read {prefix}/%u/schema-request",
+        f"pattern read {prefix}/%u/receipt",
         f"pattern write {prefix}/%u/health",
         f"pattern readwrite {prefix}/%u/reported",
         f"pattern read {prefix}/%u/desired/#",
@@ -173,13 +178,16 @@ def fleet_listener_line(spec: str) -> str:
 
 def conf_text(out_dir: Path, *, gateways: int, persistence_dir: Path = PERSISTENCE_DIR,
               outage_s: float = DEFAULT_OUTAGE_S,
-              fleet_listener: str = DEFAULT_FLEET_LISTENER) -> str:
+              fleet_listener: str = DEFAULT_FLEET_LISTENER,
+              autosave_s: int = DEFAULT_AUTOSAVE_S) -> str:
     """The mosquitto.conf fragment: per-listener authentication, persistence, the client-id
     binding on the gateways' listener, and the fleet's own listener."""
     _conf_path(out_dir)
     _conf_path(persistence_dir)
     listener = fleet_listener_line(fleet_listener)
     queued = queue_limit(gateways, outage_s=outage_s)
+    if not 1 <= autosave_s <= 86400:
+        raise ValueError(f"autosave interval {autosave_s} s: expected 1..86400")
     passwd, acl = (out_dir / name for name in GATEWAY_FILES)
     fleet_passwd, fleet_acl = (out_dir / name for name in FLEET_FILES)
     return f"""\
@@ -191,19 +199,21 @@ def conf_text(out_dir: Path, *, gateways: int, persistence_dir: Path = PERSISTEN
 # Before any other security setting, or mosquitto refuses to start.
 per_listener_settings true
 
-# Sessions and queued messages survive a broker restart; saved every 60 s and on shutdown,
-# so a crash of the broker itself loses at most the last minute of queue changes.
+# Sessions and queued messages survive a broker restart; saved every {autosave_s} s and on
+# shutdown, so a crash of the broker itself loses at most that long of queue changes (the
+# gateways' spools send those batches again when the ingest's receipts say they are missing).
 persistence true
 persistence_location {persistence_dir}/
-autosave_interval 60
+autosave_interval {autosave_s}
 autosave_on_changes false
 # A session nobody resumes for a week (a gateway removed from service) is dropped.
 persistent_client_expiration 7d
 # Per client: {outage_s / 3600:g} h of batches from {gateways} gateways (one each per \
 {DEFAULT_WINDOW_S:g} s) for an
 # offline ingest; past it the broker drops messages it has already acknowledged to gateways.
-# Regenerated with the users.
+# Regenerated with the users. No byte limit beside it: the count decides.
 max_queued_messages {queued}
+max_queued_bytes 0
 
 # The gateways' listener (declared just before this file): gateways only, and the client id
 # is the user name, so no gateway can connect as another's client id (or as one of the
@@ -237,7 +247,8 @@ def write_broker_config(out_dir: Path, entries: Sequence[tuple[str, str]], *,
                         extra_fleet_users: Sequence[str] = (),
                         persistence_dir: Path = PERSISTENCE_DIR,
                         outage_s: float = DEFAULT_OUTAGE_S,
-                        fleet_listener: str = DEFAULT_FLEET_LISTENER) -> Path:
+                        fleet_listener: str = DEFAULT_FLEET_LISTENER,
+                        autosave_s: int = DEFAULT_AUTOSAVE_S) -> Path:
     """Write the gateways' and the fleet's passwd and acl and a mosquitto.conf fragment using
     them; the fragment's path.
 
@@ -260,7 +271,7 @@ def write_broker_config(out_dir: Path, entries: Sequence[tuple[str, str]], *,
         texts[FLEET_FILES[0]] = passwd_text(fleet_entries, fleet_users=fleet)
     conf = conf_text(out_dir.absolute(), gateways=len(gateway_entries),
                      persistence_dir=persistence_dir, outage_s=outage_s,
-                     fleet_listener=fleet_listener)
+                     fleet_listener=fleet_listener, autosave_s=autosave_s)
     for name, text in texts.items():
         atomic_write(out_dir / name, text.encode(), 0o600)
         _owned_like_dir(out_dir / name)

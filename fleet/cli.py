@@ -232,7 +232,8 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         entries = [(args.fleet_user, mosquitto_hash(args.fleet_password_file.read_text()
                                                     .strip())), *entries]
     snippet = write_broker_config(args.out, entries, prefix=args.prefix,
-                                  fleet_user=args.fleet_user, fleet_listener=args.fleet_listener)
+                                  fleet_user=args.fleet_user, fleet_listener=args.fleet_listener,
+                                  outage_s=args.outage_h * 3600, autosave_s=args.autosave_s)
     print(f"{len(entries)} users; include {snippet} in mosquitto.conf right after the "
           f"gateways' listener (the fleet's listener is {args.fleet_listener}), SIGHUP to reload")
     return 0
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="HOST:PORT|unix:/PATH",
                    help="the fleet's own listener, which refuses gateway credentials "
                         f"(default {DEFAULT_FLEET_LISTENER}; docs/broker.md)")
+    p.add_argument("--outage-h", type=float, default=24.0, help="hours of every gateway's "
+                   "batches the broker queues for an absent ingest (max_queued_messages)")
+    p.add_argument("--autosave-s", type=int, default=60, help="broker autosave_interval")
     p.set_defaults(fn=cmd_broker_config)
 
     # its own --db: the readings database is not the registry
