@@ -64,7 +64,7 @@ def test_a_long_gap_list_is_cut_and_confirms_nothing_past_the_cut() -> None:
     (doc(entry(1, 2, 10, gaps=[[5, 6]])), "range"),                       # gap not after upto
     (doc(entry(1, 2, 10, gaps=[[3, 12]])), "range"),                      # gap past max
     (doc(entry(1, 2, 10, gaps=[[3, 4], [4, 6]])), "range"),               # overlapping gaps
-    (doc(entry(1, 2, 10, gaps=[[3, "x"]])), "shape"),
+    (doc({"epoch": 1, "upto": 2, "max": 10, "to": 10, "gaps": [[3, "x"]]}), "shape"),
     (doc(entry(1, 2, 10, to=5)), "range"),                                # no gaps, upto != to
     (doc(entry(1, 2, 2), entry(1, 2, 2)), "shape"),                       # epoch twice
     (doc({"epoch": -1, "upto": 0, "max": 0, "to": 0}), "field"),
@@ -78,6 +78,13 @@ def test_a_malformed_receipt_is_refused_with_its_reason(payload: bytes, reason: 
     with pytest.raises(ReceiptError) as err:
         receipts.parse(payload)
     assert err.value.reason == reason, str(err.value)
+
+
+def test_only_gateways_read_their_receipts_in_the_broker_acl() -> None:
+    from edge_agent.fleet.brokerconf import acl_text
+    lines = acl_text("edge").splitlines()
+    assert "pattern read edge/%u/receipt" in lines
+    assert not any("receipt" in ln and "write" in ln for ln in lines)
 
 
 # ---------------------------------------------------------------- the spool
