@@ -93,8 +93,20 @@ def wait_for_all(db: Path, epoch: int, built: int) -> None:
 
 
 def spool_left(path: Path) -> int:
-    """Batches still waiting in the spool."""
-    return len(spool_batches(path)) if path.exists() else 0
+    """Batches still waiting in the spool to be published (with receipts, batches published
+    and not yet confirmed stay in the spool too; they are not counted here)."""
+    if not path.exists():
+        return 0
+    import sqlite3
+    spool_batches(path)  # fails if the spool fails its check
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM batches WHERE id NOT IN "
+                                "(SELECT id FROM sent)").fetchone()[0])
+    except sqlite3.OperationalError:  # created a moment ago: no tables yet
+        return 0
+    finally:
+        conn.close()
 
 
 def assert_contiguous(seqs: dict[int, set[int]]) -> None:
@@ -239,9 +251,12 @@ def test_disk_cap_drops_are_counted_exactly(tmp_path: Path, policy: str) -> None
         "replay_bytes_per_s = 0\n"))
     try:
         # the ingest's session is on the broker before the outage, so nothing sent after the
-        # broker comes back can miss it
+        # broker comes back can miss it. Without receipts: a batch evicted while it waits for
+        # its receipt is counted as dropped although it may arrive (docs/spool.md), and this
+        # test counts exactly.
         with simulator(site, tmp_path), \
-                ingest_process(b.url, f"sqlite:///{db}", tmp_path, "--client-id", "cap"):
+                ingest_process(b.url, f"sqlite:///{db}", tmp_path, "--client-id", "cap",
+                               "--no-receipts"):
             b.stop()
             with agent(site, b.url, tmp_path):
                 wait(lambda: spool.exists()

@@ -170,6 +170,25 @@ def test_a_hostile_receipt_cannot_delete_unsent_batches_or_flood_resends(tmp_pat
     run(go())
 
 
+def test_the_cap_evicts_sent_batches_oldest_first_and_counts_them(tmp_path: Path) -> None:
+    async def go() -> None:
+        spool = await Spool.open(tmp_path / "spool.db", SpoolConfig(
+            max_bytes=256 * 1024, receipts=ReceiptMode.ON, group_commit_ms=0))
+        await fill(spool, 50, size=300)
+        await drain(spool)
+        await spool.receipt(r(EpochReceipt(7, 9, 9, 9)))        # 0..9 confirmed, 10..49 sent
+        await fill(spool, 300, start=50, size=300)             # far past the cap
+        db = spool._db
+        assert spool.pending == db.rows - db.sent_rows        # only unsent ones wait
+        stats = spool.stats_dict()
+        assert stats["dropped_batches"] == 350 - 10 - db.rows
+        assert db.sent_rows == 0 and stats["full_events"] == 0  # the oldest, sent, went first
+        assert await drain(spool) == list(range(350 - db.rows, 350))
+        await spool.close()
+
+    run(go())
+
+
 def test_retention_drops_unconfirmed_batches_and_counts_them(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
 

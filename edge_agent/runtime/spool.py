@@ -289,11 +289,11 @@ class Spool:
             log.error("%s", exc)
 
     def _apply(self, result: CommitResult, items: list[Append]) -> None:
-        evicted = set(result.evicted)
+        evicted, resent = set(result.evicted), 0
         if evicted:
             self._ready = deque(b for b in self._ready if b.id not in evicted)
             self._live = deque(b for b in self._live if b.id not in evicted)
-            self.confirms.drop(evicted)
+            resent = self.confirms.drop(evicted)
         stored = 0
         for a, rid in zip(items, result.ids, strict=True):
             if rid is None:
@@ -307,7 +307,9 @@ class Spool:
                 self._cursor = rid
             else:
                 self._exhausted = False
-        self._pending += stored - len(evicted)
+        # pending counts batches waiting to be sent: evicted sent ones were not among them,
+        # unless queued to go again
+        self._pending += stored - len(evicted - result.evicted_sent) - resent
         self.counters.stored_batches += stored
         if stored:
             self._readiness.stored()
@@ -344,8 +346,8 @@ class Spool:
             await self._commit_once()
         busy = {self._in_flight.id} if self._in_flight is not None else set()
         async with self._lanes:
-            done, again = await self.confirms.apply(receipt, busy, self._run)
-        self._pending += len(again)
+            done, again, dropped = await self.confirms.apply(receipt, busy, self._run)
+        self._pending += len(again) - dropped
         if again:
             self._readiness.stored()
         return done

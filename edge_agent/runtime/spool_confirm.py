@@ -63,8 +63,9 @@ class Confirmations:
             self.recent[row_id] = asyncio.get_running_loop().time()
 
     async def apply(self, receipt: Receipt, busy: set[int],
-                    run: Runner) -> tuple[Confirmed, list[StoredBatch]]:
-        """Apply ``receipt`` on the worker thread; (what it did, batches queued to go again)."""
+                    run: Runner) -> tuple[Confirmed, list[StoredBatch], int]:
+        """Apply ``receipt`` on the worker thread; (what it did, batches queued to go again,
+        batches it confirmed that were queued to go again)."""
         self.db.confirming = True  # auto: an ingest confirms from now on (kept in the file)
         self.receipts += 1
         now = asyncio.get_running_loop().time()
@@ -72,8 +73,7 @@ class Confirmations:
         self.recent = {i: t for i, t in self.recent.items() if now - t < grace}
         busy = busy | set(self.recent) | {b.id for b in self.resend}
         done: Confirmed = await run(apply_receipt, self.db, receipt, busy)
-        if done.deleted:
-            self.drop(set(done.deleted))
+        dropped = self.drop(set(done.deleted)) if done.deleted else 0
         again: list[StoredBatch] = (await run(self.db.load_ids, done.resend)
                                     if done.resend else [])
         self.resend.extend(again)
@@ -83,13 +83,16 @@ class Confirmations:
         if done.last is not None and (self.last_confirmed is None
                                       or done.last > self.last_confirmed):
             self.last_confirmed = done.last
-        return done, again
+        return done, again, dropped
 
-    def drop(self, ids: set[int]) -> None:
-        """These rows are gone (confirmed or evicted): not to be sent again."""
+    def drop(self, ids: set[int]) -> int:
+        """These rows are gone (confirmed or evicted): not to be sent again; how many were
+        queued to go again."""
         kept = [b for b in self.resend if b.id not in ids]
+        dropped = len(self.resend) - len(kept)
         self.resend.clear()  # the same deque object: the spool's lane is this one
         self.resend.extend(kept)
+        return dropped
 
     async def maybe_expire(self, run: Runner) -> None:
         """Every EXPIRE_EVERY_S: delete sent batches past their retention (counted dropped)."""

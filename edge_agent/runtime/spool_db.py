@@ -65,6 +65,7 @@ class CommitResult:
 
     ids: list[int | None]                                # per append: row id, None: not stored
     evicted: list[int] = field(default_factory=list)     # stored rows dropped by the policy
+    evicted_sent: set[int] = field(default_factory=set)  # ... of them sent, awaiting receipts
     dropped_batches: int = 0
     dropped_readings: int = 0
     full: bool = False                                   # the disk (or page limit) was full
@@ -323,9 +324,13 @@ class SpoolDB:
         new = [NewBatch(row_cost(len(a.payload)), a.readings) for a in appends]
         exclude = in_flight | {d.id for d in deletes}
         decision = admit(new, stored, budget, self.cfg.policy, self._oldest(exclude))
-        if decision.evict:
-            cur.executemany("DELETE FROM batches WHERE id = ?", [(r.id,) for r in decision.evict])
         result = CommitResult(ids=[], evicted=[r.id for r in decision.evict])
+        if decision.evict:
+            gone = set(result.evicted)
+            result.evicted_sent = {rid for (rid,) in cur.execute(
+                "SELECT id FROM sent WHERE id BETWEEN ? AND ?", (min(gone), max(gone)))
+                if rid in gone}
+            cur.executemany("DELETE FROM batches WHERE id = ?", [(r.id,) for r in decision.evict])
         pushed_out = set(decision.evict_new)
         for i, (a, ok) in enumerate(zip(appends, decision.accepted, strict=True)):
             if not ok or i in pushed_out:
