@@ -15,18 +15,34 @@ Wired by the agent with one line (``EndToEnd(agent)``):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import aiomqtt
 
+from edge_agent.config.model import SiteConfig
 from edge_agent.protocol import receipts, topics
+from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.rejections import Rejections
+from edge_agent.runtime.buses import AnyScheduler
 from edge_agent.runtime.spool import Spool
-
-if TYPE_CHECKING:
-    from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.store import BatchStore
+from edge_agent.runtime.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+
+class Agent(Protocol):
+    """What this needs of ``runtime.agent.Agent`` (which imports this module)."""
+
+    cfg: SiteConfig
+    clock: Clock
+    store: BatchStore
+    uplink: Uplink
+    schedulers: dict[str, AnyScheduler]
+    epoch: int
+    seq: int
+    health_sections: dict[str, Callable[[], object]]
 
 
 class EndToEnd:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from edge_agent.config.model import ReceiptMode
+from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.receipts import Receipt
 from edge_agent.runtime.spool_db import SpoolDB
-from edge_agent.runtime.spool_sent import Confirmed, apply_receipt, expire_sent
+from edge_agent.runtime.spool_sent import Confirmed, confirm, expire
 from edge_agent.runtime.store import StoredBatch
 
 log = logging.getLogger(__name__)
@@ -113,3 +115,43 @@ class Confirmations:
                 "receipts": self.receipts, "sent_unconfirmed": self.db.sent_rows,
                 "resend_queued": len(self.resend),
                 "last_confirmed": None if last is None else {"epoch": last[0], "seq": last[1]}}
+
+
+def apply_receipt(db: SpoolDB, receipt: Receipt, recent: set[int]) -> Confirmed:
+    """Apply a receipt to the spool file in one transaction (``confirm``); receipts are seen."""
+    try:
+        cur = db.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        done = confirm(cur, receipt, recent)
+        meta = dict(db.meta, receipts_seen=1)
+        meta["confirmed_batches"] += len(done.deleted)
+        meta["resent_batches"] += len(done.resend)
+        db.write_meta(cur, meta)
+        cur.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        db.rollback()
+        raise SpoolError(f"spool {db.path}: applying a receipt failed: {exc}") from exc
+    db.meta = meta
+    db.gone(len(done.deleted), done.readings, done.cost)
+    return done
+
+
+def expire_sent(db: SpoolDB, before_ms: int) -> int:
+    """Delete sent batches first sent before ``before_ms``, counted as dropped; how many."""
+    try:
+        cur = db.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        n, readings, cost = expire(cur, before_ms)
+        meta = dict(db.meta)
+        for key, add in (("expired_batches", n), ("dropped_batches", n),
+                         ("dropped_readings", readings)):
+            meta[key] += add
+        if n:
+            db.write_meta(cur, meta)
+        cur.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        db.rollback()
+        raise SpoolError(f"spool {db.path}: expiring sent batches failed: {exc}") from exc
+    db.meta = meta
+    db.gone(n, readings, cost)
+    return n

@@ -326,10 +326,10 @@ class SpoolDB:
         decision = admit(new, stored, budget, self.cfg.policy, self._oldest(exclude))
         result = CommitResult(ids=[], evicted=[r.id for r in decision.evict])
         if decision.evict:
-            gone = set(result.evicted)
+            out = set(result.evicted)
             result.evicted_sent = {rid for (rid,) in cur.execute(
-                "SELECT id FROM sent WHERE id BETWEEN ? AND ?", (min(gone), max(gone)))
-                if rid in gone}
+                "SELECT id FROM sent WHERE id BETWEEN ? AND ?", (min(out), max(out)))
+                if rid in out}
             cur.executemany("DELETE FROM batches WHERE id = ?", [(r.id,) for r in decision.evict])
         pushed_out = set(decision.evict_new)
         for i, (a, ok) in enumerate(zip(appends, decision.accepted, strict=True)):

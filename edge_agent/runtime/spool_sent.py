@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from edge_agent.protocol.errors import SpoolError
 from edge_agent.protocol.receipts import Receipt
 from edge_agent.runtime.spool_core import row_cost
-
-if TYPE_CHECKING:
-    from edge_agent.runtime.spool_db import SpoolDB
 
 MAX_RESEND = 1024   # batches one receipt may send again at most
 
@@ -99,43 +94,3 @@ def expire(cur: sqlite3.Cursor, before_ms: int) -> tuple[int, int, int]:
                        "ON b.id = s.id WHERE s.sent_ms < ?", (before_ms,)).fetchall()
     cur.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in rows])
     return len(rows), sum(r[2] for r in rows), sum(row_cost(r[1]) for r in rows)
-
-
-def apply_receipt(db: SpoolDB, receipt: Receipt, recent: set[int]) -> Confirmed:
-    """Apply a receipt to the spool file in one transaction (``confirm``); receipts are seen."""
-    try:
-        cur = db.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        done = confirm(cur, receipt, recent)
-        meta = dict(db.meta, receipts_seen=1)
-        meta["confirmed_batches"] += len(done.deleted)
-        meta["resent_batches"] += len(done.resend)
-        db.write_meta(cur, meta)
-        cur.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        db.rollback()
-        raise SpoolError(f"spool {db.path}: applying a receipt failed: {exc}") from exc
-    db.meta = meta
-    db.gone(len(done.deleted), done.readings, done.cost)
-    return done
-
-
-def expire_sent(db: SpoolDB, before_ms: int) -> int:
-    """Delete sent batches first sent before ``before_ms``, counted as dropped; how many."""
-    try:
-        cur = db.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        n, readings, cost = expire(cur, before_ms)
-        meta = dict(db.meta)
-        for key, add in (("expired_batches", n), ("dropped_batches", n),
-                         ("dropped_readings", readings)):
-            meta[key] += add
-        if n:
-            db.write_meta(cur, meta)
-        cur.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        db.rollback()
-        raise SpoolError(f"spool {db.path}: expiring sent batches failed: {exc}") from exc
-    db.meta = meta
-    db.gone(n, readings, cost)
-    return n
