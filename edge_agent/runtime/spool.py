@@ -76,6 +76,7 @@ class Spool:
         self._deleting: set[int] = set()
         self._kick = asyncio.Event()
         self._lanes = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()
         self._ready: deque[StoredBatch] = deque()   # oldest stored batches, id <= cursor
         self._live: deque[StoredBatch] = deque()    # live_first: batches since the connect
         self._cursor = 0          # highest id the loader has read past
@@ -213,8 +214,6 @@ class Spool:
         self._mark = self._db.last_id
         self._readiness.waiting.set()
 
-    # ------------------------------------------------------------------ reading ahead
-
     async def _load(self) -> None:
         skip = {b.id for b in self._live} | {r.id for r in self._acked} | self._deleting
         if self._in_flight is not None:
@@ -254,6 +253,10 @@ class Spool:
             await self._kick.wait()
 
     async def _commit_once(self) -> None:
+        async with self._commit_lock:  # the committer task and a receipt may both commit
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
         if self.life_source is not None:
             self.confirms.note_life(*self.life_source())
         appends, self._appends = self._appends, []
