@@ -6,6 +6,16 @@ unit id (1-247; 0 is broadcast and 248-255 are reserved, Modbus over serial line
 answers anything, data or a Modbus exception, is present. A present device is then
 recognised by reading every shipped profile's registers: the profile whose every point
 is answered with a plausible value, and which has the most points, is the match.
+
+Slaves of other stacks: a libmodbus RTU slave that hears a request for another unit takes
+the next frame on the line, within its 0.5 s response timeout, for that unit's reply and
+discards it. Every silent id of a sweep would make it swallow the next probe, so a sweep
+sends that next frame itself: after each unanswered probe, a decoy read for reserved unit
+248 (serial line V1.02, 2.2: 248-255 reserved, so nobody answers it) that the waiting slave
+swallows instead. The line's libmodbus-style slaves then all wait, or all do not, in step
+(a request and its reply flip each of them twice), which ``LinePhase`` tracks. The decoy
+reads register 0x0300 so that a waiting libmodbus slave, which parses the frame as a read
+reply (byte count = its third byte), takes exactly its 8 bytes and stays in frame.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from dataclasses import dataclass
 from edge_agent.drivers.bus import Parity, SerialBus
 from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point
 from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.timing import inter_frame_gap_s, no_reply_s
+from edge_agent.drivers.modbus.timing import char_time_s, inter_frame_gap_s, no_reply_s
 from edge_agent.drivers.model import DataType, Point, Table
 from edge_agent.drivers.profile import DeviceProfile
 
@@ -36,7 +46,16 @@ PROBE_ADDRESS = 0
 # majority and the installer raises --turnaround-ms for slow ones.
 DEFAULT_SCAN_TURNAROUND_S = 0.020
 # "A few seconds per hundred ids": the promise a sweep is measured against.
-FEW_SECONDS_PER_100 = 5.0
+FEW_SECONDS_PER_100 = 6.0
+# The decoy after an unanswered probe (see the module docstring): a reserved unit id, and
+# an address whose high byte (3) makes a reply parser read 5 + 3 = 8 bytes, its own length.
+DECOY_UNIT = 248
+DECOY_ADDRESS = 0x0300
+DECOY_CHARS = 8
+# How long after an unanswered probe a decoy may still be sent: well inside libmodbus's
+# 0.5 s wait, so the waiting slave surely takes it. Later than this (a stalled scanner),
+# the sweep keeps the line silent for the whole no-reply guard instead.
+DECOY_WITHIN_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +124,52 @@ def probe_timeout_s(setting: ScanSetting, turnaround_s: float = DEFAULT_SCAN_TUR
     return no_reply_s(bus, PROBE_FC, 1, turnaround_s) + adapter_latency_s
 
 
+def decoy_s(setting: ScanSetting) -> float:
+    """Line time of one decoy: its frame and the t3.5 after it."""
+    bus = setting.bus("-")
+    return DECOY_CHARS * char_time_s(bus) + inter_frame_gap_s(bus)
+
+
 def sweep_estimate_s(setting: ScanSetting, ids: int,
                      turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S,
                      adapter_latency_s: float = 0.0) -> float:
-    """Seconds a sweep of ``ids`` silent unit ids takes (each one timeout plus t3.5)."""
+    """Seconds a sweep of ``ids`` silent unit ids takes (each one timeout, t3.5, a decoy)."""
     bus = setting.bus("-")
     return ids * (probe_timeout_s(setting, turnaround_s, adapter_latency_s)
-                  + inter_frame_gap_s(bus))
+                  + inter_frame_gap_s(bus) + decoy_s(setting))
+
+
+@dataclass(slots=True)
+class LinePhase:
+    """Whether the line's libmodbus-style slaves are waiting for another unit's reply.
+
+    Pure: the sweep tells it what happened and when (monotonic seconds) and asks what to
+    do before the next probe. All such slaves are in step: an unanswered frame flips each
+    of them (waiting -> it swallows the frame; idle -> it waits for that unit's reply), an
+    answered request flips them twice, and a slave answering its own request stays idle.
+    """
+
+    waiting_since: float | None = None  # end of the unanswered probe they wait after
+    decoys: int = 0
+    guard_waits: int = 0
+
+    def probed(self, answered: bool, at: float) -> None:
+        """A probe ended at ``at``: answered (data or exception) or not."""
+        if not answered:
+            self.waiting_since = at
+
+    def before_probe(self, now: float, guard_s: float) -> tuple[bool, float]:
+        """(send a decoy first?, seconds to stay silent first) before the next probe."""
+        since = self.waiting_since
+        if since is None:
+            return False, 0.0
+        self.waiting_since = None
+        if now - since <= DECOY_WITHIN_S:
+            self.decoys += 1
+            return True, 0.0
+        # Too late for a decoy to be surely taken: let every wait run out instead.
+        self.guard_waits += 1
+        return False, max(0.0, since + guard_s - now)
 
 
 def per_hundred_s(elapsed_s: float, ids: int) -> float:

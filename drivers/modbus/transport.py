@@ -256,6 +256,27 @@ class BusTransport:
         fc = (5 if len(values) == 1 else 15) if table is Table.COIL else 16
         return await self._exchange(call, 1, _request_chars(fc, len(values)))
 
+    async def send_unanswered(self, unit_id: int, address: int) -> str | None:
+        """Send a one-register holding read nobody is to answer (a scan's decoy) and wait
+        until it has left the line and t3.5 after it; None, or why it was not sent."""
+        async with self._lock:
+            error = await self._ensure_connected()
+            if error is not None:
+                return error
+            await self._respect_gap(guard=False)
+            before = _cancel_requests()
+            try:
+                await self._client.read_holding_registers(
+                    address, count=1, device_id=unit_id, no_response_expected=True)
+            except ModbusException as exc:
+                return f"cannot send on {self.describe()}: {exc}"
+            finally:
+                _raise_lost_cancel(before)
+            self.stats.requests += 1
+            # pymodbus hands the frame to the port and returns: it is on the wire until then.
+            self._last_frame_end = time.monotonic() + _REQUEST_CHARS * self.char_s
+            return None
+
     async def _exchange(self, call: Callable[[], Awaitable[object]],
                         attempts: int | None, request_chars: int = 8) -> Reply:
         tries = attempts if attempts is not None else 1 + self.bus.retries

@@ -33,12 +33,15 @@ from rich.progress import (
 
 from edge_agent.drivers.modbus.scan import (
     COMMON_BAUDS,
+    DECOY_ADDRESS,
+    DECOY_UNIT,
     DEFAULT_SCAN_TURNAROUND_S,
     FEW_SECONDS_PER_100,
     PROBE_ADDRESS,
     PROBE_TABLE,
     Answer,
     Found,
+    LinePhase,
     ScanSetting,
     candidate_settings,
     draft_site,
@@ -51,6 +54,7 @@ from edge_agent.drivers.modbus.scan import (
     recognition_reads,
     sweep_estimate_s,
 )
+from edge_agent.drivers.modbus.timing import no_reply_guard_s
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
 from edge_agent.protocol.errors import DeviceError
@@ -73,33 +77,53 @@ class SweepResult:
     elapsed_s: float
     estimate_s: float
     error: str = ""
+    decoys: int = 0       # decoy frames sent after unanswered probes
+    guard_waits: int = 0  # times the sweep stalled and waited out the no-reply guard
 
 
 async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: float,
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Probe every id once at ``setting``; an exception reply counts as present."""
-    # No guard: most ids are silent, and a sweep that waited out every one would take
-    # minutes. (A libmodbus-style slave may miss its probe after a silent id.)
+    """Probe every id once at ``setting``; an exception reply counts as present.
+
+    No no-reply guard (most ids are silent: a sweep that waited 0.6 s after each would take
+    minutes); after each unanswered probe a decoy frame is what a libmodbus-style slave
+    waiting for that unit's reply swallows (``LinePhase`` in ``modbus.scan``).
+    """
     transport = BusTransport(setting.bus(port, timeout_s, no_reply_guard_s=0.0))
+    guard_s = no_reply_guard_s(setting.bus(port))
+    phase = LinePhase()
     present: list[int] = []
     started = time.monotonic()
+
+    def failed(error: str) -> SweepResult:
+        return SweepResult(setting, len(ids), present, time.monotonic() - started, 0, error,
+                           phase.decoys, phase.guard_waits)
+
     try:
         for uid in ids:
+            decoy, silence_s = phase.before_probe(time.monotonic(), guard_s)
+            if silence_s:
+                await asyncio.sleep(silence_s)
+            if decoy:
+                problem = await transport.send_unanswered(DECOY_UNIT, DECOY_ADDRESS)
+                if problem is not None:
+                    return failed(problem)
             try:
                 reply = await transport.read(uid, PROBE_TABLE, PROBE_ADDRESS, 1, attempts=1)
             except Exception as exc:  # termios.error from a port refusing the setting
-                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
-                                   f"cannot open {port} at {setting.label()}: {exc}")
+                return failed(f"cannot open {port} at {setting.label()}: {exc}")
             if reply.error is not None and reply.error.startswith("cannot open"):
-                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
-                                   reply.error)
-            if reply.ok or reply.exception_code is not None:
+                return failed(reply.error)
+            answered = reply.ok or reply.exception_code is not None
+            phase.probed(answered, time.monotonic())
+            if answered:
                 present.append(uid)
             if progress is not None:
                 progress(uid, len(present))
     finally:
         await transport.close()
-    return SweepResult(setting, len(ids), present, time.monotonic() - started, 0)
+    return SweepResult(setting, len(ids), present, time.monotonic() - started, 0, "",
+                       phase.decoys, phase.guard_waits)
 
 
 async def identify(setting: ScanSetting, port: str, unit_ids: Sequence[int],
@@ -132,6 +156,9 @@ def _verdict(res: SweepResult) -> str:
     text = (f"{res.setting.label()}: {res.ids} ids in {res.elapsed_s:.1f} s "
             f"({per100:.1f} s per 100 ids; timing model {model100:.1f} s); "
             f"{len(res.present)} answered" + (f": {res.present}" if res.present else ""))
+    if res.guard_waits:
+        text += (f"\n  the scanner stalled {res.guard_waits} time(s) and kept the line silent "
+                 "for the no-reply guard (a busy machine)")
     if per100 > FEW_SECONDS_PER_100:
         if model100 > FEW_SECONDS_PER_100:
             text += (f"\n  cannot sweep in a few seconds per 100 ids at {res.setting.baudrate}"
