@@ -16,9 +16,11 @@ from edge_agent.config.loader import load_config
 from edge_agent.drivers.bus import Parity
 from edge_agent.drivers.modbus.planner import plan_reads
 from edge_agent.drivers.modbus.scan import (
+    DECOY_WITHIN_S,
     FEW_SECONDS_PER_100,
     Answer,
     Found,
+    LinePhase,
     ReadKey,
     ScanSetting,
     candidate_settings,
@@ -70,6 +72,21 @@ def test_probe_timeout_is_the_exchange_less_one_gap_and_sweeps_are_quick() -> No
     for baud in (9600, 19200, 38400, 115200):
         assert sweep_estimate_s(ScanSetting(baud, Parity.EVEN, 1), 100) <= FEW_SECONDS_PER_100
     assert sweep_estimate_s(ScanSetting(1200, Parity.EVEN, 1), 100) > FEW_SECONDS_PER_100
+
+
+def test_a_decoy_follows_each_unanswered_probe_while_a_waiting_slave_surely_takes_it() -> None:
+    phase = LinePhase()
+    assert phase.before_probe(0.0, 0.6) == (False, 0.0)  # a quiet line: probe at once
+    phase.probed(True, 0.05)
+    assert phase.before_probe(0.06, 0.6) == (False, 0.0)  # an answer leaves everyone in step
+    phase.probed(False, 0.10)
+    assert phase.before_probe(0.11, 0.6) == (True, 0.0)  # silent id: decoy first
+    assert phase.before_probe(0.12, 0.6) == (False, 0.0)  # ...once
+    phase.probed(False, 1.00)
+    # The scanner stalled: too late for a decoy to be surely taken; let the wait run out.
+    silent, wait = phase.before_probe(1.00 + DECOY_WITHIN_S + 0.01, 0.6)
+    assert not silent and wait == pytest.approx(0.6 - DECOY_WITHIN_S - 0.01)
+    assert (phase.decoys, phase.guard_waits) == (1, 1)
 
 
 def answers_for(profile_name: str, seed: int = 3) -> dict[ReadKey, Answer]:
