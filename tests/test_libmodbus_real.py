@@ -106,7 +106,7 @@ def _device(name: str, unit_id: int) -> DeviceConfig:
 
 @pytest.mark.serial
 def test_a_dead_unit_before_a_libmodbus_meter_does_not_degrade_its_readings(
-        libmodbus_slave: Slave) -> None:
+        libmodbus_slave: Slave, caplog: pytest.LogCaptureFixture) -> None:
     bus = SerialBus(name="rs485", port=libmodbus_slave.port, baudrate=9600,
                     parity=Parity.NONE, retries=1)
 
@@ -126,7 +126,8 @@ def test_a_dead_unit_before_a_libmodbus_meter_does_not_degrade_its_readings(
             await transport.close()
         return readings, sched
 
-    readings, sched = asyncio.run(main())
+    with caplog.at_level("WARNING", logger="edge_agent.runtime.poller"):
+        readings, sched = asyncio.run(main())
     meter = [r for r in readings if r.device == "meter"]
     slots = len({r.ts_ms for r in meter})
     print(f"libmodbus meter behind dead unit {DEAD_UNIT}: {len(meter)} readings in {slots} "
@@ -135,3 +136,9 @@ def test_a_dead_unit_before_a_libmodbus_meter_does_not_degrade_its_readings(
     assert sched.devices["meter"].failed_polls == 0
     assert meter and {r.quality for r in meter} == {Quality.GOOD}
     assert slots >= 5
+    # Said in our words: which device, unit and bus, the retries as configured, what next.
+    dead = [m for m in caplog.messages if "stopped answering" in m]
+    assert len(dead) == 1, caplog.messages
+    assert f"device dead (unit {DEAD_UNIT} on serial port {bus.port})" in dead[0]
+    assert "2 attempts: 1 retry, as configured" in dead[0] and "probed again in" in dead[0]
+    assert "No response received" not in dead[0] and "0 retries" not in dead[0]

@@ -99,12 +99,23 @@ def _request_chars(function_code: int, count: int) -> int:
         return 8
 
 
-def _no_reply_text(exc: ModbusException) -> str:
-    """pymodbus's reason without its retry count (ours are retries as configured)."""
+def _no_reply_text(exc: ModbusException, timeout_s: float) -> str:
+    """Why an attempt failed, in our words: pymodbus's text counts its own retries (always 0
+    here: we retry ourselves) and says nothing of the wait."""
     text = str(exc)
     if "No response received" in text:
-        return "no reply within the timeout"
-    return f"no valid reply: {text}"
+        return f"no reply within {timeout_s * 1000:.0f} ms"
+    if isinstance(exc, ConnectionException):
+        return "the connection is down"
+    return f"no valid reply ({text})"
+
+
+def _attempts_text(tries: int, retries: int) -> str:
+    """'2 attempts: 1 retry, as configured' or '1 attempt (a probe)'."""
+    if tries == 1 + retries:
+        return (f"{tries} attempt{'s' if tries > 1 else ''}: {retries} "
+                f"retr{'y' if retries == 1 else 'ies'}, as configured")
+    return "1 attempt (a probe: no retries)" if tries == 1 else f"{tries} attempts"
 
 
 def _cancel_requests() -> int:
@@ -306,7 +317,7 @@ class BusTransport:
                             error = f"{self.describe()} closed during the request"
                             break
                         self.stats.timeouts += 1
-                        error = _no_reply_text(exc)
+                        error = _no_reply_text(exc, self.timeout_s)
                         # A slave of another stack may still be waiting for this unit's reply
                         # and would take our next frame for it: keep the line silent.
                         self._quiet_until = sent_at + request_chars * self.char_s + self.guard_s
@@ -327,7 +338,7 @@ class BusTransport:
                         return Reply(exception_code=code, latency_s=time.monotonic() - started)
                     data = getattr(rr, "registers", None) or getattr(rr, "bits", None) or []
                     return Reply(data=list(data), latency_s=time.monotonic() - started)
-                error = f"{error or 'no reply'} ({tries} attempt{'s' if tries > 1 else ''})"
+                error = f"{error or 'no reply'} ({_attempts_text(tries, self.bus.retries)})"
                 self.stats.last_error = error
                 return Reply(error=error, latency_s=time.monotonic() - started)
             finally:
