@@ -7,6 +7,7 @@ hil_tests/test_bench.py; here recognition is fed the register images the simulat
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ import serial
 from edge_agent.config.loader import load_config
 from edge_agent.drivers.bus import Parity
 from edge_agent.drivers.modbus.planner import plan_reads
+from edge_agent.drivers.modbus.recognise import (
+    W_FLOAT,
+    W_IDENTITY,
+    W_RANGE,
+    W_STRING,
+    evidence,
+    hole_probes,
+)
 from edge_agent.drivers.modbus.scan import (
     DECOY_WITHIN_S,
     FEW_SECONDS_PER_100,
@@ -23,6 +32,7 @@ from edge_agent.drivers.modbus.scan import (
     LinePhase,
     ReadKey,
     ScanSetting,
+    ambiguous,
     candidate_settings,
     draft_site,
     parse_framing,
@@ -34,7 +44,7 @@ from edge_agent.drivers.modbus.scan import (
     sweep_estimate_s,
 )
 from edge_agent.drivers.modbus.timing import exchange_s
-from edge_agent.drivers.profile import load_profile, shipped_profiles
+from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
 from edge_agent.drivers.sim.device import compose_image
 from edge_agent.drivers.sim.models import values_at
 from edge_agent.tools.scan import scan_main
@@ -116,6 +126,60 @@ def test_every_shipped_profile_is_recognised_from_its_own_registers(name: str) -
     ranking = rank_profiles(PROFILES, answers_for(name))
     best = recognised(ranking)
     assert best is not None and best.profile == name, ranking[:3]
+
+
+def answers_everywhere(profile_name: str, fill: int | None) -> dict[ReadKey, Answer]:
+    """A device of ``profile_name`` that maps every address: registers the profile does
+    not name read ``fill`` (None: seeded noise), bits read off."""
+    prof = next(p for p in PROFILES if p.name == profile_name)
+    image = compose_image(prof.points, values_at(prof.name, prof.points, T, device="d",
+                                                 seed=3, overrides={}))
+    rnd = random.Random(17)
+    out = {}
+    for table, address, count in recognition_reads(PROFILES):
+        cells = image[table]
+        out[(table, address, count)] = Answer(tuple(
+            int(cells[a]) if a in cells else 0 if table.is_bit
+            else (rnd.randrange(65536) if fill is None else fill)
+            for a in range(address, address + count)))
+    return out
+
+
+@pytest.mark.parametrize("fill", [0, 1, None], ids=["zeros", "ones", "noise"])
+@pytest.mark.parametrize("name", [p.name for p in PROFILES])
+def test_a_device_mapping_every_address_is_named_by_the_profile_that_explains_it(
+        name: str, fill: int | None) -> None:
+    """Not by the count of answering points (the signal cabinet has the most)."""
+    ranking = rank_profiles(PROFILES, answers_everywhere(name, fill))
+    best = recognised(ranking)
+    assert best is not None and best.profile == name, [(m.profile, m.score) for m in ranking]
+    assert ambiguous(ranking) == ()
+
+
+def test_identity_and_refused_holes_weigh_and_a_tie_is_said_to_be_ambiguous(
+        tmp_path: Path) -> None:
+    water = next(p for p in PROFILES if p.name == "water_meter")
+    serial = next(p for p in water.points if p.name == "serial_number")
+    text = [0x4C4D, 0x422D, 0x3030, 0x3030, 0x3337, 0x0000]  # a printable serial number
+    assert evidence(serial, text) == pytest.approx(W_STRING + W_IDENTITY)
+    assert evidence(serial, [0x0001] * 6) is None  # control characters: not a serial
+    volts = next(p for p in PROFILES if p.name == "energy_meter").points[0]
+    assert evidence(volts, [0x4366, 0x0000]) == pytest.approx(W_FLOAT + W_RANGE)  # 230 V
+    assert evidence(volts, [0x0002, 0x0001]) is None  # two small integers as a float
+    assert evidence(volts, [0x4780, 0x0000]) is None  # 65536 V
+    # The same answers fit two made-up profiles equally: ambiguous, and the draft says so.
+    a, b = (DeviceProfile(n, "", (volts,)) for n in ("meter_a", "meter_b"))
+    answers = {k: Answer((0x4366, 0x0000)) for k in recognition_reads([a, b])}
+    ranking = rank_profiles([a, b], answers)
+    assert recognised(ranking) is None
+    assert [m.profile for m in ambiguous(ranking)] == ["meter_a", "meter_b"]
+    text_out = draft_site("/dev/ttyUSB0", ScanSetting(9600, Parity.EVEN, 1),
+                          [Found(7, None, (), ("meter_a", "meter_b"))])
+    assert "fits meter_a and meter_b about equally well (ambiguous)" in text_out
+    # Exception 2 just past the profile's last register is evidence for it.
+    (hole,) = hole_probes(a)
+    refused = {**answers, hole: Answer(exception_code=2)}
+    assert rank_profiles([a], refused)[0].score > rank_profiles([a], answers)[0].score
 
 
 def test_a_device_answering_nothing_is_not_recognised() -> None:

@@ -171,8 +171,8 @@ class SpecHandler(ServerRequestHandler):
             return int(super().callback_data(data, addr))
         if not (rtu and unit == BROADCAST):  # no reply to a broadcast (serial line 2.1)
             fc = pdu[0] if pdu else 0
-            self.server_send(ExceptionResponse(fc & 0x7F, code, device_id=unit,
-                                               transaction=tid), addr)
+            self.server_send(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
+                ExceptionResponse(fc & 0x7F, code, device_id=unit, transaction=tid), addr)
         return used
 
 
@@ -183,7 +183,8 @@ class SpecTcpServer(ModbusTcpServer):
 
     def callback_new_connection(self) -> SpecHandler:
         """A handler per connection, checking requests for the units of ``bits_defined``."""
-        handler = SpecHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        handler = SpecHandler(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
+            self, self.trace_packet, self.trace_pdu, self.trace_connect)
         handler.bits_defined = self.bits_defined
         return handler
 
@@ -195,6 +196,7 @@ class SpecSerialServer(ModbusSerialServer):
 
     def callback_new_connection(self) -> SpecHandler:
         """The line's handler, checking requests for the units of ``bits_defined``."""
-        handler = SpecHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        handler = SpecHandler(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
+            self, self.trace_packet, self.trace_pdu, self.trace_connect)
         handler.bits_defined = self.bits_defined
         return handler

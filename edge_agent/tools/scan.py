@@ -43,6 +43,7 @@ from edge_agent.drivers.modbus.scan import (
     Found,
     LinePhase,
     ScanSetting,
+    ambiguous,
     candidate_settings,
     draft_site,
     parse_framing,
@@ -143,7 +144,9 @@ async def identify(setting: ScanSetting, port: str, unit_ids: Sequence[int],
             ranking = rank_profiles(profiles, answers)
             best = recognised(ranking)
             close = tuple(f"{m.profile} {m.matched}/{m.total}" for m in ranking[:3] if m.matched)
-            found.append(Found(uid, best.profile if best else None, () if best else close))
+            tied = tuple(m.profile for m in ambiguous(ranking))
+            found.append(Found(uid, best.profile if best else None, () if best else close,
+                               tied))
     finally:
         await transport.close()
     return found
@@ -262,8 +265,10 @@ async def _scan(args: argparse.Namespace, out: TextIO, err_console: Console) -> 
         profiles = [load_profile(name) for name in shipped_profiles()]
         found = await identify(best.setting, args.port, best.present, profiles)
     for f in found:
-        what = f.profile or ("unrecognised" + (f" (closest: {', '.join(f.candidates)})"
-                                               if f.candidates else ""))
+        what = f.profile or (
+            f"ambiguous: {' or '.join(f.ambiguous)} explain its answers about equally well"
+            if f.ambiguous else "unrecognised" + (f" (closest: {', '.join(f.candidates)})"
+                                                   if f.candidates else ""))
         print(f"unit {f.unit_id}: {what}", file=out)
     args.out.write_text(draft_site(args.port, best.setting, found, gateway_id=args.gateway_id))
     print(f"draft site config written to {args.out}", file=out)
