@@ -116,3 +116,29 @@ def test_doctor_lists_refused_registers(tmp_path: Path) -> None:
     assert "2.0 h ago" in check.detail and check.remedy
     path.write_text(json.dumps({"version": 1, "devices": []}))
     assert check_refusals(path, START).level is Level.WARN
+
+
+def test_the_agent_keeps_holes_in_its_state_dir_when_its_store_is_durable(
+        tmp_path: Path) -> None:
+    from edge_agent.protocol.clock import FakeClock
+    from edge_agent.runtime.agent import Agent
+    from edge_agent.runtime.store import MemoryStore
+    from tests.support.sitekit import write_site
+    from tests.test_gateway_fakebus import Buses, _gateway
+
+    class DurableMemory(MemoryStore):
+        @property
+        def durable(self) -> bool:
+            return True
+
+    site = write_site(tmp_path, [("meter", "rs485", 1, "energy_meter")])
+    cfg = _gateway(site, Buses()).local
+    HoleStore(cfg.state_dir / HOLES_FILE).record(
+        "meter", "rs485", 1, frozenset({("input_register", 0, 2)}), START)
+    agent = Agent(cfg, DurableMemory(), FakeClock(), make_transport=Buses())
+    state = agent.schedulers["rs485"].devices["meter"]
+    assert state.refused == {("input_register", 0, 2)}
+    assert agent.health()["devices"]["meter"]["refused"] == [["input_register", 0, 2]]
+    # A store that is not durable keeps nothing on disk: no holes are read or written.
+    plain = Agent(cfg, MemoryStore(), FakeClock(), make_transport=Buses())
+    assert not plain.schedulers["rs485"].devices["meter"].refused
