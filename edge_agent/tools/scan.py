@@ -66,6 +66,8 @@ from edge_agent.tools.scan_meters import METER_BAUDS, METER_FRAMINGS, meter_sett
 
 MODBUS_FRAMINGS = "8E1,8N1,8N2,8O1"
 USB_ADAPTER_LATENCY_S = 0.016  # FTDI-style adapters hand bytes over in ~16 ms batches
+# A sweep this much slower than the timing model is a line problem, not a busy scanner.
+SLOWER_THAN_MODEL = 1.25
 
 
 @dataclass(slots=True)
@@ -166,7 +168,7 @@ def _verdict(res: SweepResult) -> str:
         if model100 > FEW_SECONDS_PER_100:
             text += (f"\n  cannot sweep in a few seconds per 100 ids at {res.setting.baudrate}"
                      " baud: the line itself is that slow")
-        else:
+        elif per100 > SLOWER_THAN_MODEL * model100:
             text += ("\n  slower than a healthy line allows: suspect noise, missing "
                      "termination, or a slow USB adapter (try --adapter-latency-ms 16)")
     return text
