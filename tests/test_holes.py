@@ -138,7 +138,9 @@ def test_the_agent_keeps_holes_in_its_state_dir_when_its_store_is_durable(
     agent = Agent(cfg, DurableMemory(), FakeClock(), make_transport=Buses())
     state = agent.schedulers["rs485"].devices["meter"]
     assert state.refused == {("input_register", 0, 2)}
-    assert agent.health()["devices"]["meter"]["refused"] == [["input_register", 0, 2]]
+    devices = agent.health()["devices"]
+    assert isinstance(devices, dict)
+    assert devices["meter"]["refused"] == [["input_register", 0, 2]]
     # A store that is not durable keeps nothing on disk: no holes are read or written.
     plain = Agent(cfg, MemoryStore(), FakeClock(), make_transport=Buses())
     assert not plain.schedulers["rs485"].devices["meter"].refused
