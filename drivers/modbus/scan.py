@@ -45,6 +45,7 @@ UNIT_IDS = range(1, 248)
 PROBE_FC = 3
 PROBE_TABLE = Table.HOLDING_REGISTER
 PROBE_ADDRESS = 0
+PROBE_CHARS = 8  # its RTU frame: unit, function, address, quantity, CRC
 # Real devices start answering 5-50 ms after a request ends; a scan waits for the quick
 # majority and the installer raises --turnaround-ms for slow ones.
 DEFAULT_SCAN_TURNAROUND_S = 0.020
@@ -55,9 +56,10 @@ FEW_SECONDS_PER_100 = 6.0
 DECOY_UNIT = 248
 DECOY_ADDRESS = 0x0300
 DECOY_CHARS = 8
-# How long after an unanswered probe a decoy may still be sent: well inside libmodbus's
-# 0.5 s wait, so the waiting slave surely takes it. Later than this (a stalled scanner),
-# the sweep keeps the line silent for the whole no-reply guard instead.
+# How long after an unanswered probe's request a decoy may still be sent: well inside
+# libmodbus's 0.5 s wait, so the waiting slave surely takes it. Later than this (a stalled
+# scanner, or --turnaround-ms near 0.5 s), the sweep keeps the line silent for the whole
+# no-reply guard instead.
 DECOY_WITHIN_S = 0.25
 
 
@@ -152,14 +154,15 @@ class LinePhase:
     answered request flips them twice, and a slave answering its own request stays idle.
     """
 
-    waiting_since: float | None = None  # end of the unanswered probe they wait after
+    waiting_since: float | None = None  # when the unanswered probe's request ended
     decoys: int = 0
     guard_waits: int = 0
 
-    def probed(self, answered: bool, at: float) -> None:
-        """A probe ended at ``at``: answered (data or exception) or not."""
+    def probed(self, answered: bool, request_end: float) -> None:
+        """A probe whose request left the line at ``request_end`` was answered (data or
+        exception) or not: the waits of the slaves it set waiting run from then."""
         if not answered:
-            self.waiting_since = at
+            self.waiting_since = request_end
 
     def before_probe(self, now: float, guard_s: float) -> tuple[bool, float]:
         """(send a decoy first?, seconds to stay silent first) before the next probe."""

@@ -38,6 +38,7 @@ from edge_agent.drivers.modbus.scan import (
     DEFAULT_SCAN_TURNAROUND_S,
     FEW_SECONDS_PER_100,
     PROBE_ADDRESS,
+    PROBE_CHARS,
     PROBE_TABLE,
     Answer,
     Found,
@@ -55,7 +56,7 @@ from edge_agent.drivers.modbus.scan import (
     recognition_reads,
     sweep_estimate_s,
 )
-from edge_agent.drivers.modbus.timing import no_reply_guard_s
+from edge_agent.drivers.modbus.timing import char_time_s, no_reply_guard_s
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
 from edge_agent.protocol.errors import DeviceError
@@ -94,6 +95,7 @@ async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: 
     """
     transport = BusTransport(setting.bus(port, timeout_s, no_reply_guard_s=0.0))
     guard_s = no_reply_guard_s(setting.bus(port))
+    request_s = PROBE_CHARS * char_time_s(setting.bus(port))
     phase = LinePhase()
     present: list[int] = []
     started = time.monotonic()
@@ -111,6 +113,9 @@ async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: 
                 problem = await transport.send_unanswered(DECOY_UNIT, DECOY_ADDRESS)
                 if problem is not None:
                     return failed(problem)
+            # The request ends no earlier than its frame time from now (the t3.5 wait before
+            # it makes the real end later): a decoy is sent only while surely still awaited.
+            request_end = time.monotonic() + request_s
             try:
                 reply = await transport.read(uid, PROBE_TABLE, PROBE_ADDRESS, 1, attempts=1)
             except Exception as exc:  # termios.error from a port refusing the setting
@@ -118,7 +123,7 @@ async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: 
             if reply.error is not None and reply.error.startswith("cannot open"):
                 return failed(reply.error)
             answered = reply.ok or reply.exception_code is not None
-            phase.probed(answered, time.monotonic())
+            phase.probed(answered, request_end)
             if answered:
                 present.append(uid)
             if progress is not None:
@@ -162,8 +167,8 @@ def _verdict(res: SweepResult) -> str:
             f"({per100:.1f} s per 100 ids; timing model {model100:.1f} s); "
             f"{len(res.present)} answered" + (f": {res.present}" if res.present else ""))
     if res.guard_waits:
-        text += (f"\n  the scanner stalled {res.guard_waits} time(s) and kept the line silent "
-                 "for the no-reply guard (a busy machine)")
+        text += (f"\n  kept the line silent for the no-reply guard after {res.guard_waits} "
+                 "silent id(s) instead of a decoy (a reply wait near 0.5 s, or a busy machine)")
     if per100 > FEW_SECONDS_PER_100:
         if model100 > FEW_SECONDS_PER_100:
             text += (f"\n  cannot sweep in a few seconds per 100 ids at {res.setting.baudrate}"
