@@ -22,6 +22,7 @@ import math
 import struct
 
 from edge_agent.codecs.schema import SeriesDef
+from edge_agent.drivers.model import Point
 
 FLOAT_TYPES = frozenset({"float32", "float64"})
 MAX_DECIMALS = 12
@@ -95,3 +96,8 @@ def format_number(v: float | int, series: SeriesDef | None = None) -> str:
     decimals = scale_decimals(series.scale, series.offset)
     text = f"{v:.{decimals}f}"
     return "0" if text == "-0" else text
+
+
+def point_series(point: Point) -> SeriesDef:
+    """A point's type, scale and offset as a schema series describes them (for ``read``)."""
+    return SeriesDef("", point.name, point.type.value, point.unit, point.scale, point.offset)
