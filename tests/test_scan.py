@@ -100,7 +100,8 @@ def test_a_decoy_follows_each_unanswered_probe_while_a_waiting_slave_surely_take
     # A reply wait near libmodbus's 0.5 s (--turnaround-ms 500): the wait has run out or
     # nearly, so no decoy (it would start a new wait) but the whole guard.
     phase.probed(False, 2.00)
-    assert phase.before_probe(2.00 + 0.52, 0.6) == (False, pytest.approx(0.08))
+    decoy, wait = phase.before_probe(2.00 + 0.52, 0.6)
+    assert not decoy and wait == pytest.approx(0.08)
 
 
 def answers_for(profile_name: str, seed: int = 3) -> dict[ReadKey, Answer]:
