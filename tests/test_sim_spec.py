@@ -25,7 +25,12 @@ from edge_agent.drivers.bus import DeviceConfig, Parity, SerialBus, TcpBus, TcpF
 from edge_agent.drivers.model import Table
 from edge_agent.drivers.profile import load_profile
 from edge_agent.drivers.sim import build_site, run_site
-from edge_agent.drivers.sim.spec import bits_exception, request_exception, rtu_frame_end
+from edge_agent.drivers.sim.spec import (
+    bits_exception,
+    request_exception,
+    rtu_frame_end,
+    rtu_request_end,
+)
 from edge_agent.protocol.broker import MqttConfig
 from edge_agent.protocol.clock import SystemClock
 from tests.support.brokers import free_ports
@@ -71,6 +76,12 @@ def test_an_rtu_frame_is_delimited_by_its_crc() -> None:
     assert rtu_frame_end(frame) == len(frame)
     assert rtu_frame_end(frame + _rtu(bytes.fromhex("03 0000 0001"))) == len(frame)
     assert rtu_frame_end(frame[:-1]) == 0
+    read = _rtu(bytes.fromhex("03 0000 0001"))
+    assert rtu_request_end(frame + read) == len(frame)
+    assert rtu_request_end(read + frame) == len(read)
+    assert all(rtu_request_end(read[:n]) == 0 for n in range(len(read)))  # never cut short
+    write = _rtu(bytes.fromhex("10 0000 0002 04 0001 0002"))
+    assert rtu_request_end(write) == len(write) and rtu_request_end(write[:-1]) == 0
 
 
 def _rtu(pdu: bytes, unit: int = UNIT) -> bytes:

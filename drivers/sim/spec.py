@@ -12,9 +12,10 @@ ours) gets several of these wrong, so the simulators check each request here fir
 - an undefined function code over Modbus TCP gets ``80 01`` from pymodbus; here
   ``(fc | 0x80) 01`` (``C1 01`` for 0x41);
 - over RTU pymodbus cannot delimit a frame with an undefined function code: it answers
-  nothing and keeps the bytes, so the next valid request is lost too. Here a frame is
-  delimited by its CRC (checked by pymodbus's own ``FramerRTU``) and answered ``(fc|0x80) 01``,
-  and the next request is served;
+  nothing and keeps the bytes, so the next valid request is lost too. Here such a frame is
+  delimited by the first CRC that fits (checked by pymodbus's own ``FramerRTU``) and answered
+  ``(fc|0x80) 01``, and the next request is served (frames of the checked functions are
+  delimited by their own length, so a partly received one is never cut short);
 - a read of coils or discrete inputs that starts at a defined bit but reaches undefined ones
   returns data from pymodbus (its bit blocks have no holes, and a device action is told the
   span in 16-bit registers, not bits); here any undefined bit in the span of a read or write
@@ -132,6 +133,32 @@ def bits_exception(pdu: bytes, defined: BitsDefined) -> int | None:
     return None if defined(table, _u16(pdu, 1), count) else ILLEGAL_ADDRESS
 
 
+def rtu_request_end(data: bytes) -> int:
+    """Length of the whole, CRC-valid request frame at the start of ``data``, 0 if none (yet).
+
+    The functions checked here have a length their own bytes give (serial line V1.02: the
+    frame is delimited by silence, which a byte stream does not show); any other function
+    code's frame is delimited by the first CRC that fits (``rtu_frame_end``).
+    """
+    if len(data) < 2:
+        return 0
+    fc = data[1]
+    if fc in (1, 2, 3, 4, 5, 6):
+        end = 8
+    elif fc in (15, 16):
+        end = 9 + data[6] if len(data) > 6 else 0
+    elif fc == 22:
+        end = 10
+    elif fc == 23:
+        end = 13 + data[10] if len(data) > 10 else 0
+    else:
+        return rtu_frame_end(data)
+    if not end or len(data) < end:
+        return 0
+    crc = int.from_bytes(data[end - 2:end], "big")
+    return end if FramerRTU.check_CRC(data[:end - 2], crc) else 0
+
+
 def rtu_frame_end(data: bytes) -> int:
     """Length of the first CRC-valid frame at the start of ``data`` (0 if none yet)."""
     for end in range(4, min(len(data), MAX_RTU_ADU) + 1):
@@ -152,7 +179,7 @@ class SpecHandler(ServerRequestHandler):
         """Answer a request the spec refuses ourselves; hand the rest to pymodbus."""
         rtu = isinstance(self.framer, FramerRTU)
         if rtu:
-            used = rtu_frame_end(data)
+            used = rtu_request_end(data)
             unit, tid, pdu = (data[0], 0, data[1:used - 2]) if used else (-1, 0, b"")
             if not used and len(data) >= MAX_RTU_ADU:
                 return len(data)  # no frame in a whole ADU's bytes: line noise, dropped
