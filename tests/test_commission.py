@@ -76,7 +76,9 @@ def test_read_and_write_against_a_simulated_device(site: Path, tmp_path: Path) -
         assert read_main(["-c", str(site), "water", "volume"], out) == 0, out.getvalue()
         regs = control(sock, {"cmd": "registers", "device": "water"})["registers"]
         lo, hi = int(regs["holding_register"]["0"]), int(regs["holding_register"]["1"])
-        assert f"= {((hi << 16) | lo) * 0.001}" in out.getvalue()
+        # Litres at scale 0.001: three decimals, never a float's binary noise.
+        litres = (hi << 16) | lo
+        assert f"= {litres // 1000}.{litres % 1000:03d} m³" in out.getvalue()
 
         before = control(sock, {"cmd": "registers", "device": "lamp"})["registers"]
         asked: list[str] = []

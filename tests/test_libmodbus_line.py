@@ -24,6 +24,7 @@ from pymodbus.framer import FramerType
 
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import DeviceConfig, Parity, SerialBus
+from edge_agent.drivers.modbus.scan import ScanSetting
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.profile import load_profile
 from edge_agent.drivers.sim import build_site, run_site, sim_control
@@ -32,6 +33,7 @@ from edge_agent.protocol.broker import MqttConfig
 from edge_agent.protocol.clock import SystemClock
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.runtime.scheduler import BusScheduler
+from edge_agent.tools.scan import sweep
 
 SEED = 20261206
 METER_UNIT = 37
@@ -158,3 +160,21 @@ def test_a_dead_unit_before_a_libmodbus_meter_does_not_degrade_its_readings(
     assert ignored == 0
     assert set(guarded) == {Quality.GOOD}
     assert slots >= 7
+
+
+@pytest.mark.serial
+def test_the_scan_finds_the_libmodbus_style_meter_behind_silent_ids(short_dir: Path) -> None:
+    """Unit 37 after 36 silent ids: every decoy after a silent id is the frame it swallows."""
+    async def main() -> tuple[list[int], int, int, int]:
+        async with libmodbus_line(short_dir) as (sim, bus):
+            setting = ScanSetting(bus.baudrate, bus.parity, bus.stopbits)
+            # A reply wait a loaded machine cannot beat; the decoys do not depend on it.
+            res = await sweep(setting, bus.port, list(range(1, 41)), 0.2)
+            meter = sim.devices["meter"]
+            return res.present, res.decoys, res.guard_waits, meter.confirmation.ignored
+
+    present, decoys, guard_waits, ignored = asyncio.run(main())
+    print(f"ids 1-40: found {present}, {decoys} decoys, {ignored} frames ignored by the meter")
+    assert present == [METER_UNIT]
+    assert decoys + guard_waits == 38  # after every silent id but the last
+    assert ignored == decoys  # each decoy, and nothing else, taken for another unit's reply

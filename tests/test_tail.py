@@ -52,7 +52,7 @@ def test_batch_lines_are_grouped_by_device_in_time_order_and_aligned() -> None:
     # the value column ends at the same place on every line
     end = len(body[0])
     assert all(line[end - 1] != " " and line[end:end + 1] in ("", " ") for line in body), body
-    assert body[2].split()[4] == "--" and body[1].endswith(" 50.0")
+    assert body[2].split()[4] == "--" and body[1].endswith(" 50")  # no ".0" added
 
 
 def test_units_when_known() -> None:

@@ -4,22 +4,35 @@ No I/O: ``edge_agent.tools.scan`` sends the requests. A sweep sends one short re
 unit id (1-247; 0 is broadcast and 248-255 are reserved, Modbus over serial line V1.02,
 2.2) and waits only as long as the timing model says a reply can take: a device that
 answers anything, data or a Modbus exception, is present. A present device is then
-recognised by reading every shipped profile's registers: the profile whose every point
-is answered with a plausible value, and which has the most points, is the match.
+recognised by reading every shipped profile's registers (``modbus.recognise``): the profile
+that explains its answers best, by the weight of the evidence, not by the count of points.
+
+Slaves of other stacks: a libmodbus RTU slave that hears a request for another unit takes
+the next frame on the line, within its 0.5 s response timeout, for that unit's reply and
+discards it. Every silent id of a sweep would make it swallow the next probe, so a sweep
+sends that next frame itself: after each unanswered probe, a decoy read for reserved unit
+248 (serial line V1.02, 2.2: 248-255 reserved, so nobody answers it) that the waiting slave
+swallows instead. The line's libmodbus-style slaves then all wait, or all do not, in step
+(a request and its reply flip each of them twice), which ``LinePhase`` tracks. The decoy
+reads register 0x0300 so that a waiting libmodbus slave, which parses the frame as a read
+reply (byte count = its third byte), takes exactly its 8 bytes and stays in frame.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_agent.drivers.bus import Parity, SerialBus
-from edge_agent.drivers.modbus.decode import DecodeFailure, decode_point
-from edge_agent.drivers.modbus.planner import plan_reads
-from edge_agent.drivers.modbus.timing import inter_frame_gap_s, no_reply_s
-from edge_agent.drivers.model import DataType, Point, Table
-from edge_agent.drivers.profile import DeviceProfile
+from edge_agent.drivers.modbus.recognise import Answer as Answer
+from edge_agent.drivers.modbus.recognise import Match as Match
+from edge_agent.drivers.modbus.recognise import ReadKey as ReadKey
+from edge_agent.drivers.modbus.recognise import ambiguous as ambiguous
+from edge_agent.drivers.modbus.recognise import rank_profiles as rank_profiles
+from edge_agent.drivers.modbus.recognise import recognised as recognised
+from edge_agent.drivers.modbus.recognise import recognition_reads as recognition_reads
+from edge_agent.drivers.modbus.timing import char_time_s, inter_frame_gap_s, no_reply_s
+from edge_agent.drivers.model import Table
 
 # Baud rates in the order installers meet them: the Modbus default 9600 and 19200 first
 # (serial line V1.02, 2.5.1: 9600 and 19200 required, 19200 the default), then the rest.
@@ -32,11 +45,22 @@ UNIT_IDS = range(1, 248)
 PROBE_FC = 3
 PROBE_TABLE = Table.HOLDING_REGISTER
 PROBE_ADDRESS = 0
+PROBE_CHARS = 8  # its RTU frame: unit, function, address, quantity, CRC
 # Real devices start answering 5-50 ms after a request ends; a scan waits for the quick
 # majority and the installer raises --turnaround-ms for slow ones.
 DEFAULT_SCAN_TURNAROUND_S = 0.020
 # "A few seconds per hundred ids": the promise a sweep is measured against.
-FEW_SECONDS_PER_100 = 5.0
+FEW_SECONDS_PER_100 = 6.0
+# The decoy after an unanswered probe (see the module docstring): a reserved unit id, and
+# an address whose high byte (3) makes a reply parser read 5 + 3 = 8 bytes, its own length.
+DECOY_UNIT = 248
+DECOY_ADDRESS = 0x0300
+DECOY_CHARS = 8
+# How long after an unanswered probe's request a decoy may still be sent: well inside
+# libmodbus's 0.5 s wait, so the waiting slave surely takes it. Later than this (a stalled
+# scanner, or --turnaround-ms near 0.5 s), the sweep keeps the line silent for the whole
+# no-reply guard instead.
+DECOY_WITHIN_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,103 +129,58 @@ def probe_timeout_s(setting: ScanSetting, turnaround_s: float = DEFAULT_SCAN_TUR
     return no_reply_s(bus, PROBE_FC, 1, turnaround_s) + adapter_latency_s
 
 
+def decoy_s(setting: ScanSetting) -> float:
+    """Line time of one decoy: its frame and the t3.5 after it."""
+    bus = setting.bus("-")
+    return DECOY_CHARS * char_time_s(bus) + inter_frame_gap_s(bus)
+
+
 def sweep_estimate_s(setting: ScanSetting, ids: int,
                      turnaround_s: float = DEFAULT_SCAN_TURNAROUND_S,
                      adapter_latency_s: float = 0.0) -> float:
-    """Seconds a sweep of ``ids`` silent unit ids takes (each one timeout plus t3.5)."""
+    """Seconds a sweep of ``ids`` silent unit ids takes (each one timeout, t3.5, a decoy)."""
     bus = setting.bus("-")
     return ids * (probe_timeout_s(setting, turnaround_s, adapter_latency_s)
-                  + inter_frame_gap_s(bus))
+                  + inter_frame_gap_s(bus) + decoy_s(setting))
+
+
+@dataclass(slots=True)
+class LinePhase:
+    """Whether the line's libmodbus-style slaves are waiting for another unit's reply.
+
+    Pure: the sweep tells it what happened and when (monotonic seconds) and asks what to
+    do before the next probe. All such slaves are in step: an unanswered frame flips each
+    of them (waiting -> it swallows the frame; idle -> it waits for that unit's reply), an
+    answered request flips them twice, and a slave answering its own request stays idle.
+    """
+
+    waiting_since: float | None = None  # when the unanswered probe's request ended
+    decoys: int = 0
+    guard_waits: int = 0
+
+    def probed(self, answered: bool, request_end: float) -> None:
+        """A probe whose request left the line at ``request_end`` was answered (data or
+        exception) or not: the waits of the slaves it set waiting run from then."""
+        if not answered:
+            self.waiting_since = request_end
+
+    def before_probe(self, now: float, guard_s: float) -> tuple[bool, float]:
+        """(send a decoy first?, seconds to stay silent first) before the next probe."""
+        since = self.waiting_since
+        if since is None:
+            return False, 0.0
+        self.waiting_since = None
+        if now - since <= DECOY_WITHIN_S:
+            self.decoys += 1
+            return True, 0.0
+        # Too late for a decoy to be surely taken: let every wait run out instead.
+        self.guard_waits += 1
+        return False, max(0.0, since + guard_s - now)
 
 
 def per_hundred_s(elapsed_s: float, ids: int) -> float:
     """Seconds per hundred ids of a sweep that took ``elapsed_s`` for ``ids`` ids."""
     return elapsed_s * 100 / ids if ids else 0.0
-
-
-# ---- recognition --------------------------------------------------------------------
-
-ReadKey = tuple[Table, int, int]  # table, address, count
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What a device answered to one read: data, an exception code, or nothing."""
-
-    data: tuple[int, ...] | None = None
-    exception_code: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """How well a profile fits a device: points answered plausibly out of all."""
-
-    profile: str
-    matched: int
-    total: int
-    failed: tuple[str, ...]
-
-    @property
-    def full(self) -> bool:
-        """Every point of the profile was answered with a plausible value."""
-        return self.matched == self.total
-
-
-def recognition_reads(profiles: Iterable[DeviceProfile], max_gap: int = 0) -> list[ReadKey]:
-    """Every distinct read needed to test all ``profiles`` (each profile's planned reads)."""
-    seen: dict[ReadKey, None] = {}
-    for prof in profiles:
-        for r in plan_reads(prof.points, max_gap=max_gap):
-            seen.setdefault((r.table, r.address, r.count), None)
-    return list(seen)
-
-
-def _plausible(p: Point, data: Sequence[int]) -> bool:
-    try:
-        value = decode_point(p, list(data))
-    except DecodeFailure:
-        return False
-    if p.type in (DataType.FLOAT32, DataType.FLOAT64) and isinstance(value, float):
-        # NaN or infinity is what a float read of the wrong registers usually gives.
-        return math.isfinite(value)
-    if p.type is DataType.STRING and isinstance(value, str):
-        return value.isprintable()
-    return True
-
-
-def match_profile(prof: DeviceProfile, answers: Mapping[ReadKey, Answer],
-                  max_gap: int = 0) -> Match:
-    """Score ``prof`` against the answers a device gave to ``recognition_reads``."""
-    failed: list[str] = []
-    matched = 0
-    for r in plan_reads(prof.points, max_gap=max_gap):
-        ans = answers.get((r.table, r.address, r.count))
-        for p in r.points:
-            if ans is None or ans.data is None:
-                failed.append(p.name)
-                continue
-            start = p.address - r.address
-            if _plausible(p, ans.data[start:start + p.count]):
-                matched += 1
-            else:
-                failed.append(p.name)
-    return Match(prof.name, matched, len(prof.points), tuple(failed))
-
-
-def rank_profiles(profiles: Iterable[DeviceProfile], answers: Mapping[ReadKey, Answer],
-                  max_gap: int = 0) -> list[Match]:
-    """Profiles best first: full matches by size, then partial ones by share matched."""
-    matches = [match_profile(p, answers, max_gap) for p in profiles]
-    return sorted(matches, key=lambda m: (not m.full, -m.matched if m.full else 0,
-                                          -(m.matched / m.total if m.total else 0), m.profile))
-
-
-def recognised(ranking: Sequence[Match]) -> Match | None:
-    """The single best full match, or None when nothing fits or two fit equally well."""
-    full = [m for m in ranking if m.full]
-    if not full or (len(full) > 1 and full[1].matched == full[0].matched):
-        return None
-    return full[0]
 
 
 # ---- the draft config ---------------------------------------------------------------
@@ -212,7 +191,8 @@ class Found:
 
     unit_id: int
     profile: str | None           # the recognised profile, or None
-    candidates: tuple[str, ...]   # best partial or tied matches, for the comment
+    candidates: tuple[str, ...]   # best partial matches, for the comment
+    ambiguous: tuple[str, ...] = ()  # full matches that explain it about equally well
 
 
 def draft_site(port: str, setting: ScanSetting, found: Sequence[Found], *,
@@ -245,7 +225,9 @@ def draft_site(port: str, setting: ScanSetting, found: Sequence[Found], *,
                     f"poll_interval_s = {poll_interval_s:g}"]
             continue
         hint = (", ".join(f.candidates) if f.candidates else "no shipped profile fits")
-        out += [f"# unit {f.unit_id} answers, but no shipped profile was recognised "
+        out += [f"# unit {f.unit_id} answers and fits {' and '.join(f.ambiguous)} about "
+                "equally well (ambiguous); choose one:" if f.ambiguous else
+                f"# unit {f.unit_id} answers, but no shipped profile was recognised "
                 f"(closest: {hint}); choose or write a profile:",
                 f"# [devices.unit_{f.unit_id}]", '# bus = "rs485"', f"# unit_id = {f.unit_id}",
                 '# profile = "PROFILE"', f"# poll_interval_s = {poll_interval_s:g}"]

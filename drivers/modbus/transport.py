@@ -99,12 +99,23 @@ def _request_chars(function_code: int, count: int) -> int:
         return 8
 
 
-def _no_reply_text(exc: ModbusException) -> str:
-    """pymodbus's reason without its retry count (ours are retries as configured)."""
+def _no_reply_text(exc: ModbusException, timeout_s: float) -> str:
+    """Why an attempt failed, in our words: pymodbus's text counts its own retries (always 0
+    here: we retry ourselves) and says nothing of the wait."""
     text = str(exc)
     if "No response received" in text:
-        return "no reply within the timeout"
-    return f"no valid reply: {text}"
+        return f"no reply within {timeout_s * 1000:.0f} ms"
+    if isinstance(exc, ConnectionException):
+        return "the connection is down"
+    return f"no valid reply ({text})"
+
+
+def _attempts_text(tries: int, retries: int) -> str:
+    """'2 attempts: 1 retry, as configured' or '1 attempt (a probe)'."""
+    if tries == 1 + retries:
+        return (f"{tries} attempt{'s' if tries > 1 else ''}: {retries} "
+                f"retr{'y' if retries == 1 else 'ies'}, as configured")
+    return "1 attempt (a probe: no retries)" if tries == 1 else f"{tries} attempts"
 
 
 def _cancel_requests() -> int:
@@ -256,6 +267,27 @@ class BusTransport:
         fc = (5 if len(values) == 1 else 15) if table is Table.COIL else 16
         return await self._exchange(call, 1, _request_chars(fc, len(values)))
 
+    async def send_unanswered(self, unit_id: int, address: int) -> str | None:
+        """Send a one-register holding read nobody is to answer (a scan's decoy) and wait
+        until it has left the line and t3.5 after it; None, or why it was not sent."""
+        async with self._lock:
+            error = await self._ensure_connected()
+            if error is not None:
+                return error
+            await self._respect_gap(guard=False)
+            before = _cancel_requests()
+            try:
+                await self._client.read_holding_registers(
+                    address, count=1, device_id=unit_id, no_response_expected=True)
+            except ModbusException as exc:
+                return f"cannot send on {self.describe()}: {exc}"
+            finally:
+                _raise_lost_cancel(before)
+            self.stats.requests += 1
+            # pymodbus hands the frame to the port and returns: it is on the wire until then.
+            self._last_frame_end = time.monotonic() + _REQUEST_CHARS * self.char_s
+            return None
+
     async def _exchange(self, call: Callable[[], Awaitable[object]],
                         attempts: int | None, request_chars: int = 8) -> Reply:
         tries = attempts if attempts is not None else 1 + self.bus.retries
@@ -285,7 +317,7 @@ class BusTransport:
                             error = f"{self.describe()} closed during the request"
                             break
                         self.stats.timeouts += 1
-                        error = _no_reply_text(exc)
+                        error = _no_reply_text(exc, self.timeout_s)
                         # A slave of another stack may still be waiting for this unit's reply
                         # and would take our next frame for it: keep the line silent.
                         self._quiet_until = sent_at + request_chars * self.char_s + self.guard_s
@@ -306,7 +338,7 @@ class BusTransport:
                         return Reply(exception_code=code, latency_s=time.monotonic() - started)
                     data = getattr(rr, "registers", None) or getattr(rr, "bits", None) or []
                     return Reply(data=list(data), latency_s=time.monotonic() - started)
-                error = f"{error or 'no reply'} ({tries} attempt{'s' if tries > 1 else ''})"
+                error = f"{error or 'no reply'} ({_attempts_text(tries, self.bus.retries)})"
                 self.stats.last_error = error
                 return Reply(error=error, latency_s=time.monotonic() - started)
             finally:

@@ -27,17 +27,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.drivers.bus import SerialBus, TcpBus, TcpFraming
 from edge_agent.drivers.model import Table
 from edge_agent.drivers.sim.device import DeviceSim, Fault
 from edge_agent.drivers.sim.meter import MeterSim
+from edge_agent.drivers.sim.spec import SpecSerialServer, SpecTcpServer
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import ConfigError, DeviceError
 
@@ -144,7 +145,8 @@ def build_sim_device(site: SiteSim, dev: DeviceSim) -> SimDevice:
         if dev.fault is Fault.EXCEPTION:
             return ExcCodes(dev.exception_code)
         table = FC_TABLE[function_code]
-        # A table without points, or a bit address outside the points: illegal data address.
+        # A table without points, or a bit address outside the points: illegal data address
+        # (the rest of a bit span is checked before pymodbus sees the request: sim.spec).
         if table not in tables or (table.is_bit and address not in dev.image(site.now())[table]):
             return ExcCodes.ILLEGAL_ADDRESS
         t = site.now()
@@ -309,7 +311,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _running(server: ModbusSerialServer | ModbusTcpServer, what: str
+async def _running(server: SpecSerialServer | SpecTcpServer, what: str
                    ) -> AsyncIterator[None]:
     try:
         await server.serve_forever(background=True)
@@ -319,6 +321,19 @@ async def _running(server: ModbusSerialServer | ModbusTcpServer, what: str
         yield
     finally:
         await server.shutdown()  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
+
+
+_Server = TypeVar("_Server", SpecTcpServer, SpecSerialServer)
+
+
+def _spec(server: _Server, site: SiteSim, devices: Sequence[DeviceSim]) -> _Server:
+    """``server`` checking requests for ``devices`` as the spec says (``sim.spec``)."""
+    def bits(dev: DeviceSim) -> Callable[[Table, int, int], bool]:
+        return lambda table, start, count: all(
+            a in dev.image(site.now())[table] for a in range(start, start + count))
+
+    server.bits_defined = {d.unit_id: bits(d) for d in devices}
+    return server
 
 
 def _tcp_address(url: str) -> tuple[str, int]:
@@ -340,17 +355,18 @@ async def serve_bus(site: SiteSim, bus: SerialBus | TcpBus, devices: Sequence[De
     if isinstance(bus, TcpBus):
         rtu = bus.framing is TcpFraming.RTU
         hooks = BusHooks(devices, rtu=rtu)
-        tcp = ModbusTcpServer(context, framer=FramerType.RTU if rtu else FramerType.SOCKET,
-                              address=(bus.host, bus.port), broadcast_enable=rtu,
-                              trace_packet=hooks.trace_packet, trace_pdu=hooks.trace_pdu)
+        tcp = _spec(SpecTcpServer(context, framer=FramerType.RTU if rtu else FramerType.SOCKET,
+                                  address=(bus.host, bus.port), broadcast_enable=rtu,
+                                  trace_packet=hooks.trace_packet, trace_pdu=hooks.trace_pdu),
+                    site, devices)
         async with _running(tcp, where):
             yield Served(bus.name, where, names)
         return
     hooks = BusHooks(devices, rtu=True)
     if bus.port.startswith("socket://"):
-        tcp = ModbusTcpServer(context, framer=FramerType.RTU, address=_tcp_address(bus.port),
-                              broadcast_enable=True, trace_packet=hooks.trace_packet,
-                              trace_pdu=hooks.trace_pdu)
+        tcp = _spec(SpecTcpServer(context, framer=FramerType.RTU, address=_tcp_address(bus.port),
+                                  broadcast_enable=True, trace_packet=hooks.trace_packet,
+                                  trace_pdu=hooks.trace_pdu), site, devices)
         async with _running(tcp, where):
             yield Served(bus.name, where, names)
         return
@@ -363,10 +379,10 @@ async def serve_bus(site: SiteSim, bus: SerialBus | TcpBus, devices: Sequence[De
         # Linux PTYs reject even and odd parity (termios EINVAL), so the simulator end is
         # always opened 8N1-style with parity N whatever the bus config says; a PTY carries
         # bytes, not bit timing, so parity and baud rate do not change what is tested.
-        serial = ModbusSerialServer(context, framer=FramerType.RTU, port=str(sim_link),
-                                    baudrate=bus.baudrate, bytesize=bus.bytesize,
-                                    parity="N", stopbits=bus.stopbits,
-                                    broadcast_enable=True, trace_packet=hooks.trace_packet,
-                                    trace_pdu=hooks.trace_pdu)
+        serial = _spec(SpecSerialServer(context, framer=FramerType.RTU, port=str(sim_link),
+                                        baudrate=bus.baudrate, bytesize=bus.bytesize,
+                                        parity="N", stopbits=bus.stopbits,
+                                        broadcast_enable=True, trace_packet=hooks.trace_packet,
+                                        trace_pdu=hooks.trace_pdu), site, devices)
         async with _running(serial, where):
             yield Served(bus.name, where, names, socat)

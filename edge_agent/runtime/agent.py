@@ -41,6 +41,7 @@ from edge_agent.runtime.buses import (
     AnyTransport,
     TransportFactory,
     make_scheduler,
+    open_holes,
     open_transport,
     request_budget_s,
 )
@@ -195,6 +196,7 @@ class Agent:
         self._missed = MissedSlots()
         self.heartbeats: dict[str, Heartbeat] = {}
         self.schedulers: dict[str, AnyScheduler] = {}
+        holes = open_holes(cfg.state_dir) if store.durable else None  # kept across restarts
         for name, t in self.transports.items():
             devices = cfg.devices_on(name)
             fastest = min(d.poll_interval_s for d in devices)
@@ -205,7 +207,7 @@ class Agent:
                 seed=zlib.crc32(name.encode()), heartbeat=hb,
                 request_budget_s=request_budget_s(cfg.buses[name]) + 1.0,
                 on_missed=self._missed_on(name),
-                on_status=self.sparkplug.device_status if self.sparkplug else None)
+                on_status=self.sparkplug.device_status if self.sparkplug else None, holes=holes)
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True

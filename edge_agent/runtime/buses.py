@@ -10,6 +10,7 @@ agent and the gateway's dry run open buses through (tests pass scripted fake bus
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 from edge_agent.drivers.bus import Bus, DeviceConfig, FieldProtocol, SerialBus
@@ -19,6 +20,7 @@ from edge_agent.drivers.modbus import transport as modbus_transport
 from edge_agent.drivers.modbus.transport import BusTransport, ModbusTransport
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Reading
+from edge_agent.runtime.holes import HOLES_FILE, HoleStore
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.meter_scheduler import MeterScheduler
 from edge_agent.runtime.scheduler import BusScheduler
@@ -46,11 +48,17 @@ def request_budget_s(bus: Bus) -> float:
     return modbus_transport.request_budget_s(bus)
 
 
+def open_holes(state_dir: Path) -> HoleStore:
+    """The learned register holes of the agent's devices, kept in ``state_dir``."""
+    return HoleStore(state_dir / HOLES_FILE)
+
+
 def make_scheduler(transport: AnyTransport, devices: Sequence[DeviceConfig],
                    sink: Callable[[list[Reading]], None], clock: Clock, *, max_gap: int,
                    seed: int, heartbeat: Heartbeat, request_budget_s: float,
                    on_missed: Callable[[str, int, float], None],
-                   on_status: Callable[[str, str], None] | None = None) -> AnyScheduler:
+                   on_status: Callable[[str, str], None] | None = None,
+                   holes: HoleStore | None = None) -> AnyScheduler:
     """The scheduler polling ``devices`` through ``transport``; ``request_budget_s`` is the
     heartbeat's promise before each request (the longest one may take, with a margin)."""
     if isinstance(transport, MeterTransport):
@@ -60,4 +68,5 @@ def make_scheduler(transport: AnyTransport, devices: Sequence[DeviceConfig],
     probe_cost_s = transport.silent_probe_s if isinstance(transport, BusTransport) else 0.0
     return BusScheduler(transport, devices, sink, clock, max_gap=max_gap, seed=seed,
                         heartbeat=heartbeat, request_budget_s=request_budget_s,
-                        on_missed=on_missed, on_status=on_status, probe_cost_s=probe_cost_s)
+                        on_missed=on_missed, on_status=on_status, probe_cost_s=probe_cost_s,
+                        holes=holes)

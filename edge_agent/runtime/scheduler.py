@@ -28,6 +28,7 @@ from edge_agent.drivers.model import Point, ReadRequest, Table
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.runtime.holes import HoleStore, describe_ranges
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.poller import DEVICE_BACKOFF as DEVICE_BACKOFF
 from edge_agent.runtime.poller import BusPoller, WriteJob
@@ -72,12 +73,35 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         on_missed: Callable[[str, int, float], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
         probe_cost_s: float = 0.0,
+        holes: HoleStore | None = None,
     ) -> None:
         super().__init__(transport, devices, lambda d: d.points, sink, clock, backoff=backoff,
                          seed=seed, heartbeat=heartbeat, request_budget_s=request_budget_s,
                          on_missed=on_missed, on_status=on_status, probe_cost_s=probe_cost_s)
         self.max_gap = max_gap
         self._plans: dict[tuple[str, tuple[int, ...]], list[ReadRequest]] = {}
+        self.holes = holes
+        if holes is not None:
+            for state in self.devices.values():
+                self._restore_holes(state, holes)
+
+    def _restore_holes(self, state: DeviceState, holes: HoleStore) -> None:
+        """Start from the holes this device refused before the restart; re-ask them soon."""
+        cfg = state.cfg
+        stored = holes.get(cfg.name, cfg.bus, cfg.unit_id)
+        if stored is None:
+            return
+        for table, start, end in stored.ranges:
+            state.bad.mark_bad(ReadRequest(Table(table), start, end - start, ()))
+        state.refused = stored.ranges
+        state.recheck_delay_s = REFUSAL_RECHECK_FIRST_S
+        state.recheck_at_monotonic = self.clock.monotonic() + REFUSAL_RECHECK_FIRST_S
+        state.all_refused = bool(cfg.points) and all(state.bad.is_point_bad(p)
+                                                     for p in cfg.points)
+        log.warning("device %s (unit %d on %s) refused %s before the restart: those points "
+                    "read device_exception until they are asked again in %.0f s",
+                    cfg.name, cfg.unit_id, self.transport.describe(),
+                    describe_ranges(stored.ranges), REFUSAL_RECHECK_FIRST_S)
 
     async def write_now(self, job: WriteJob) -> WriteResult:
         """Encode and send one write (function 5/6/15/16 by the point's table), once."""
@@ -194,6 +218,9 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
                      ", ".join(f"{t} {a}-{b - 1}" for t, a, b in sorted(gone)))
         if new or state.bad.empty:
             state.refused = learned
+            if self.holes is not None:
+                self.holes.record(state.cfg.name, state.cfg.bus, state.cfg.unit_id, learned,
+                                  self.clock.now())
         state.all_refused = bool(state.cfg.points) and all(
             state.bad.is_point_bad(p) for p in state.cfg.points)
 

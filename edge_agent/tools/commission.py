@@ -28,6 +28,7 @@ from edge_agent.protocol.errors import CommandError, ConfigError, DeviceError
 from edge_agent.protocol.readings import Value
 from edge_agent.protocol.shell import cli_command
 from edge_agent.tools.meter_read import read_meter_point
+from edge_agent.tools.precision import format_number, point_series
 
 DEFAULT_CONFIG = Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/site.toml"))
 
@@ -181,8 +182,10 @@ def describe_failure(reply: Reply, where: str) -> str:
 
 
 def show(point: Point, value: Value) -> str:
-    """A value with its unit."""
-    return f"{value}{' ' + point.unit if point.unit else ''}"
+    """A value at the precision its type and scale carry (``tools.precision``), with its unit."""
+    text = (format_number(value, point_series(point))
+            if isinstance(value, int | float) and not isinstance(value, bool) else str(value))
+    return f"{text}{' ' + point.unit if point.unit else ''}"
 
 
 # ---- the commands ----------------------------------------------------------------------

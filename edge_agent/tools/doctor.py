@@ -262,6 +262,26 @@ def _spool_check(state_dir: Path) -> Check:
     return Check(name, Level.PASS, f"writable; {len(dbs)} database(s) pass quick_check")
 
 
+def check_refusals(path: Path, now_s: float) -> Check:
+    """The register holes the agent learned (its ``learned-holes.json``), device by device."""
+    from edge_agent.runtime.holes import describe_ranges, read_holes
+
+    name = "refused registers"
+    holes, problem = read_holes(path)
+    if problem:
+        return Check(name, Level.WARN, f"cannot read them: {problem}",
+                     "the agent starts without them and learns them again; delete the file")
+    if not holes:
+        return Check(name, Level.PASS, "no device refuses a configured register")
+    lines = [f"{dev} (unit {h.unit_id} on {h.bus}): {describe_ranges(h.ranges)} refused "
+             f"(exception 2), learned {max(0.0, now_s - h.learned_at) / 3600:.1f} h ago"
+             for dev, h in sorted(holes.items())]
+    return Check(name, Level.WARN, "; ".join(lines),
+                 "the agent asks them again 30 s after start, then at most every 15 min; a "
+                 "device refuses registers while booting or locked, but a refusal that stays "
+                 "means the profile maps registers this device lacks: check its register map")
+
+
 def gather(config: Path, *, broker: bool = True, now: dt.datetime | None = None) -> list[Check]:
     """Run every check against this machine and ``config``."""
     from edge_agent.config.loader import load_config
@@ -296,6 +316,9 @@ def gather(config: Path, *, broker: bool = True, now: dt.datetime | None = None)
     cap = getattr(spool, "max_bytes", None)
     checks.append(check_disk(where, usage.free, usage.total, cap))
     checks.append(_spool_check(cfg.state_dir))
+    from edge_agent.runtime.holes import HOLES_FILE
+
+    checks.append(check_refusals(cfg.state_dir / HOLES_FILE, now.timestamp()))
     return checks
 
 

@@ -33,13 +33,18 @@ from rich.progress import (
 
 from edge_agent.drivers.modbus.scan import (
     COMMON_BAUDS,
+    DECOY_ADDRESS,
+    DECOY_UNIT,
     DEFAULT_SCAN_TURNAROUND_S,
     FEW_SECONDS_PER_100,
     PROBE_ADDRESS,
+    PROBE_CHARS,
     PROBE_TABLE,
     Answer,
     Found,
+    LinePhase,
     ScanSetting,
+    ambiguous,
     candidate_settings,
     draft_site,
     parse_framing,
@@ -51,6 +56,7 @@ from edge_agent.drivers.modbus.scan import (
     recognition_reads,
     sweep_estimate_s,
 )
+from edge_agent.drivers.modbus.timing import char_time_s, no_reply_guard_s
 from edge_agent.drivers.modbus.transport import BusTransport
 from edge_agent.drivers.profile import DeviceProfile, load_profile, shipped_profiles
 from edge_agent.protocol.errors import DeviceError
@@ -61,6 +67,8 @@ from edge_agent.tools.scan_meters import METER_BAUDS, METER_FRAMINGS, meter_sett
 
 MODBUS_FRAMINGS = "8E1,8N1,8N2,8O1"
 USB_ADAPTER_LATENCY_S = 0.016  # FTDI-style adapters hand bytes over in ~16 ms batches
+# A sweep this much slower than the timing model is a line problem, not a busy scanner.
+SLOWER_THAN_MODEL = 1.25
 
 
 @dataclass(slots=True)
@@ -73,33 +81,57 @@ class SweepResult:
     elapsed_s: float
     estimate_s: float
     error: str = ""
+    decoys: int = 0       # decoy frames sent after unanswered probes
+    guard_waits: int = 0  # times the sweep stalled and waited out the no-reply guard
 
 
 async def sweep(setting: ScanSetting, port: str, ids: Sequence[int], timeout_s: float,
                 progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Probe every id once at ``setting``; an exception reply counts as present."""
-    # No guard: most ids are silent, and a sweep that waited out every one would take
-    # minutes. (A libmodbus-style slave may miss its probe after a silent id.)
+    """Probe every id once at ``setting``; an exception reply counts as present.
+
+    No no-reply guard (most ids are silent: a sweep that waited 0.6 s after each would take
+    minutes); after each unanswered probe a decoy frame is what a libmodbus-style slave
+    waiting for that unit's reply swallows (``LinePhase`` in ``modbus.scan``).
+    """
     transport = BusTransport(setting.bus(port, timeout_s, no_reply_guard_s=0.0))
+    guard_s = no_reply_guard_s(setting.bus(port))
+    request_s = PROBE_CHARS * char_time_s(setting.bus(port))
+    phase = LinePhase()
     present: list[int] = []
     started = time.monotonic()
+
+    def failed(error: str) -> SweepResult:
+        return SweepResult(setting, len(ids), present, time.monotonic() - started, 0, error,
+                           phase.decoys, phase.guard_waits)
+
     try:
         for uid in ids:
+            decoy, silence_s = phase.before_probe(time.monotonic(), guard_s)
+            if silence_s:
+                await asyncio.sleep(silence_s)
+            if decoy:
+                problem = await transport.send_unanswered(DECOY_UNIT, DECOY_ADDRESS)
+                if problem is not None:
+                    return failed(problem)
+            # The request ends no earlier than its frame time from now (the t3.5 wait before
+            # it makes the real end later): a decoy is sent only while surely still awaited.
+            request_end = time.monotonic() + request_s
             try:
                 reply = await transport.read(uid, PROBE_TABLE, PROBE_ADDRESS, 1, attempts=1)
             except Exception as exc:  # termios.error from a port refusing the setting
-                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
-                                   f"cannot open {port} at {setting.label()}: {exc}")
+                return failed(f"cannot open {port} at {setting.label()}: {exc}")
             if reply.error is not None and reply.error.startswith("cannot open"):
-                return SweepResult(setting, len(ids), present, time.monotonic() - started, 0,
-                                   reply.error)
-            if reply.ok or reply.exception_code is not None:
+                return failed(reply.error)
+            answered = reply.ok or reply.exception_code is not None
+            phase.probed(answered, request_end)
+            if answered:
                 present.append(uid)
             if progress is not None:
                 progress(uid, len(present))
     finally:
         await transport.close()
-    return SweepResult(setting, len(ids), present, time.monotonic() - started, 0)
+    return SweepResult(setting, len(ids), present, time.monotonic() - started, 0, "",
+                       phase.decoys, phase.guard_waits)
 
 
 async def identify(setting: ScanSetting, port: str, unit_ids: Sequence[int],
@@ -119,7 +151,9 @@ async def identify(setting: ScanSetting, port: str, unit_ids: Sequence[int],
             ranking = rank_profiles(profiles, answers)
             best = recognised(ranking)
             close = tuple(f"{m.profile} {m.matched}/{m.total}" for m in ranking[:3] if m.matched)
-            found.append(Found(uid, best.profile if best else None, () if best else close))
+            tied = tuple(m.profile for m in ambiguous(ranking))
+            found.append(Found(uid, best.profile if best else None, () if best else close,
+                               tied))
     finally:
         await transport.close()
     return found
@@ -132,11 +166,14 @@ def _verdict(res: SweepResult) -> str:
     text = (f"{res.setting.label()}: {res.ids} ids in {res.elapsed_s:.1f} s "
             f"({per100:.1f} s per 100 ids; timing model {model100:.1f} s); "
             f"{len(res.present)} answered" + (f": {res.present}" if res.present else ""))
+    if res.guard_waits:
+        text += (f"\n  kept the line silent for the no-reply guard after {res.guard_waits} "
+                 "silent id(s) instead of a decoy (a reply wait near 0.5 s, or a busy machine)")
     if per100 > FEW_SECONDS_PER_100:
         if model100 > FEW_SECONDS_PER_100:
             text += (f"\n  cannot sweep in a few seconds per 100 ids at {res.setting.baudrate}"
                      " baud: the line itself is that slow")
-        else:
+        elif per100 > SLOWER_THAN_MODEL * model100:
             text += ("\n  slower than a healthy line allows: suspect noise, missing "
                      "termination, or a slow USB adapter (try --adapter-latency-ms 16)")
     return text
@@ -235,8 +272,10 @@ async def _scan(args: argparse.Namespace, out: TextIO, err_console: Console) -> 
         profiles = [load_profile(name) for name in shipped_profiles()]
         found = await identify(best.setting, args.port, best.present, profiles)
     for f in found:
-        what = f.profile or ("unrecognised" + (f" (closest: {', '.join(f.candidates)})"
-                                               if f.candidates else ""))
+        what = f.profile or (
+            f"ambiguous: {' or '.join(f.ambiguous)} explain its answers about equally well"
+            if f.ambiguous else "unrecognised" + (f" (closest: {', '.join(f.candidates)})"
+                                                   if f.candidates else ""))
         print(f"unit {f.unit_id}: {what}", file=out)
     args.out.write_text(draft_site(args.port, best.setting, found, gateway_id=args.gateway_id))
     print(f"draft site config written to {args.out}", file=out)

@@ -31,6 +31,7 @@ from edge_agent.protocol.shell import (
 from edge_agent.runtime.sparkplug.decode import decode_payload
 from edge_agent.runtime.sparkplug.metrics import REBIRTH
 from edge_agent.runtime.sparkplug.payload import DataType, Limits, Metric, Payload, encode_payload
+from edge_agent.tools.precision import format_number
 from edge_agent.tools.tail import hms
 
 # A host reads births of any size: wider than the node's intake limits for commands.
@@ -43,7 +44,7 @@ def _shown(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return format(value, ".7g")
+        return format_number(value)  # a float32 at its digits, a double at all of its own
     return repr(value) if isinstance(value, str | bytes) else str(value)
 
 

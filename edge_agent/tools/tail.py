@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import aiomqtt
 
 from edge_agent.codecs.batch import VERSION_SCHEMA, DataBatch, MissingSchema, decode_batch
-from edge_agent.codecs.schema import HASH_BYTES, SchemaBook
+from edge_agent.codecs.schema import HASH_BYTES, SchemaBook, SeriesDef
 from edge_agent.protocol import topics
 from edge_agent.protocol.broker import client_options, parse_broker_url
 from edge_agent.protocol.errors import CommandError, EdgeError
@@ -33,6 +33,7 @@ from edge_agent.protocol.shell import (
     error_lines,
     shown_url,
 )
+from edge_agent.tools.precision import format_number
 
 # State and health documents are JSON objects of a few levels: these bound what one may cost.
 DOC_LIMITS: dict[str, Any] = {"max_bytes": 1024 * 1024, "max_depth": 16, "max_items": 100_000,
@@ -67,16 +68,16 @@ def printable(line: str) -> str:
                    else repr(c)[1:-1] for c in line)
 
 
-def format_value(reading: Reading, unit: str = "") -> str:
-    """A reading's value right-aligned (with its unit if known); bad ones as -- and why."""
+def format_value(reading: Reading, unit: str = "", series: SeriesDef | None = None) -> str:
+    """A reading's value right-aligned, at the precision its type and scale carry (from the
+    schema's ``series`` when known: ``tools.precision``) and with its unit; bad ones as --
+    and why."""
     if reading.quality is Quality.GOOD and reading.exception_code is None:
         v = reading.value
         if isinstance(v, bool):
             text = "true" if v else "false"
-        elif isinstance(v, float):
-            text = format(v, ".7g")  # float32 registers carry about 7 significant digits
-            if text.lstrip("-").isdigit():
-                text += ".0"  # keep 50.0 recognisably a float
+        elif isinstance(v, int | float):
+            text = format_number(v, series)
         elif v is None:
             text = "-"
         else:
@@ -89,9 +90,12 @@ def format_value(reading: Reading, unit: str = "") -> str:
     return bad
 
 
-def format_batch(batch: DataBatch, units: dict[tuple[str, str], str] | None = None) -> list[str]:
-    """One header line, then one aligned line per reading, device by device, in time order."""
-    units = units or {}
+def format_batch(batch: DataBatch, units: dict[tuple[str, str], str] | None = None,
+                 series: dict[tuple[str, str], SeriesDef] | None = None) -> list[str]:
+    """One header line, then one aligned line per reading, device by device, in time order;
+    units and types from ``series`` (the schema's) or ``units``."""
+    series = series or {}
+    units = {**{k: s.unit for k, s in series.items()}, **(units or {})}
     order = {d: i for i, d in enumerate(dict.fromkeys(r.device for r in batch.readings))}
     readings = sorted(batch.readings, key=lambda r: (order[r.device], r.ts_ms))  # stable
     first = readings[0].ts_ms if readings else None
@@ -100,8 +104,10 @@ def format_batch(batch: DataBatch, units: dict[tuple[str, str], str] | None = No
     dev_w = max((len(r.device) for r in readings), default=0)
     pt_w = max((len(r.point) for r in readings), default=0)
     for r in readings:
+        key = (r.device, r.point)
+        value = format_value(r, units.get(key, ""), series.get(key))
         lines.append(f"{hms(r.ts_ms)}  {batch.gateway}  {r.device:<{dev_w}}  {r.point:<{pt_w}}  "
-                     f"{format_value(r, units.get((r.device, r.point), ''))}")
+                     f"{value}")
     return lines
 
 
@@ -164,12 +170,10 @@ def _render(topic: str, payload: bytes, prefix: str,
                 return [f"{hms(None)}  {ref.gateway}  warning  data batch seq {exc.seq} "
                         f"({len(payload)} bytes) needs schema {exc.schema_hash.hex()}, not "
                         "seen yet"], 0
-            units: dict[tuple[str, str], str] = {}
             known = book.lookup(ref.gateway, payload[1:1 + HASH_BYTES]) \
                 if batch.version == VERSION_SCHEMA else None
-            if known is not None:
-                units = {(s.device, s.point): s.unit for s in known.series}
-            return format_batch(batch, units), len(batch.readings)
+            series = {(s.device, s.point): s for s in known.series} if known else {}
+            return format_batch(batch, series=series), len(batch.readings)
         if not payload:  # a retained message being cleared
             return [f"{hms(None)}  {ref.gateway}  {ref.kind}  (cleared)"], 0
         doc = loads_strict(payload, **DOC_LIMITS)
