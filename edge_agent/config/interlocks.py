@@ -49,9 +49,11 @@ def _ints(chk: Checker, raw: dict[str, Any], path: str, key: str, lo: int, hi: i
     return tuple(values or ())
 
 
-def parse_interlocks(chk: Checker, raw: dict[str, Any],
-                     devices: Sequence[DeviceConfig]) -> dict[str, Interlocks]:
-    """The interlocks by device; problems recorded in ``chk`` (unknown device, missing points)."""
+def parse_interlocks(chk: Checker, raw: dict[str, Any], devices: Sequence[DeviceConfig],
+                     declared: set[str]) -> dict[str, Interlocks]:
+    """The interlocks by device; problems recorded in ``chk`` (unknown device, missing points).
+
+    ``declared`` are the [devices] names, also those not built for a problem of their own."""
     by_name = {d.name: d for d in devices}
     out: dict[str, Interlocks] = {}
     for name, table in raw.items():
@@ -62,7 +64,8 @@ def parse_interlocks(chk: Checker, raw: dict[str, Any],
         chk.keys(table, path, INTERLOCK_KEYS)
         dev = by_name.get(name)
         if dev is None:
-            chk.note(path, f"no device {name!r} in [devices]")
+            if name not in declared:
+                chk.note(path, f"no device {name!r} in [devices]")
             continue
         names = {p.name for p in dev.points}
         missing = [p for p in CABINET_POINTS if p not in names]

@@ -99,7 +99,8 @@ def load_config_bytes(data: bytes, *, source: str, base_dir: Path, state_dir: Pa
     if not devices_raw:
         chk.note("devices", "no devices; expected at least one [devices.NAME] table")
     devices = parse_devices(chk, devices_raw, buses, set(buses_raw), base, roots)
-    interlocks = parse_interlocks(chk, chk.get(raw, "", "interlocks", dict, {}), devices)
+    interlocks = parse_interlocks(chk, chk.get(raw, "", "interlocks", dict, {}), devices,
+                                  set(devices_raw))
     chk.raise_if_any()
     assert mqtt is not None  # raise_if_any passed, so every required part was built
     return SiteConfig(source=Path(source), gateway_id=gateway_id, site=site, mqtt=mqtt,
