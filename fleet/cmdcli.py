@@ -176,7 +176,7 @@ async def publish_and_wait(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
                     if ref is None or ref.gateway not in gateways:
                         continue
                     try:
-                        doc = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                        doc = json.loads(bytes(msg.payload))
                     except (TypeError, ValueError):
                         continue
                     if not isinstance(doc, dict):

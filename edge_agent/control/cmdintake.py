@@ -65,7 +65,11 @@ def lamp_groups(cfg: SiteConfig) -> Mapping[str, Sequence[str]]:
     groups = getattr(lighting, "groups", None)
     if not isinstance(groups, Mapping):
         return {}
-    return {str(k): tuple(getattr(v, "lamps", v)) for k, v in groups.items()}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, group in groups.items():
+        lamps: Any = getattr(group, "lamps", group)
+        out[str(name)] = tuple(str(lamp) for lamp in lamps)
+    return out
 
 
 class CommandIntake:
