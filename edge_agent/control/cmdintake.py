@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -121,13 +121,14 @@ class CommandIntake:
             if agent is None:
                 self.rejections.reject("no_agent", f"command {cid}: no agent running")
                 continue
+
+            async def answer(doc: dict[str, Any], cid: str = cid) -> None:
+                await self._publish(agent_of, cid, doc)
+
             try:
-                answers = await self.handle(cid, payload, agent)
+                await self.handle(cid, payload, agent, answer)
             except Exception:  # one command must never end the loop that takes the next
                 log.exception("command %s could not be handled", cid)
-                continue
-            for doc in answers:
-                await self._publish(agent_of, cid, doc)
 
     # ------------------------------------------------------------------ the stages
 
@@ -141,13 +142,20 @@ class CommandIntake:
             doc["args"] = cmd.args
         return doc
 
-    async def handle(self, cid: str, payload: bytes, agent: Agent) -> list[dict[str, Any]]:
-        """Run one command message through every stage; the answers to publish, in order."""
+    async def handle(self, cid: str, payload: bytes, agent: Agent,
+                     answer: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Run one command message through every stage, answering as each is reached."""
         try:
             check_command_id(cid)
         except ValueError as exc:
             self.rejections.reject("topic", str(exc))
-            return []
+            return
+        for doc in await self._stages(cid, payload, agent, answer):
+            await answer(doc)
+
+    async def _stages(self, cid: str, payload: bytes, agent: Agent,
+                      answer: Callable[[dict[str, Any]], Awaitable[None]]
+                      ) -> list[dict[str, Any]]:
         verdict = verify_command(payload, self.trust_of(), self.clock.now())
         cmd = verdict.command
         if cmd is None:
@@ -176,7 +184,8 @@ class CommandIntake:
             return [doc]
         accepted = self._answer(cid, "accepted", f"{len(planned.writes)} writes queued", cmd)
         self.audit.append(accepted)
-        return [accepted, await self._execute(cid, cmd, planned, agent)]
+        await answer(accepted)  # before the writes: the operator sees it was taken
+        return [await self._execute(cid, cmd, planned, agent)]
 
     def _again(self, cid: str, earlier: dict[str, Any], cmd: Command) -> dict[str, Any]:
         """The answer to an id seen before: its recorded outcome, never a second run."""
