@@ -147,7 +147,11 @@ def test_commands_round_trip_refusals_and_interlocks(tmp_path: Path,
                                         gateways=("gw-other",)), "does not target"),
                     "limits": (signed("limits", "plan", {"device": "signal", "plan": 9}),
                                "plan_command"),
+                    "junk": (b"\xff{\"signed\"", "command JSON refused"),
+                    "id-swap": (signed("other-id", "dim", {"lamps": ["lamp"], "level_pct": 9}),
+                                "published on the topic of id"),
                 }
+                results.send("..", b"{}")  # an id no command can have: counted, not answered
                 for cid, (blob, _) in refusals.items():
                     results.send(cid, blob)
                 for cid, (_, reason) in refusals.items():

@@ -41,6 +41,7 @@ class AuditLog:
         self.counts: Counter[str] = Counter()          # records by status, since the log began
         self.damaged = 0
         self.last_plan_change: dict[str, float] = {}   # cabinet -> wall time of its last plan
+        self._torn = False  # the file ends inside a line: the next record starts a new one
         self._load()
 
     def _load(self) -> None:
@@ -50,6 +51,7 @@ class AuditLog:
             return
         with fh:
             for raw in fh:
+                self._torn = not raw.endswith(b"\n")
                 try:
                     if len(raw) > MAX_LINE:
                         raise UnsafeJsonError("$", f"line of {len(raw)} bytes")
@@ -78,6 +80,9 @@ class AuditLog:
     def append(self, rec: dict[str, Any]) -> None:
         """Append one record (fsync'd unless told otherwise) and index it."""
         line = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        if self._torn:
+            line = b"\n" + line  # never glue a record onto the torn end of the last one
+            self._torn = False
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)
