@@ -42,6 +42,7 @@ from edge_agent.runtime.writes import WriteResult
 
 if TYPE_CHECKING:
     from edge_agent.config.model import SiteConfig
+    from edge_agent.control.plane import ControlPlane
     from edge_agent.runtime.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -278,10 +279,11 @@ class CommandIntake:
                 "audit": self.audit.health()}
 
 
-def open_intake(state_dir: Path, trust_of: Callable[[], TrustedState], clock: Clock,
+def open_intake(state_dir: Path, control: ControlPlane[Any], clock: Clock,
                 overrides: Overrides | None = None) -> CommandIntake:
-    """The gateway's intake, with the lighting override store (``control.lighting_overrides``,
-    one instance shared with the lighting schedule) when given or when this build has one."""
+    """The gateway's intake, verifying against the control plane's trusted state, with the
+    lighting override store (``control.lighting_overrides``; the one instance the lighting
+    schedule uses) when given, else one of its own when this build has the module."""
     if overrides is None:
         try:
             mod = importlib.import_module("edge_agent.control.lighting_overrides")
@@ -290,4 +292,4 @@ def open_intake(state_dir: Path, trust_of: Callable[[], TrustedState], clock: Cl
                      "duration are refused")
         else:
             overrides = mod.OverrideStore(mod.overrides_path(state_dir), clock)
-    return CommandIntake(state_dir, trust_of, clock, overrides=overrides)
+    return CommandIntake(state_dir, lambda: control.trust, clock, overrides=overrides)

@@ -115,10 +115,10 @@ class Gateway:
                 dry_run_timeout_s=self.dry_run_budget_s,
                 ops=self.ops)
         self.commands: CommandIntake | None = None
-        if self.control is not None:  # commands are verified against the same pinned root
+        if self.control is not None:  # signed commands, verified against the same root
             from edge_agent.control.cmdintake import open_intake
-            plane = self.control
-            self.commands = open_intake(self.local.state_dir, lambda: plane.trust, self.clock)
+            self.commands = open_intake(self.local.state_dir, self.control, self.clock,
+                                        getattr(self, "overrides", None))  # lighting's store
 
     # ------------------------------------------------------------------ callbacks
 
@@ -349,8 +349,7 @@ class Gateway:
         if self.control is not None:
             helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
         if self.commands is not None:
-            helpers.append(asyncio.create_task(self.commands.run(lambda: self.agent),
-                                               name="commands"))
+            helpers.append(asyncio.create_task(self.commands.run(lambda: self.agent), name="cmd"))
         if boot_report is not None:
             helpers.append(asyncio.create_task(self._publish_report(boot_report),
                                                name="boot-report"))
