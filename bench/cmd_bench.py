@@ -43,6 +43,7 @@ import aiomqtt
 from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.modbus.transport import BusTransport
+from edge_agent.protocol.broker import no_delay
 from edge_agent.protocol.clock import SystemClock
 from edge_agent.protocol.command import command_signed, encode_command
 from edge_agent.protocol.keys import load_private
@@ -131,6 +132,7 @@ async def latency(broker: Mosquitto, cfg: SiteConfig, key_path: Path, roots: lis
     bad: list[str] = []
     async with aiomqtt.Client("127.0.0.1", broker.port,
                               identifier=f"fleet-bench-{secrets.token_hex(3)}") as client:
+        no_delay(client)
         await client.subscribe(f"{prefix}/{gw}/cmd-result/+", qos=1)
         messages = client.messages
         for i in range(n):

@@ -31,7 +31,7 @@ import aiomqtt
 from edge_agent.fleet import cmdstore
 from edge_agent.fleet.registry import Registry
 from edge_agent.protocol import topics
-from edge_agent.protocol.broker import MqttConfig, client_options, parse_broker_url
+from edge_agent.protocol.broker import MqttConfig, client_options, no_delay, parse_broker_url
 from edge_agent.protocol.command import (
     DEVICE,
     FOR_S,
@@ -166,6 +166,7 @@ async def publish_and_wait(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
     final: set[str] = set()
     opts = client_options(mqtt)
     async with aiomqtt.Client(identifier=f"fleet-cmd-{secrets.token_hex(4)}", **opts) as client:
+        no_delay(client)
         await client.subscribe(f"{prefix}/+/{topics.CMD_RESULT}/{cid}", qos=1)
         for gw in gateways:
             await client.publish(f"{prefix}/{gw}/{topics.CMD}/{cid}", blob, qos=1)

@@ -261,7 +261,7 @@ def running_plan(c: Ctx) -> tuple[int, int]:
     if command not in PLANS:
         plan_no = scheduled_plan(c.tod)
         return plan_no, int(c.t) % PLANS[plan_no].cycle_s
-    at, before = c.get(PLAN_AT, None), c.get(PLAN_BEFORE, None)
+    at, before = c.overrides.get(PLAN_AT), c.overrides.get(PLAN_BEFORE)
     if not isinstance(at, int | float) or not isinstance(before, int) or before not in PLANS:
         return command, int(c.t) % PLANS[command].cycle_s
     old = PLANS[before]
