@@ -98,7 +98,8 @@ def test_commands_round_trip_refusals_and_interlocks(tmp_path: Path,
     enrol_direct(reg, tmp_path / "gw", [GW], "test-site", own_broker.url)
     state = tmp_path / "gw" / GW
     site = write_site(tmp_path, [("lamp", "rs485", 3, "streetlight"),
-                                 ("signal", "lan", 1, "signal_cabinet")], extra=INTERLOCKS)
+                                 ("signal", "lan", 1, "signal_cabinet")], extra=INTERLOCKS,
+                      health_s=1.0)
     site.write_text(site.read_text().replace(f'state_dir = "{tmp_path / "state"}"',
                                              f'state_dir = "{state}"'))
     roots = reg.roots()
@@ -194,7 +195,14 @@ def test_commands_round_trip_refusals_and_interlocks(tmp_path: Path,
                 results.send("fl-1", signed("fl-1", "flash", {"device": "signal", "on": True}))
                 assert results.outcome("fl-1")["status"] == "done"
                 assert _writes(sock, "signal") == 2 and _writes(sock, "lamp") == lamp_writes
-            # 6. After a restart the audit log still answers the old id, and nothing runs.
+                # 6. Health counts what the intake did (the audit's records by status).
+                n_health = len(data.health)
+                assert data.wait_for(lambda c: len(c.health) > n_health + 1)
+                section = data.health[-1]["commands"]
+                assert section["audit"]["by_status"]["done"] == 3, section  # dim, plan, flash
+                assert section["rejected_by_reason"]["unverified"] == 4, section
+                assert section["rejected_by_reason"]["topic"] == 1, section
+            # 7. After a restart the audit log still answers the old id, and nothing runs.
             with agent(site, own_broker.url, tmp_path):
                 assert data.wait_for(lambda c: len(c.readings) > 0)
                 n_before = len(data.readings)
