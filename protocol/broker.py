@@ -124,5 +124,5 @@ def no_delay(client: aiomqtt.Client) -> None:
     (docs/broker.md). Unix sockets have no such option and are left alone.
     """
     sock = client._client.socket()  # aiomqtt keeps paho's client there; paho exposes its socket
-    if sock is not None and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ssl.SSLSocket too
