@@ -15,11 +15,12 @@ fleet serve``, the gateway enrolled) and ``edge-agent run``.
 2. Latency (``--commands`` of them, sequential): each dim command of lamp-101 (alternately 30 and
    70 %) is signed with the operator key, published on ``cmd/{id}`` and timed until its
    ``accepted`` and its ``done`` answer arrive on ``cmd-result/{id}`` (what ``edge-fleet cmd send``
-   does after it has started; its process start-up, about 0.5 s, is not counted). Median and p99.
+   does after it has started; its process start-up is not counted). Median and p99.
+3. ``--cli`` whole ``edge-fleet cmd send`` runs, timed from the process start to its exit.
 
 Benchmarks print figures; this one never fails on timing. Usage:
 
-    .venv/bin/python bench/cmd_bench.py [--commands 100] [--poll-seconds 60] [--every-s 1.0]
+    .venv/bin/python bench/cmd_bench.py [--commands 100] [--poll-seconds 60] [--every-s 1.0] [--cli 10]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import re
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -175,12 +177,30 @@ async def latency(broker: Mosquitto, cfg: SiteConfig, key_path: Path, roots: lis
     print(f"  {n - len(bad)} of {n} done" + (f"; first failure: {bad[0]}" if bad else ""))
 
 
+def cli_runs(broker: Mosquitto, cfg: SiteConfig, db: str, key: Path, n: int) -> None:
+    """Part 3: ``n`` whole ``edge-fleet cmd send`` runs, process start-up included."""
+    took: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_agent.fleet.cli", "cmd", "send", "--db", db,
+             "--gateway", cfg.gateway_id, "dim", str(30 + 40 * (i % 2)), "--lamps", LAMP,
+             "--key", str(key), "--broker", broker.url], capture_output=True, text=True,
+            timeout=60)
+        took.append((time.perf_counter() - t0) * 1000)
+        if done.returncode != 0:
+            print(f"  cmd send failed: {done.stdout} {done.stderr}")
+    print(f"{n} whole `edge-fleet cmd send` runs (start-up, sign, publish, both answers): "
+          f"median {statistics.median(took):.0f} ms, max {max(took):.0f} ms", flush=True)
+
+
 def main() -> int:
     """Run both parts and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--commands", type=int, default=100)
     ap.add_argument("--poll-seconds", type=float, default=60.0)
     ap.add_argument("--every-s", type=float, default=1.0)
+    ap.add_argument("--cli", type=int, default=10, help="whole `edge-fleet cmd send` runs")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-cmd-bench-") as work:
         tmp = Path(work)
@@ -219,6 +239,8 @@ def main() -> int:
             time.sleep(3.0)  # connected and subscribed: its first polls have gone out
             if args.commands > 0:
                 asyncio.run(latency(broker, cfg, fleet.operator_key, roots, args.commands))
+            if args.cli > 0:
+                cli_runs(broker, cfg, fleet.db, fleet.operator_key, args.cli)
         finally:
             for proc in reversed(procs):
                 stop_process(proc)
