@@ -128,10 +128,10 @@ async def poll_delay(cfg: SiteConfig, seconds: float, every_s: float) -> None:
               f"{max(late):.1f} ms after their grid mark", flush=True)
         if command_s:
             ms = [s * 1000 for s in command_s]
-            bus = sched.bus_ms
+            held = sched.bus_ms
             print(f"  each command held the bus (write, read-back) median "
-                  f"{statistics.median(bus):.1f} ms, p99 {pct(bus, 99):.1f} ms, max "
-                  f"{max(bus):.1f} ms; from queued to done median {statistics.median(ms):.1f} "
+                  f"{statistics.median(held):.1f} ms, p99 {pct(held, 99):.1f} ms, max "
+                  f"{max(held):.1f} ms; from queued to done median {statistics.median(ms):.1f} "
                   f"ms, p99 {pct(ms, 99):.1f} ms ({len(ms)} commands)", flush=True)
 
 

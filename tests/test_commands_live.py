@@ -198,7 +198,7 @@ def test_commands_round_trip_refusals_and_interlocks(tmp_path: Path,
                 # 6. Health counts what the intake did (the audit's records by status).
                 n_health = len(data.health)
                 assert data.wait_for(lambda c: len(c.health) > n_health + 1)
-                section = data.health[-1]["commands"]
+                section: Any = data.health[-1]["commands"]
                 assert section["audit"]["by_status"]["done"] == 3, section  # dim, plan, flash
                 assert section["rejected_by_reason"]["unverified"] == 4, section
                 assert section["rejected_by_reason"]["topic"] == 1, section
