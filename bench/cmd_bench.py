@@ -20,7 +20,7 @@ fleet serve``, the gateway enrolled) and ``edge-agent run``.
 
 Benchmarks print figures; this one never fails on timing. Usage:
 
-    .venv/bin/python bench/cmd_bench.py [--commands 100] [--poll-seconds 60] [--every-s 1] [--cli 10]
+    .venv/bin/python bench/cmd_bench.py [--commands 100] [--poll-seconds 60] [--cli 10]
 """
 
 from __future__ import annotations
