@@ -195,14 +195,40 @@ def test_commands_round_trip_refusals_and_interlocks(tmp_path: Path,
                 results.send("fl-1", signed("fl-1", "flash", {"device": "signal", "on": True}))
                 assert results.outcome("fl-1")["status"] == "done"
                 assert _writes(sock, "signal") == 2 and _writes(sock, "lamp") == lamp_writes
-                # 6. Health counts what the intake did (the audit's records by status).
+                # 6. A device answering with a Modbus exception: failed, with the code.
+                control(sock, {"device": "lamp", "fault": "exception", "code": 4})
+                results.send("exc", signed("exc", "dim", {"lamps": ["lamp"], "level_pct": 20}))
+                failed = results.outcome("exc")
+                control(sock, {"device": "lamp", "fault": "none"})
+                assert failed["status"] == "failed" and failed["exception_code"] == 4, failed
+                assert "exception 4" in failed["reason"]
+                # A lamp held for a duration: the lighting override store keeps its end time
+                # (refused, with nothing written, by a build without the store).
+                results.send("hold", signed("hold", "dim", {"lamps": ["lamp"], "level_pct": 30,
+                                                            "for_s": 7200}))
+                held = results.outcome("hold")
+                store = state / "lighting-overrides.json"
+                if held["status"] == "refused":
+                    assert "no lighting override store" in held["reason"], held
+                else:
+                    assert held["status"] == "done" and "held at 30 % for 7200 s" in \
+                        held["reason"], held
+                    kept = json.loads(store.read_text())["overrides"]
+                    assert kept[0]["target"] == "lamp" and kept[0]["command_id"] == "hold"
+                    assert abs(kept[0]["until_s"] - (time.time() + 7200)) < 60
+                    results.send("free", signed("free", "override-clear", {"lamps": ["lamp"]}))
+                    assert results.outcome("free")["status"] == "done"
+                    assert json.loads(store.read_text())["overrides"] == []
+                lamp_writes = _writes(sock, "lamp")
+                # 7. Health counts what the intake did (the audit's records by status).
                 n_health = len(data.health)
                 assert data.wait_for(lambda c: len(c.health) > n_health + 1)
                 section: Any = data.health[-1]["commands"]
-                assert section["audit"]["by_status"]["done"] == 3, section  # dim, plan, flash
+                done_n = 3 if held["status"] == "refused" else 5  # dim, plan, flash (hold, free)
+                assert section["audit"]["by_status"]["done"] == done_n, section
                 assert section["rejected_by_reason"]["unverified"] == 4, section
                 assert section["rejected_by_reason"]["topic"] == 1, section
-            # 7. After a restart the audit log still answers the old id, and nothing runs.
+            # 8. After a restart the audit log still answers the old id, and nothing runs.
             with agent(site, own_broker.url, tmp_path):
                 assert data.wait_for(lambda c: len(c.readings) > 0)
                 n_before = len(data.readings)
