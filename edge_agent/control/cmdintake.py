@@ -33,11 +33,16 @@ from edge_agent.control.cmdaudit import FINAL, AuditLog
 from edge_agent.control.commands import CommandPlan, Refusal, plan_command
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import Clock
-from edge_agent.protocol.command import MAX_COMMAND, Command, check_command_id, verify_command
+from edge_agent.protocol.command import (
+    FAULT,
+    MAX_COMMAND,
+    Command,
+    check_command_id,
+    verify_command,
+)
 from edge_agent.protocol.errors import EdgeError, UplinkError
 from edge_agent.protocol.rejections import Rejections
 from edge_agent.protocol.trust import TrustedState
-from edge_agent.protocol.verify import FAULT
 from edge_agent.runtime.writes import WriteResult
 
 if TYPE_CHECKING:
