@@ -247,7 +247,8 @@ def test_the_verifier_is_total_under_mutation() -> None:
         variants.append(bytes(b))
     for path in (("signed", "args"), ("signed", "targets"), ("signed", "issued"),
                  ("signatures",), ("roots",), ("signed", "id"), ("signed", "action")):
-        for value in (None, 1, -1, 2**60, "x", [], {}, [[]], {"a": {}}, True, "\ud800"):
+        values: list[Any] = [None, 1, -1, 2**60, "x", [], {}, [[]], {"a": {}}, True, "\ud800"]
+        for value in values:
             mutated = json.loads(good)
             target = mutated
             for key in path[:-1]:
