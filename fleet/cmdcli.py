@@ -51,6 +51,7 @@ from edge_agent.protocol.shell import (
     check_broker_url,
     opened,
 )
+from edge_agent.protocol.verify import role_keys
 
 FINAL = ("done", "refused", "failed")
 _DURATION = re.compile(r"(\d+)([smhd]?)")
@@ -148,11 +149,22 @@ def build_command(registry: Registry, args: argparse.Namespace, now: int
     if not 0 < args.expires_s <= MAX_LIFETIME_S:
         raise CommandError(f"--expires-s {args.expires_s}: expected 1..{MAX_LIFETIME_S}")
     cid = args.id or f"c{now}-{secrets.token_hex(4)}"
+    keys = [load_private(k) for k in args.key]
+    root = registry.latest_root()
+    try:
+        operators, _ = role_keys(root["signed"], "operator")
+    except VerificationError as exc:
+        raise CommandError(f"{exc}: delegate operator keys first (edge-fleet root rotate ... "
+                           "--operator-key operator.pub)") from exc
+    strangers = [k.public.keyid[:12] for k in keys if k.public.keyid not in operators]
+    if strangers:  # gateways would refuse it: say so here, before anything is published
+        raise CommandError(f"key {', '.join(strangers)} is not an operator key of root "
+                           f"v{root['signed']['version']}")
     try:
         signed = command_signed(cid, args.action, command_args(args), issued=now,
                                 expires=now + args.expires_s, gateways=args.gateway,
                                 sites=args.site, tags=args.tag)
-        blob = encode_command(signed, [load_private(k) for k in args.key], registry.roots())
+        blob = encode_command(signed, keys, registry.roots())
     except (ValueError, VerificationError) as exc:
         raise CommandError(f"cannot sign this command: {exc}") from exc
     return cid, blob, gateways

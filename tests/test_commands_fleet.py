@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet import cmdstore
-from edge_agent.fleet.cmdcli import command_args, describe, parse_duration
+from edge_agent.fleet.cmdcli import build_command, command_args, describe, parse_duration
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.service import FleetService
 from edge_agent.protocol.clock import FakeClock
 from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.keys import write_private
+from tests.support.fleetkit import Pki
 
 T0 = 1_700_000_000_000
 DONE = {"id": "c-1", "gateway": "gw-good", "status": "done", "reason": "1 writes done",
@@ -94,3 +97,23 @@ def test_incomplete_options_are_refused_before_signing(args: argparse.Namespace,
 def test_an_answer_reads_as_one_line_per_write() -> None:
     assert describe("gw-good", DONE) == ("gw-good done: 1 writes done\n"
                                          "  lamp.dim_command = 40: read back 40")
+
+
+def test_send_refuses_a_key_the_root_does_not_delegate(tmp_path: Path) -> None:
+    reg = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+    pki = Pki.from_seed(7)
+    op, other = Pki.key(7, "operator"), Pki.key(7, "other")
+    ops.init_root(reg, [k.public for k in pki.roots], 2, [k.public for k in pki.releases], 2,
+                  list(pki.roots), operator_keys=[op.public])
+    reg.add_gateway("gw-a", "north", [], T0)
+    for name, key in (("op.key", op), ("other.key", other)):
+        write_private(tmp_path / name, key)
+    args = argparse.Namespace(gateway=["gw-a"], site=[], tag=[], expires_s=600, id="c-9",
+                              action="dim", value="40", lamps="lamp-1", device=None, for_=None,
+                              key=[tmp_path / "other.key"])
+    with pytest.raises(CommandError, match="is not an operator key of root v1"):
+        build_command(reg, args, 1_700_000_000)
+    args.key = [tmp_path / "op.key"]
+    cid, blob, gateways = build_command(reg, args, 1_700_000_000)
+    assert cid == "c-9" and gateways == ["gw-a"] and b'"roots"' in blob
+    reg.close()
