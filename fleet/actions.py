@@ -34,13 +34,17 @@ def now_s() -> int:
 def init_root(registry: Registry, root_keys: Sequence[PublicKey], threshold: int,
               release_keys: Sequence[PublicKey], release_threshold: int,
               signers: Sequence[PrivateKey], *, expires_days: int = 365,
-              now: int | None = None) -> dict[str, Any]:
-    """Create root v1, signed by at least ``threshold`` of its root keys; store it."""
+              now: int | None = None, operator_keys: Sequence[PublicKey] = (),
+              operator_threshold: int = 1) -> dict[str, Any]:
+    """Create root v1, signed by at least ``threshold`` of its root keys; store it.
+
+    ``operator_keys`` delegates the operator role, whose keys sign commands."""
     issued = now_s() if now is None else now
     if registry.roots():
         raise ConfigError("the registry already has a root: use 'edge-fleet root rotate'")
     signed = root_signed(1, root_keys, threshold, release_keys, release_threshold,
-                         issued=issued, expires=issued + expires_days * DAY_S)
+                         issued=issued, expires=issued + expires_days * DAY_S,
+                         operator_keys=operator_keys, operator_threshold=operator_threshold)
     env = sign_envelope(signed, signers)
     keys, k = role_keys(signed, "root")
     got = count_signatures(env, keys)
@@ -54,13 +58,17 @@ def init_root(registry: Registry, root_keys: Sequence[PublicKey], threshold: int
 def rotate_root(registry: Registry, root_keys: Sequence[PublicKey], threshold: int,
                 release_keys: Sequence[PublicKey], release_threshold: int,
                 signers: Sequence[PrivateKey], *, expires_days: int = 365,
-                now: int | None = None) -> dict[str, Any]:
-    """Create the next root, signed by the old root's threshold and the new one's; store it."""
+                now: int | None = None, operator_keys: Sequence[PublicKey] = (),
+                operator_threshold: int = 1) -> dict[str, Any]:
+    """Create the next root, signed by the old root's threshold and the new one's; store it.
+
+    A rotation is how a fleet whose root predates commands delegates the operator role."""
     issued = now_s() if now is None else now
     old = registry.latest_root()
     version = int(old["signed"]["version"]) + 1
     signed = root_signed(version, root_keys, threshold, release_keys, release_threshold,
-                         issued=issued, expires=issued + expires_days * DAY_S)
+                         issued=issued, expires=issued + expires_days * DAY_S,
+                         operator_keys=operator_keys, operator_threshold=operator_threshold)
     env = sign_envelope(signed, signers)
     try:
         update_root(old, [env])  # the gateways' own check, run before anything is stored

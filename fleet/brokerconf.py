@@ -208,6 +208,9 @@ autosave_interval {autosave_s}
 autosave_on_changes false
 # A session nobody resumes for a week (a gateway removed from service) is dropped.
 persistent_client_expiration 7d
+# QoS 1 is small packets both ways: without this each PUBACK-then-PUBLISH waits for the peer's
+# delayed ACK (40 ms per hop; a command and its answer took 88 ms instead of under 1 ms).
+set_tcp_nodelay true
 # Per client: {outage_s / 3600:g} h of batches from {gateways} gateways (one each per \
 {DEFAULT_WINDOW_S:g} s) for an
 # offline ingest; past it the broker drops messages it has already acknowledged to gateways.

@@ -20,6 +20,7 @@ from edge_agent.fleet.brokerconf import (
     mosquitto_hash,
     write_broker_config,
 )
+from edge_agent.fleet.cmdcli import add_cmd_parser, add_operator_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
@@ -90,7 +91,9 @@ def cmd_root(args: argparse.Namespace) -> int:
     fn = ops.init_root if args.action == "init" else ops.rotate_root
     env = fn(reg, [load_public(p) for p in args.root_key], args.threshold,
              [load_public(p) for p in args.release_key], args.release_threshold,
-             [load_private(p) for p in args.sign], expires_days=args.expires_days)
+             [load_private(p) for p in args.sign], expires_days=args.expires_days,
+             operator_keys=[load_public(p) for p in args.operator_key],
+             operator_threshold=args.operator_threshold)
     print(f"root v{env['signed']['version']} stored with {len(env['signatures'])} signatures")
     return 0
 
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", type=Path, action="append", default=[],
                    help="private root keys signing (old and new for a rotation)")
     p.add_argument("--expires-days", type=int, default=365)
+    add_operator_arguments(p)
     p.set_defaults(fn=cmd_root)
 
     p = sub.add_parser("sign", parents=[common], help="sign a payload into a bundle file")
@@ -348,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Store every gateway's readings once, noting gaps.")
     add_ingest_arguments(p)
     p.set_defaults(fn=ingest_command)
+    add_cmd_parser(sub, common)
     return ap
 
 

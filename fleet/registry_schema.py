@@ -32,4 +32,11 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rollout_targets (
         rollout TEXT NOT NULL REFERENCES rollouts(id), gateway TEXT NOT NULL,
         PRIMARY KEY (rollout, gateway))""",
+    # commands and their answers (fleet/cmdstore.py)
+    """CREATE TABLE IF NOT EXISTS commands (
+        id TEXT PRIMARY KEY, action TEXT NOT NULL, envelope TEXT NOT NULL,
+        targets TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS command_results (
+        id TEXT NOT NULL, gateway TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+        doc TEXT NOT NULL, received_ms BIGINT NOT NULL, PRIMARY KEY (id, gateway, status))""",
 ]

@@ -29,6 +29,7 @@ from typing import Any
 import aiomqtt
 
 from edge_agent.fleet import actions as ops
+from edge_agent.fleet.cmdstore import RESULT_LIMITS, record_result
 from edge_agent.fleet.httpd import HttpLimits, HttpStats, serve_http
 from edge_agent.fleet.intake import (
     HEALTH_LIMITS,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # What the service subscribes to, and the limits each kind is read under.
 INTAKE: dict[str, JsonLimits] = {topics.REPORTED: REPORT_LIMITS, topics.HEALTH: HEALTH_LIMITS,
-                                 topics.STATE: STATE_LIMITS}
+                                 topics.STATE: STATE_LIMITS, topics.CMD_RESULT: RESULT_LIMITS}
 # The endpoint answers other paths and methods 404/405 itself, before reading any body.
 HTTP_ROUTES = {"/v1/health": ("GET",), "/v1/enroll": ("POST",)}
 MAX_TOKEN = 256  # issued tokens have 32 characters
@@ -158,9 +159,10 @@ class FleetService:
         gateway = ref.gateway if ref is not None else ""
         try:
             if kind == "topic":
-                raise IntakeError("not_a_gateway_topic", "not a gateway's reported, health or "
-                                  "state topic (or its gateway id breaks the id rule)")
-            known = self._record(gateway, kind, msg.payload, now)
+                raise IntakeError("not_a_gateway_topic", "not a gateway's reported, health, "
+                                  "state or cmd-result topic (or its gateway id breaks the id "
+                                  "rule)")
+            known = self._record(gateway, kind, msg.payload, now, ref.arg if ref else "")
         except IntakeError as exc:
             self.rejections.reject(f"{kind}:{exc.code}", f"topic {quote(topic)}: {exc}")
             return
@@ -174,9 +176,11 @@ class FleetService:
             return
         self.stats.recorded[kind] += 1
 
-    def _record(self, gateway: str, kind: str, payload: object, now: int) -> bool:
+    def _record(self, gateway: str, kind: str, payload: object, now: int, arg: str = "") -> bool:
         """Parse one message under its kind's limits and store it; False if not enrolled."""
         doc = read_json(payload, INTAKE[kind])
+        if kind == topics.CMD_RESULT:
+            return record_result(self.registry, gateway, arg, doc, now)
         if kind == topics.REPORTED:
             self.reports += 1
             return self.registry.record_report(gateway, doc, now)

@@ -7,6 +7,7 @@ is refused.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,17 @@ def client_options(cfg: MqttConfig) -> dict[str, Any]:
             certfile=str(cfg.cert_file) if cfg.cert_file else None,
             keyfile=str(cfg.key_file) if cfg.key_file else None)
     return opts
+
+
+def no_delay(client: aiomqtt.Client) -> None:
+    """Turn Nagle's algorithm off on a connected client's TCP socket.
+
+    A QoS 1 exchange is small packets in both directions: a PUBACK written just before the
+    next PUBLISH holds that PUBLISH back until the peer's delayed ACK (40 ms on Linux), per
+    hop. Measured through mosquitto 2.0: a QoS 1 request and its QoS 1 answer took 88 ms
+    without, 0.7 ms with this on both clients and ``set_tcp_nodelay true`` on the broker
+    (docs/broker.md). Unix sockets have no such option and are left alone.
+    """
+    sock = client._client.socket()  # aiomqtt keeps paho's client there; paho exposes its socket
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ssl.SSLSocket too

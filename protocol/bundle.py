@@ -6,7 +6,8 @@ Shapes follow TUF (fleet/BUNDLES.md has the full description)::
     root.signed   = {"_type": "root", "spec": 1, "version": N, "issued": T, "expires": T,
                      "keys": {KEYID: {"keytype": "ed25519", "public": HEX}},
                      "roles": {"root": {"keyids": [...], "threshold": K},
-                               "release": {"keyids": [...], "threshold": K}}}
+                               "release": {"keyids": [...], "threshold": K},
+                               "operator": {"keyids": [...], "threshold": K}}}  (optional)
     bundle.signed = {"_type": "bundle", "spec": 1, "kind": "config", "version": N,
                      "targets": {"gateways": [...], "sites": [...], "tags": [...]},
                      "issued": T, "expires": T, "payload": {"length": L, "sha256": HEX}}
@@ -43,6 +44,10 @@ HEADER = struct.Struct(">4sI")
 SPEC = 1
 KINDS = ("config", "software")
 ROLES = ("root", "release")
+# Roles a root may delegate besides: "operator" signs commands (protocol/command.py). Optional,
+# so every root signed before it existed stays valid; a gateway refuses commands until a
+# root that delegates it reaches it.
+OPTIONAL_ROLES = ("operator",)
 
 # Limits of the envelope (fleet/BUNDLES.md, "Limits"). Each is far above what a genuine
 # envelope holds and low enough that no check below can be made to do much work.
@@ -50,7 +55,7 @@ MAX_INT = MAX_SAFE_INT  # versions, times, lengths: exact in every JSON implemen
 MAX_DEPTH = 7           # roots[i].signed.roles.root.keyids is the deepest valid nesting
 MAX_STR = 128           # the longest valid string is a signature: 128 hex digits
 MAX_ITEMS = 65_536      # any list or object; target lists hit the envelope cap first
-MAX_KEYS = 32           # keys in one role (a root lists at most 2 x MAX_KEYS keys)
+MAX_KEYS = 32           # keys in one role (a root lists at most 3 x MAX_KEYS keys)
 MAX_SIGNATURES = 64     # a rotated root carries its old and its new root keys' signatures
 MAX_ROOTS = 256         # root envelopes in a bundle's chain (one per rotation)
 MAX_NAME = 64           # a gateway id, site or tag (edge_agent.protocol.ids)
@@ -67,13 +72,18 @@ def sign_envelope(signed: dict[str, Any], keys: Iterable[PrivateKey]) -> dict[st
 
 def root_signed(version: int, root_keys: Sequence[PublicKey], root_threshold: int,
                 release_keys: Sequence[PublicKey], release_threshold: int, *,
-                issued: int, expires: int) -> dict[str, Any]:
+                issued: int, expires: int, operator_keys: Sequence[PublicKey] = (),
+                operator_threshold: int = 1) -> dict[str, Any]:
     """The signed part of a root document; ValueError if a threshold cannot be met.
 
+    ``operator_keys`` (optional) delegates the operator role that signs commands.
     VerificationError if a field is outside what gateways accept (``check_root_signed``).
     """
-    for role, keys, threshold in (("root", root_keys, root_threshold),
-                                  ("release", release_keys, release_threshold)):
+    delegated = [("root", root_keys, root_threshold),
+                 ("release", release_keys, release_threshold)]
+    if operator_keys:
+        delegated.append(("operator", operator_keys, operator_threshold))
+    for role, keys, threshold in delegated:
         ids = {k.keyid for k in keys}
         if len(ids) != len(keys):
             raise ValueError(f"{role} role lists the same key twice")
@@ -83,16 +93,12 @@ def root_signed(version: int, root_keys: Sequence[PublicKey], root_threshold: in
         if not 1 <= threshold <= len(ids):
             raise ValueError(f"{role} threshold {threshold} must be 1..{len(ids)} "
                              f"(the number of {role} keys)")
-    listed = {k.keyid: k.to_json() for k in [*root_keys, *release_keys]}
+    listed = {k.keyid: k.to_json() for k in [*root_keys, *release_keys, *operator_keys]}
+    roles = {role: {"keyids": sorted(k.keyid for k in keys), "threshold": threshold}
+             for role, keys, threshold in delegated}
     return check_root_signed({
         "_type": "root", "spec": SPEC, "version": version, "issued": issued, "expires": expires,
-        "keys": listed,
-        "roles": {
-            "root": {"keyids": sorted(k.keyid for k in root_keys), "threshold": root_threshold},
-            "release": {"keyids": sorted(k.keyid for k in release_keys),
-                        "threshold": release_threshold},
-        },
-    })
+        "keys": listed, "roles": roles})
 
 
 def bundle_signed(kind: str, version: int, payload: bytes, *, issued: int, expires: int,
@@ -203,8 +209,8 @@ def check_root_signed(signed: Any, where: str = "root") -> dict[str, Any]:
     keys = doc["keys"]
     if not isinstance(keys, dict):
         raise VerificationError(f"{where} keys is {_kind(keys)}, expected an object")
-    if not 1 <= len(keys) <= 2 * MAX_KEYS:
-        raise VerificationError(f"{where} lists {len(keys)} keys, expected 1..{2 * MAX_KEYS}")
+    if not 1 <= len(keys) <= 3 * MAX_KEYS:
+        raise VerificationError(f"{where} lists {len(keys)} keys, expected 1..{3 * MAX_KEYS}")
     for kid, entry in keys.items():
         _hex64(kid, f"{where}: key id")
         key = _object(entry, f"{where}: key {kid[:12]}", ("keytype", "public"))
@@ -212,8 +218,8 @@ def check_root_signed(signed: Any, where: str = "root") -> dict[str, Any]:
             raise VerificationError(f"{where}: key {kid[:12]} has keytype "
                                     f"{show(key['keytype'])}, expected {KEYTYPE!r}")
         _hex64(key["public"], f"{where}: key {kid[:12]} public")
-    roles = _object(doc["roles"], f"{where} roles", ROLES)
-    for role in ROLES:
+    roles = _object(doc["roles"], f"{where} roles", ROLES, OPTIONAL_ROLES)
+    for role in roles:
         spec = _object(roles[role], f"{where} role {role}", ("keyids", "threshold"))
         for i, kid in enumerate(_list(spec["keyids"], f"{where} role {role} keyids", MAX_KEYS,
                                       1)):

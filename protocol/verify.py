@@ -32,6 +32,7 @@ from typing import Any
 from edge_agent.protocol.bundle import (
     KINDS,
     MAX_ROOTS,
+    OPTIONAL_ROLES,
     ROLES,
     check_root_envelope,
     check_root_signed,
@@ -89,8 +90,11 @@ class Verdict:
 def role_keys(root: Any, role: str) -> tuple[dict[str, PublicKey], int]:
     """The keys (by id) and threshold of a role in a root's signed part, checked for shape."""
     doc = check_root_signed(root)
-    if role not in ROLES:
-        raise VerificationError(f"root: no role {show(role)}; roles are {ROLES}")
+    if role not in ROLES + OPTIONAL_ROLES:
+        raise VerificationError(f"root: no role {show(role)}; roles are "
+                                f"{ROLES + OPTIONAL_ROLES}")
+    if role not in doc["roles"]:
+        raise VerificationError(f"root v{doc['version']} delegates no {role} keys")
     spec = doc["roles"][role]
     threshold: int = spec["threshold"]
     out: dict[str, PublicKey] = {}

@@ -91,8 +91,8 @@ def test_files_modes_and_fragment(tmp_path: Path) -> None:
         "per_listener_settings true",
         "persistence true", f"persistence_location {tmp_path / 'db'}/",
         "autosave_interval 60", "autosave_on_changes false",
-        "persistent_client_expiration 7d", f"max_queued_messages {MIN_QUEUED}",
-        "max_queued_bytes 0",
+        "persistent_client_expiration 7d", "set_tcp_nodelay true",
+        f"max_queued_messages {MIN_QUEUED}", "max_queued_bytes 0",
         # the gateways' listener, declared before the fragment
         "allow_anonymous false", f"password_file {base / 'passwd'}", f"acl_file {base / 'acl'}",
         "use_username_as_clientid true",

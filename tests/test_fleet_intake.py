@@ -387,7 +387,8 @@ def test_the_service_handler_is_total_and_counts_every_rejection(tmp_path: Path)
                    "reported:float": 1, "reported:int_range": 1, "reported:too_large": 1,
                    "state:empty": 1, "state:field_value": 1, "state:not_bytes": 1,
                    "state:unknown_gateway": 1, "topic:not_a_gateway_topic": 1}, rej
-    assert svc.health()["consumer"]["recorded"] == {"reported": 1, "health": 1, "state": 1}
+    assert svc.health()["consumer"]["recorded"] == {"reported": 1, "health": 1, "state": 1,
+                                                    "cmd-result": 0}
     rows = {g.id: g for g in reg.gateways()}
     assert rows["gw-good"].result == "applied" and rows["gw-good"].health == {"uptime_s": 3.5}
     assert rows["gw-evil"].result is None and rows["gw-evil"].health is None

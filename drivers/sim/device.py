@@ -16,7 +16,7 @@ from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.modbus.decode import decode_point, encode_point
 from edge_agent.drivers.model import Access, DataType, Point, Table
 from edge_agent.drivers.sim.confirmation import ConfirmationWait
-from edge_agent.drivers.sim.models import values_at
+from edge_agent.drivers.sim.models import values_at, write_memo
 from edge_agent.protocol.readings import Value
 
 Image = dict[Table, dict[int, int | bool]]
@@ -162,7 +162,9 @@ class DeviceSim:
                 except (ValueError, KeyError):
                     return ILLEGAL_VALUE
         saved = dict(self.overrides)
+        before = self.values(t)
         self.overrides.update(decoded)
+        self.overrides.update(write_memo(self.profile, decoded, before, t))
         try:
             compose_image(self.points, self.values(t))
         except (ValueError, TypeError):

@@ -239,12 +239,44 @@ def scheduled_plan(tod_s: float) -> int:
     return 1
 
 
-def signal_cabinet(c: Ctx) -> dict[str, Value]:
-    """Groups cycle through the active plan; a written plan_command (1-4) overrides the schedule."""
+# Memo keys a write leaves in a device's overrides (``write_memo``): when plan_command was
+# written, and the plan running then. Not point names, so only the models read them.
+PLAN_AT, PLAN_BEFORE = "_plan_command_at", "_plan_before"
+
+
+def write_memo(profile: str, written: Mapping[str, Value], before: Mapping[str, Value],
+               t: float) -> dict[str, Value]:
+    """What a model must remember of a write at ``t`` (a signal plan switches at the end of
+    the running cycle, so the cabinet remembers which plan ran and when the order came)."""
+    if profile == "signal_cabinet" and "plan_command" in written:
+        return {PLAN_AT: t, PLAN_BEFORE: before["active_plan"]}
+    return {}
+
+
+def running_plan(c: Ctx) -> tuple[int, int]:
+    """(plan, second of its cycle) at ``c.t``: a written plan takes over at the first cycle
+    start of the plan running when it was written (cycles start at multiples of their length);
+    a forced plan_command (control ``set``) at once; without one, the time-of-day schedule."""
     command = int(c.get("plan_command", 0))
-    plan_no = command if command in PLANS else scheduled_plan(c.tod)
+    if command not in PLANS:
+        plan_no = scheduled_plan(c.tod)
+        return plan_no, int(c.t) % PLANS[plan_no].cycle_s
+    at, before = c.overrides.get(PLAN_AT), c.overrides.get(PLAN_BEFORE)
+    if not isinstance(at, int | float) or not isinstance(before, int) or before not in PLANS:
+        return command, int(c.t) % PLANS[command].cycle_s
+    old = PLANS[before]
+    switch_t = (math.floor(at / old.cycle_s) + 1) * old.cycle_s
+    if c.t < switch_t:
+        return before, int(c.t) % old.cycle_s
+    return command, int(c.t - switch_t) % PLANS[command].cycle_s
+
+
+def signal_cabinet(c: Ctx) -> dict[str, Value]:
+    """Groups cycle through the running plan; a written plan_command (1-4) overrides the
+    schedule from the end of the cycle running when it was written (``running_plan``)."""
+    command = int(c.get("plan_command", 0))
+    plan_no, second = running_plan(c)
     plan = PLANS[plan_no]
-    second = int(c.t) % plan.cycle_s
     flashing = bool(c.get("flash_request", False))
     out: dict[str, Value] = {
         "controller_mode": 1 if flashing else 2,
@@ -333,4 +365,5 @@ def values_at(profile: str, points: Sequence[Point], t: float, *, device: str, s
     return out
 
 
-__all__ = ["MODELS", "PLANS", "Ctx", "Plan", "plan_colour", "scheduled_plan", "values_at"]
+__all__ = ["MODELS", "PLANS", "Ctx", "Plan", "plan_colour", "running_plan", "scheduled_plan",
+           "values_at", "write_memo"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config.fieldbus import parse_buses, parse_devices
+from edge_agent.config.interlocks import parse_interlocks
 from edge_agent.config.model import (
     BatchConfig,
     ReceiptMode,
@@ -32,7 +33,8 @@ from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.ids import ID_RULE, check_gateway_id
 from edge_agent.protocol.tomlcheck import Checker, parse_toml, read_regular_file, read_toml_file
 
-TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "sparkplug", "buses", "devices")
+TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "sparkplug", "buses", "devices",
+            "interlocks")
 SPOOL_KEYS = ("max_bytes", "policy", "synchronous", "group_commit_ms", "replay_msgs_per_s",
               "replay_bytes_per_s", "live_first", "receipts", "confirm_retention_s",
               "resend_grace_s")
@@ -99,12 +101,14 @@ def load_config_bytes(data: bytes, *, source: str, base_dir: Path, state_dir: Pa
     if not devices_raw:
         chk.note("devices", "no devices; expected at least one [devices.NAME] table")
     devices = parse_devices(chk, devices_raw, buses, set(buses_raw), base, roots)
+    interlocks = parse_interlocks(chk, chk.get(raw, "", "interlocks", dict, {}), devices,
+                                  set(devices_raw))
     chk.raise_if_any()
     assert mqtt is not None  # raise_if_any passed, so every required part was built
     return SiteConfig(source=Path(source), gateway_id=gateway_id, site=site, mqtt=mqtt,
                       buses=buses, devices=tuple(devices), batch=batch, state_dir=state,
                       health_interval_s=health_s, max_gap=max_gap, spool=spool,
-                      sparkplug=sparkplug)
+                      sparkplug=sparkplug, interlocks=interlocks)
 
 
 def _gateway_id(chk: Checker, raw: dict[str, Any]) -> str:

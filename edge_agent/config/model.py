@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from edge_agent.config.interlocks import Interlocks
 from edge_agent.drivers.bus import Bus, DeviceConfig
 from edge_agent.protocol.broker import MqttConfig
 
@@ -90,6 +91,7 @@ class SiteConfig:
     max_gap: int = 16  # planner: registers of hole a coalesced read may span
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
+    interlocks: dict[str, Interlocks] = field(default_factory=dict)  # signal cabinets' commands
 
     def devices_on(self, bus: str) -> tuple[DeviceConfig, ...]:
         """Devices attached to the named bus, in config order."""

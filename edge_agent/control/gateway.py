@@ -52,6 +52,7 @@ from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
 
 if TYPE_CHECKING:
+    from edge_agent.control.cmdintake import CommandIntake
     from edge_agent.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,11 @@ class Gateway:
                 hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
                 dry_run_timeout_s=self.dry_run_budget_s,
                 ops=self.ops)
+        self.commands: CommandIntake | None = None
+        if self.control is not None:  # signed commands, verified against the same root
+            from edge_agent.control.cmdintake import open_intake
+            self.commands = open_intake(self.local.state_dir, self.control, self.clock,
+                                        getattr(self, "overrides", None))  # lighting's store
 
     # ------------------------------------------------------------------ callbacks
 
@@ -232,6 +238,8 @@ class Gateway:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)
+        if self.commands is not None:
+            self.commands.attach(self.agent)
         self._agent_stop = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 
@@ -340,6 +348,8 @@ class Gateway:
                 self._ping_watchdog(watchdog, watchdog.interval_s), name="watchdog"))
         if self.control is not None:
             helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
+        if self.commands is not None:
+            helpers.append(asyncio.create_task(self.commands.run(lambda: self.agent), name="cmd"))
         if boot_report is not None:
             helpers.append(asyncio.create_task(self._publish_report(boot_report),
                                                name="boot-report"))

@@ -37,6 +37,9 @@ from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Reading, Value
 from edge_agent.runtime.lifecycle import Heartbeat
+from edge_agent.runtime.writes import Guard, WriteJob, WriteResult
+
+__all__ = ["BusPoller", "DeviceState", "Guard", "WriteJob", "WriteResult"]
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +134,6 @@ class DeviceState:
         if self.all_refused and self.status == "online":
             doc["status"] = "refusing"  # it answers, but refuses every point: not healthy
         return doc
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """Outcome of a write command: ok, or why not (the device's refusal code or an error)."""
-
-    ok: bool
-    error: str = ""
-    exception_code: int | None = None
-
-
-@dataclass(slots=True)
-class WriteJob:
-    """A queued write command."""
-
-    device: str
-    point: str
-    value: Value
-    done: asyncio.Future[WriteResult]
 
 
 def interval_groups(points: Sequence[P], poll_interval_s: float) -> dict[int, tuple[P, ...]]:
@@ -264,8 +248,10 @@ class BusPoller(Generic[P, T]):
         self._wake.clear()
         return sleeper.done() and not sleeper.cancelled()
 
-    async def write(self, device: str, point: str, value: Value) -> WriteResult:
-        """Write ``value`` to a read-write point; runs on this bus between two polls."""
+    async def write(self, device: str, point: str, value: Value, *, guard: Guard | None = None,
+                    verify: bool = False) -> WriteResult:
+        """Write ``value`` to a read-write point; runs on this bus between two polls, after
+        ``guard``'s fresh read allowed it, and read back when ``verify``."""
         state = self.devices.get(device)
         if state is None:
             return WriteResult(False, f"no device {device!r} on this bus")
@@ -273,7 +259,7 @@ class BusPoller(Generic[P, T]):
         if point not in names:
             return WriteResult(False, f"device {device!r} has no point {point!r}")
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        await self._writes.put(WriteJob(device, point, value, done))
+        await self._writes.put(WriteJob(device, point, value, done, guard, verify))
         self._wake.set()
         return await done
 

@@ -27,7 +27,7 @@ from edge_agent.drivers.modbus.transport import ModbusTransport, WriteRequest
 from edge_agent.drivers.model import Point, ReadRequest, Table
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
-from edge_agent.protocol.readings import Quality, Reading
+from edge_agent.protocol.readings import Quality, Reading, Value
 from edge_agent.runtime.holes import HoleStore, describe_ranges
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.poller import DEVICE_BACKOFF as DEVICE_BACKOFF
@@ -104,13 +104,21 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
                     describe_ranges(stored.ranges), REFUSAL_RECHECK_FIRST_S)
 
     async def write_now(self, job: WriteJob) -> WriteResult:
-        """Encode and send one write (function 5/6/15/16 by the point's table), once."""
+        """Carry out one write (function 5/6/15/16 by the point's table), once: after its
+        guard's fresh read allowed it, and read back when asked (``writes``)."""
         state = self.devices[job.device]
         point = next(p for p in state.cfg.points if p.name == job.point)
         try:
             data = encode_write(point, job.value)
         except ValueError as exc:
             return WriteResult(False, f"{job.device}.{exc}")
+        if job.guard is not None:
+            seen, error = await self._read_fresh(state, job.guard.points)
+            if error:
+                return WriteResult(False, f"interlock check: {error}")
+            refusal = job.guard.check(seen)
+            if refusal is not None:
+                return WriteResult(False, refused=refusal)
         reply = await self.transport.write_request(
             state.cfg.unit_id, WriteRequest(point.table, point.address, tuple(data)))
         if reply.exception_code is not None:
@@ -119,7 +127,37 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         if reply.error is not None:
             return WriteResult(False, reply.error)
         log.info("wrote %s.%s = %r", job.device, job.point, job.value)
-        return WriteResult(True)
+        if not job.verify:
+            return WriteResult(True)
+        back, error = await self._read_fresh(state, (job.point,))
+        if error:
+            return WriteResult(False, f"written, but the read-back failed: {error}")
+        value = back[job.point]
+        if value != job.value:
+            return WriteResult(False, f"wrote {job.value!r} but read back {value!r}",
+                               readback=value)
+        return WriteResult(True, readback=value)
+
+    async def _read_fresh(self, state: DeviceState,
+                          names: Sequence[str]) -> tuple[dict[str, Value], str]:
+        """Read ``names`` of a device now (not from the last poll): values, or an error."""
+        points = [p for p in state.cfg.points if p.name in names]
+        missing = set(names) - {p.name for p in points}
+        if missing:
+            return {}, f"device {state.cfg.name} has no point {sorted(missing)[0]!r}"
+        seen: dict[str, Value] = {}
+        for req in plan_reads(points, max_gap=0):
+            self._beat(self.request_budget_s)
+            reply = await self.transport.read_request(state.cfg.unit_id, req)
+            if reply.data is None:
+                why = (f"exception {reply.exception_code}" if reply.exception_code is not None
+                       else reply.error or "no reply")
+                return {}, f"reading {', '.join(p.name for p in req.points)}: {why}"
+            for r in decode_request(req, reply.data, device=state.cfg.name, ts_ms=0):
+                if r.value is None:
+                    return {}, f"reading {r.point}: {r.quality}"
+                seen[r.point] = r.value
+        return seen, ""
 
     def _plan(self, state: DeviceState, points: Sequence[Point],
               key: tuple[int, ...] | None) -> list[ReadRequest]:

@@ -40,7 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.codecs.schema import HASH_BYTES
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
-from edge_agent.protocol.broker import MqttConfig, client_options
+from edge_agent.protocol.broker import MqttConfig, client_options, no_delay
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import UplinkError
 from edge_agent.runtime.reconnect import probe, reconnect_backoff
@@ -248,6 +248,7 @@ class Uplink:
             **client_options(self.mqtt), will=will, timeout=self.timeout_s,
             identifier=self.mqtt.client_id or f"edge-agent-{self.gateway}")
         async with client:
+            no_delay(client)  # QoS 1 acks and publishes without Nagle's 40 ms stalls
             self._client = client
             self.counters.connects += 1
             self.store.mark_backlog()

@@ -21,6 +21,7 @@ from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import SerialBus, TcpBus
 from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.shell import cli_command
+from edge_agent.tools.demo_fleet import start_demo_fleet
 from edge_agent.tools.devbroker import Mosquitto
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", type=Path, nargs="?", default=Path("configs/demo.toml"))
     ap.add_argument("--duration", type=float, default=None,
                     help="stop after this many seconds (default: run until Ctrl-C)")
+    ap.add_argument("--no-fleet", action="store_true",
+                    help="no operations centre: the gateway runs unenrolled, takes no commands")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     for bus in cfg.buses.values():
@@ -75,12 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: simulated devices are up; to make one fail, e.g.\n"
               f"  echo '{{\"device\": \"lamp-102\", \"fault\": \"silent\"}}' | "
               f"socat - UNIX-CONNECT:{control}", flush=True)
+        fleet = None
+        if not args.no_fleet:  # its own operations centre, so signed commands work
+            fleet = start_demo_fleet(cfg, broker.url, cfg.state_dir.parent.resolve() / "demo-fleet")
+            procs.append(("fleet service", fleet.serve))
         agent = subprocess.Popen([*exe, "run", str(args.config), "--broker", broker.url])
         procs.append(("agent", agent))
         tail = subprocess.Popen([*exe, "tail", "--broker", broker.url,
                                  "--prefix", cfg.mqtt.topic_prefix])
         procs.append(("tail", tail))
         print("demo: agent and tail started; Ctrl-C stops everything", flush=True)
+        if fleet is not None:
+            print(f"demo: dim a lamp with a signed command (README, Commands):\n"
+                  f"  {fleet.send_line(cfg, broker.url)}", flush=True)
         if cfg.sparkplug.enabled:
             print(f"demo: the gateway is also Sparkplug B edge node "
                   f"{cfg.sparkplug.group_id}/{cfg.sparkplug.edge_node_id}; watch it with\n"

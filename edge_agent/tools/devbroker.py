@@ -86,7 +86,7 @@ class Mosquitto:
         lines = [f"listener {self.port} 127.0.0.1",
                  *(["allow_anonymous true"] if self.anonymous else []),
                  "persistence false", "log_dest stderr", "log_type error", "log_type warning",
-                 "max_queued_messages 100000"]
+                 "max_queued_messages 100000", "set_tcp_nodelay true"]
         if os.geteuid() == 0:
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
