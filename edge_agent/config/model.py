@@ -6,9 +6,13 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.drivers.bus import Bus, DeviceConfig
 from edge_agent.protocol.broker import MqttConfig
+
+if TYPE_CHECKING:  # config.lighting imports this module's SAFE_ID
+    from edge_agent.config.lighting import LightingConfig
 
 # Bus and device names become MQTT topic levels and health keys. The gateway id has its own,
 # stricter rule, shared with the fleet: edge_agent.protocol.ids.check_gateway_id.
@@ -79,6 +83,7 @@ class SiteConfig:
     max_gap: int = 16  # planner: registers of hole a coalesced read may span
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
+    lighting: LightingConfig | None = None   # the lamps' night schedules (config.lighting)
 
     def devices_on(self, bus: str) -> tuple[DeviceConfig, ...]:
         """Devices attached to the named bus, in config order."""

@@ -30,6 +30,8 @@ import aiomqtt
 
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
+from edge_agent.control.lighting_overrides import OverrideStore, overrides_path
+from edge_agent.control.lighting_task import LightingTask
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
 from edge_agent.drivers.dlt645.planner import plan_meter_reads
@@ -103,6 +105,8 @@ class Gateway:
         self.ops = Operations(self.clock)   # stops and switches in progress, with deadlines
         self.degraded: str | None = None    # set when a stop had to abandon tasks
         self.control: ControlPlane[SiteConfig] | None = None
+        # Kept across agent switches, like the file: a restart keeps each override's end time.
+        self.overrides = OverrideStore(overrides_path(self.local.state_dir), self.clock)
         if (self.local.state_dir / TRUST_FILE).exists():
             # Imported only when enrolled: the verifier's crypto costs ~6 MB of RSS.
             from edge_agent.control.plane import ControlPlane
@@ -232,6 +236,10 @@ class Gateway:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)
+        if cfg.lighting is not None:  # the lamps follow their schedule, broker or not
+            lamps = LightingTask(cfg.lighting, self.agent.schedulers, self.overrides, self.clock)
+            self.agent.side_tasks["lighting"] = lamps.run
+            self.agent.health_sections["lighting"] = lamps.health
         self._agent_stop = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 

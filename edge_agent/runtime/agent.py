@@ -210,6 +210,8 @@ class Agent:
         self._sink_open = True
         # Health sections the agent's owner adds (the gateway: its control plane's counters).
         self.health_sections: dict[str, Callable[[], object]] = {}
+        # Tasks the agent's owner adds (the gateway: the lamps' schedule), run supervised.
+        self.side_tasks: dict[str, Callable[[], Awaitable[None]]] = {}
 
     def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
         def missed(device: str, slots: int, busy_s: float) -> None:
@@ -335,6 +337,8 @@ class Agent:
                                           self.restarts), name="batcher"),
             asyncio.create_task(supervise("health", self._health_loop, self.clock,
                                           self.restarts), name="health"),
+            *(asyncio.create_task(supervise(n, f, self.clock, self.restarts), name=n)
+              for n, f in self.side_tasks.items()),
         ]
         pollers = [
             asyncio.create_task(supervise(
