@@ -12,12 +12,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent.config.lighting import LightingConfig
 from edge_agent.config.loader import load_config
+from edge_agent.config.model import LightingConfig
 from edge_agent.control.lighting import LampState, desired, next_transition
 from edge_agent.control.lighting_overrides import Override
 from edge_agent.control.solar import CIVIL, sun_times
 from edge_agent.protocol.errors import ConfigError
+from edge_agent.tools.checkconfig import summarize
 from tests.support.sitekit import write_site
 
 CITY = ZoneInfo("Asia/Shanghai")
@@ -193,3 +194,13 @@ def test_polar_night_and_day_never_crash(tmp_path: Path) -> None:
         nxt = next_transition(cfg, t)
         t = nxt if nxt is not None else t + 86400
         desired(cfg, t)
+
+
+def test_check_config_shows_tonight(tmp_path: Path) -> None:
+    cfg = load_config(write_site(tmp_path, LAMPS, extra=LIGHTING))
+    text = summarize(cfg, now_s=_at(date(2026, 3, 10), 12))
+    assert "lighting at 36.9000, 116.6000 (Asia/Shanghai): 3 lamps, 1 groups, 2 schedules" in text
+    assert "schedule festival: 2 lamps, zenith 90.833 deg, 100 % to dawn; on " \
+        "2026-10-01..2026-10-07, 2026-12-31" in text
+    assert "100 % to 23:00, 50 % to 05:00, 80 % to dawn; every night" in text
+    assert "night of 2026-03-10: on 18:" in text

@@ -66,7 +66,7 @@ def tables() -> list[Table]:
 
 def _local_minutes(unix_s: float, zone_h: int) -> float:
     t = datetime.fromtimestamp(unix_s, timezone(timedelta(hours=zone_h)))
-    return t.hour * 60 + t.minute + t.second / 60
+    return t.hour * 60 + t.minute + (t.second + t.microsecond / 1e6) / 60
 
 
 def differences(table: Table) -> Iterator[tuple[date, str, int, float, float]]:

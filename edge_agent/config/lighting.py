@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edge_agent.config.model import SAFE_ID, SAFE_ID_TEXT
+from edge_agent.config.model import (
+    GROUP_PREFIX,
+    SAFE_ID,
+    SAFE_ID_TEXT,
+    ZENITHS,
+    DimStep,
+    LightingConfig,
+    LightSchedule,
+)
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.drivers.model import Access
 from edge_agent.protocol.tomlcheck import Checker
@@ -23,9 +30,6 @@ LIGHTING_KEYS = ("latitude", "longitude", "timezone", "relay_point", "dim_point"
                  "schedules")
 SCHEDULE_KEYS = ("lamps", "zenith", "dusk_offset_min", "dawn_offset_min", "steps", "dates")
 STEP_KEYS = ("until", "level")
-# Zenith angles of the sun's centre (degrees) by name: NOAA's official sunrise/sunset and the
-# three twilights.
-ZENITHS = {"official": 90.833, "civil": 96.0, "nautical": 102.0, "astronomical": 108.0}
 MAX_GROUPS = 256
 MAX_SCHEDULES = 64
 MAX_MEMBERS = 4096
@@ -34,53 +38,6 @@ MAX_DATE_RANGES = 366
 MAX_OFFSET_MIN = 240.0
 DAWN = "dawn"
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
-GROUP_PREFIX = "group:"
-
-
-@dataclass(frozen=True, slots=True)
-class DimStep:
-    """A level held until a local time of night (minutes after midnight), or until dawn."""
-
-    until_min: int | None   # None: until dawn
-    level_pct: int
-
-
-@dataclass(frozen=True, slots=True)
-class LightSchedule:
-    """On at dusk, off at dawn, dimmed by steps, on the nights ``dates`` allow (all if empty)."""
-
-    name: str
-    lamps: tuple[str, ...]             # lamp device names (groups resolved)
-    zenith_deg: float = ZENITHS["official"]
-    dusk_offset_min: float = 0.0       # added to sunset: +15 switches on 15 min after it
-    dawn_offset_min: float = 0.0       # added to sunrise: -15 switches off 15 min before it
-    steps: tuple[DimStep, ...] = (DimStep(None, 100),)
-    dates: tuple[tuple[date, date], ...] = ()   # inclusive ranges of the night's dusk date
-
-
-@dataclass(frozen=True, slots=True)
-class LightingConfig:
-    """The site's position and time zone, its lamp groups and night schedules."""
-
-    latitude: float
-    longitude: float
-    timezone: str
-    lamps: tuple[str, ...]             # every device with the relay and dim points
-    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    schedules: tuple[LightSchedule, ...] = ()
-    relay_point: str = "relay_on"
-    dim_point: str = "dim_command"
-
-    @property
-    def zone(self) -> ZoneInfo:
-        """The site's time zone."""
-        return ZoneInfo(self.timezone)
-
-    def members(self, target: str) -> tuple[str, ...]:
-        """The lamps a target (a lamp's name or ``group:NAME``) covers; empty if unknown."""
-        if target.startswith(GROUP_PREFIX):
-            return self.groups.get(target[len(GROUP_PREFIX):], ())
-        return (target,) if target in self.lamps else ()
 
 
 def _zone_ok(name: str) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from edge_agent.config.lighting import LightingConfig, LightSchedule
+from edge_agent.config.model import LightingConfig, LightSchedule
 from edge_agent.control.lighting_overrides import Override
 from edge_agent.control.solar import sun_times
 
@@ -171,3 +171,31 @@ def next_transition(cfg: LightingConfig, t: float,
     """The first instant after ``t`` at which a lamp's state may change (None: none soon)."""
     marks = transitions(cfg, t, overrides)
     return marks[0] if marks else None
+
+
+def _hhmm(t: float, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(t, zone).strftime("%H:%M")
+
+
+def describe(cfg: LightingConfig, now_s: float) -> list[str]:
+    """Lines for ``check-config``: each schedule, and the night after ``now_s`` it gives."""
+    zone = cfg.zone
+    today = datetime.fromtimestamp(now_s, zone).date()
+    lines = [f"lighting at {cfg.latitude:.4f}, {cfg.longitude:.4f} ({cfg.timezone}): "
+             f"{len(cfg.lamps)} lamps, {len(cfg.groups)} groups, {len(cfg.schedules)} schedules"]
+    for s in cfg.schedules:
+        steps = ", ".join(f"{st.level_pct} % to " + ("dawn" if st.until_min is None else
+                                                     f"{st.until_min // 60:02d}:"
+                                                     f"{st.until_min % 60:02d}")
+                          for st in s.steps)
+        when = ("on " + ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in s.dates)
+                if s.dates else "every night")
+        lines.append(f"  schedule {s.name}: {len(s.lamps)} lamps, zenith {s.zenith_deg:g} deg, "
+                     f"{steps}; {when}")
+        window = night(cfg, s, today, zone)
+        if window is None:
+            lines.append(f"    night of {today}: none (the sun does not set that far)")
+        elif not s.dates or _covers(s, today):
+            lines.append(f"    night of {today}: on {_hhmm(window[0], zone)}, off "
+                         f"{_hhmm(window[1], zone)}")
+    return lines

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping
 from typing import Protocol
 
-from edge_agent.config.lighting import LightingConfig
+from edge_agent.config.model import LightingConfig
 from edge_agent.control.lighting import LampState, desired, next_transition
 from edge_agent.control.lighting_overrides import OverrideStore
 from edge_agent.protocol.clock import Clock
