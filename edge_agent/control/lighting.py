@@ -21,6 +21,7 @@ local midnight to local midnight. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -49,17 +50,24 @@ def _midnight(day: date, zone: ZoneInfo) -> float:
 def night(cfg: LightingConfig, sched: LightSchedule, dusk_date: date,
           zone: ZoneInfo) -> tuple[float, float] | None:
     """(dusk, dawn) in Unix seconds of the night starting on ``dusk_date``, or None (no night)."""
-    evening = sun_times(dusk_date, cfg.latitude, cfg.longitude, sched.zenith_deg)
-    morning = sun_times(dusk_date + timedelta(days=1), cfg.latitude, cfg.longitude,
-                        sched.zenith_deg)
+    return _night(cfg.latitude, cfg.longitude, sched.zenith_deg, sched.dusk_offset_min,
+                  sched.dawn_offset_min, dusk_date, zone)
+
+
+@functools.lru_cache(maxsize=4096)
+def _night(lat: float, lon: float, zenith: float, dusk_offset_min: float,
+           dawn_offset_min: float, dusk_date: date, zone: ZoneInfo) -> tuple[float, float] | None:
+    # Cached: every lamp of a schedule shares its nights, and a night is asked for each minute.
+    evening = sun_times(dusk_date, lat, lon, zenith)
+    morning = sun_times(dusk_date + timedelta(days=1), lat, lon, zenith)
     if evening.sunset_s is not None:
-        dusk = evening.sunset_s + sched.dusk_offset_min * 60
+        dusk = evening.sunset_s + dusk_offset_min * 60
     elif evening.polar == "night":
         dusk = _midnight(dusk_date, zone)
     else:
         return None
     if morning.sunrise_s is not None:
-        dawn = morning.sunrise_s + sched.dawn_offset_min * 60
+        dawn = morning.sunrise_s + dawn_offset_min * 60
     elif morning.polar == "night":
         dawn = _midnight(dusk_date + timedelta(days=2), zone)
     else:

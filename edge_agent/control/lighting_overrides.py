@@ -147,6 +147,11 @@ class OverrideStore:
         """Call ``listener`` (no arguments) after every change (the schedule task re-evaluates)."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (a schedule task that ended)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def set(self, target: str, level_pct: float, until_s: float, command_id: str) -> Override:
         """Hold ``target`` at ``level_pct`` until ``until_s``; replaces an earlier override."""
         now_s = self.clock.now()

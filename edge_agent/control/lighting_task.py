@@ -62,7 +62,6 @@ class LightingTask:
         self.last_error = ""
         self._failing: set[str] = set()
         self._wake = asyncio.Event()
-        overrides.add_listener(self._wake.set)
 
     def _status(self, lamp: str) -> str:
         state = self.bus_of[lamp].devices.get(lamp)
@@ -128,13 +127,18 @@ class LightingTask:
         log.info("lighting: %d lamps under %d schedules (%.3f, %.3f, %s)", len(self.bus_of),
                  len(self.cfg.schedules), self.cfg.latitude, self.cfg.longitude,
                  self.cfg.timezone)
-        while True:
-            self._wake.clear()
-            now = self.clock.now()
-            await self.apply(now)
-            wait_s = self.next_wake_s(now) - self.clock.now()
-            if wait_s > 0:
-                await self._sleep_or_wake(wait_s)
+        # An override set or cleared (a command) is applied at once, not at the next minute.
+        self.overrides.add_listener(self._wake.set)
+        try:
+            while True:
+                self._wake.clear()
+                now = self.clock.now()
+                await self.apply(now)
+                wait_s = self.next_wake_s(now) - self.clock.now()
+                if wait_s > 0:
+                    await self._sleep_or_wake(wait_s)
+        finally:
+            self.overrides.remove_listener(self._wake.set)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
