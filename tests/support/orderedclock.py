@@ -16,7 +16,8 @@ import itertools
 
 from edge_agent.protocol.clock import FakeClock
 
-YIELDS = 12   # loop turns given to the woken tasks before time moves on
+YIELDS = 12          # loop turns always given to the woken tasks before time moves on
+MAX_TURNS = 100_000  # ... and at most this many while tasks are still ready to run
 
 
 class OrderedClock(FakeClock):
@@ -34,8 +35,17 @@ class OrderedClock(FakeClock):
         await fut
 
     async def _settle(self) -> None:
-        for _ in range(YIELDS):
+        """Let the loop run until nothing is ready to run: every woken task waits again.
+
+        A write crosses several tasks (the schedule, the bus poller, the fake bus) and takes
+        a loop turn per hop, so a fixed number of turns is a race; the loop's ready queue is
+        the measure (CPython's event loop keeps it as ``_ready``).
+        """
+        ready = getattr(asyncio.get_running_loop(), "_ready", None)
+        for turn in range(MAX_TURNS):
             await asyncio.sleep(0)
+            if turn >= YIELDS and not ready:
+                return
 
     async def run_to(self, horizon: float) -> None:
         """Wake every sleeper due up to ``horizon`` (monotonic seconds), in deadline order."""
