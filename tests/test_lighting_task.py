@@ -141,6 +141,7 @@ def test_lamps_follow_dusk_steps_and_dawn_with_the_broker_down(tmp_path: Path) -
         assert buses.lamp(12) == (1, 50)          # re-asserted once it answered again
         health = agent.health()["lighting"]
         assert isinstance(health, dict) and health["failed_writes"] == 0
+        assert health["next_change_ms"] == int(morning * 1000)
         await step.to(morning)
         assert buses.lamp(11) == (0, 50) and buses.lamp(12) == (0, 50)
         assert len(buses.writes(11)) == 5

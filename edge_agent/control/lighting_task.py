@@ -152,7 +152,9 @@ class LightingTask:
     def health(self) -> dict[str, object]:
         """The lighting part of the health document."""
         now = self.clock.now()
+        change = next_transition(self.cfg, now, self.overrides.active(now).values())
         return {
+            "next_change_ms": None if change is None else int(change * 1000),
             "lamps": {name: {"on": s.on, "level": s.level_pct, "source": s.source,
                              "offline": name in self.offline}
                       for name, s in sorted(self.state.items())},
