@@ -51,6 +51,7 @@ def test_clear_ends_an_override_now(tmp_path: Path) -> None:
     ("lamp-1", True, 60, "c", "level"),
     ("lamp-1", 50, float("inf"), "c", "end"),
     ("lamp-1", 50, 400 * 86400, "c", "end"),
+    ("lamp-1", 50, 0, "c", "not after now"),
     ("lamp-1", 50, 60, "x" * 200, "command id"),
 ])
 def test_bad_overrides_are_refused_and_change_nothing(tmp_path: Path, target: str,

@@ -73,6 +73,8 @@ def _check(target: str, level_pct: float, until_s: float, command_id: str,
     if isinstance(until_s, bool) or not isinstance(until_s, int | float) \
             or not math.isfinite(until_s):
         raise OverrideError(f"override end {until_s!r} for {target}: expected Unix seconds")
+    if until_s <= now_s:
+        raise OverrideError(f"override end {until_s} for {target} is not after now ({now_s:.0f})")
     if until_s - now_s > MAX_OVERRIDE_S:
         raise OverrideError(f"override end {until_s} for {target} is {until_s - now_s:.0f} s "
                             f"away: expected at most {MAX_OVERRIDE_S:.0f} s")
