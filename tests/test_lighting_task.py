@@ -6,21 +6,30 @@ fake buses; the MQTT broker it is configured for is not running (nothing listens
 port). A night at the city is stepped through dusk, a dim step and dawn in fake time; the
 lamps' registers show what was written, and the bus log shows that only changes were
 written, between polls. A second test restarts the gateway in the middle of an override and
-checks that it ends on the second.
+checks that it ends on the second. A third runs the schedule task alone over the whole of 2026
+on a ``FakeClock`` (about a second): every change written once, at its instant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
+from edge_agent.config.loader import load_config
 from edge_agent.control.gateway import Gateway
+from edge_agent.control.lighting_overrides import OverrideStore, overrides_path
+from edge_agent.control.lighting_task import LightingTask
 from edge_agent.control.solar import sun_times
-from edge_agent.drivers.bus import Bus
+from edge_agent.drivers.bus import Bus, DeviceConfig
 from edge_agent.drivers.model import Table
+from edge_agent.protocol.clock import FakeClock
+from edge_agent.protocol.readings import Value
+from edge_agent.runtime.poller import DeviceState, WriteResult
 from tests.support.fakebus import FakeBus
 from tests.support.orderedclock import OrderedClock
 from tests.support.sitekit import write_site
@@ -189,3 +198,59 @@ def test_an_override_ends_on_time_across_a_restart(tmp_path: Path) -> None:
 
     _run(site, clock, buses, second)
     assert restarted_at > 0
+
+
+class RecordingBus:
+    """A lamp bus that records every write with the fake time it was made at."""
+
+    def __init__(self, clock: FakeClock, lamps: list[str]) -> None:
+        self.clock = clock
+        self.devices = {name: DeviceState(cast(DeviceConfig, None)) for name in lamps}
+        for state in self.devices.values():
+            state.status = "online"
+        self.log: list[tuple[float, str, str, Value]] = []
+
+    async def write(self, device: str, point: str, value: Value) -> WriteResult:
+        self.log.append((self.clock.now(), device, point, value))
+        return WriteResult(True)
+
+
+def test_a_whole_year_on_a_fake_clock_writes_each_change_at_its_instant(tmp_path: Path) -> None:
+    """The schedule task itself, a year of 2026 on a FakeClock: only changes, each on time."""
+    cfg = load_config(write_site(tmp_path, LAMPS, extra=LIGHTING)).lighting
+    assert cfg is not None
+    start = datetime(2026, 1, 1, 12, tzinfo=CITY).timestamp()
+    end = datetime(2027, 1, 1, 12, tzinfo=CITY).timestamp()
+    clock = FakeClock(start)
+    bus = RecordingBus(clock, ["lamp-101", "lamp-102"])
+    store = OverrideStore(overrides_path(tmp_path / "state"), clock, fsync=False)
+    # Hourly re-evaluation instead of each minute keeps the year to seconds; every
+    # transition still wakes the task at its own instant.
+    task = LightingTask(cfg, {"rs485": bus}, store, clock, tick_s=3600.0)
+
+    async def year() -> None:
+        running = asyncio.create_task(task.run())
+        while clock.now() < end:
+            await asyncio.sleep(0)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    asyncio.run(year())
+    writes = [w for w in bus.log if w[1] == "lamp-101" and w[0] < end]
+    relay = [(t, v) for t, _, point, v in writes if point == "relay_on"]
+    dim = [(t, v) for t, _, point, v in writes if point == "dim_command"]
+    assert relay[0] == (start, False)                 # asserted at start: it is day
+    ons = [t for t, v in relay if v is True]
+    assert len(ons) == 365                              # every night, once on ...
+    assert len(relay) == 1 + 2 * 365                    # ... and once off: changes only
+    for t in ons:                                       # on at sunset, to the microsecond
+        day = datetime.fromtimestamp(t, CITY).date()
+        sunset = sun_times(day, 36.9, 116.6).sunset_s
+        assert sunset is not None and abs(t - sunset) < 1e-3
+    # The dim level is written at dusk (100) and at 23:00 (50): twice a night.
+    assert len(dim) == 2 * 365
+    at_23 = [t for t, v in dim if v == 50]
+    assert all(datetime.fromtimestamp(t, CITY).strftime("%H:%M:%S") == "23:00:00"
+               for t in at_23)
+    assert task.failed_writes == 0 and task.evaluations < 365 * 24 + 6 * 365

@@ -46,9 +46,10 @@ class LightingTask:
     """Writes the desired lamp states to the lamps' buses; ``run`` is a supervised task."""
 
     def __init__(self, cfg: LightingConfig, buses: Mapping[str, LampBus],
-                 overrides: OverrideStore, clock: Clock) -> None:
+                 overrides: OverrideStore, clock: Clock, *, tick_s: float = TICK_S) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.tick_s = tick_s   # the regular re-evaluation (transitions wake it at their instant)
         self.overrides = overrides
         # Which bus each lamp is on (a lamp the running config does not poll is skipped).
         self.bus_of: dict[str, LampBus] = {
@@ -117,7 +118,7 @@ class LightingTask:
 
     def next_wake_s(self, now_s: float) -> float:
         """The next evaluation: the next whole minute, or a transition before it."""
-        tick = (math.floor(now_s / TICK_S) + 1) * TICK_S
+        tick = (math.floor(now_s / self.tick_s) + 1) * self.tick_s
         ends = self.overrides.active(now_s).values()
         change = next_transition(self.cfg, now_s, ends)
         return tick if change is None else min(tick, change)
