@@ -72,6 +72,8 @@ class LightingTask:
         """Evaluate the schedule at ``now_s`` and write what differs from what was written."""
         self.evaluations += 1
         wanted = desired(self.cfg, now_s, self.overrides.active(now_s))
+        for gone in set(self.state) - set(wanted):   # an unscheduled lamp's override ended
+            del self.state[gone]
         for lamp, state in wanted.items():
             if lamp not in self.bus_of:
                 continue
