@@ -30,7 +30,7 @@ from edge_agent.drivers.model import Table
 from edge_agent.protocol.clock import FakeClock
 from edge_agent.protocol.readings import Value
 from edge_agent.runtime.poller import DeviceState, WriteResult
-from tests.support.fakebus import FakeBus
+from tests.support.fakebus import FakeBus, NoAnswer
 from tests.support.orderedclock import OrderedClock
 from tests.support.sitekit import write_site
 
@@ -151,11 +151,19 @@ def test_lamps_follow_dusk_steps_and_dawn_with_the_broker_down(tmp_path: Path) -
         health = agent.health()["lighting"]
         assert isinstance(health, dict) and health["failed_writes"] == 0
         assert health["next_change_ms"] == int(morning * 1000)
+        # lamp-101 blips: one poll unanswered, back at its defaults (relay open) before the
+        # schedule task ever sees it offline. The missed poll is enough to write it again.
+        blip = buses.buses["rs485"].unit(11)
+        blip.load(Table.COIL, 0, [0])
+        blip.then(NoAnswer(), NoAnswer())          # the poll and its one retry
+        await step.to(at_23 + 3 * 3600 + 120)
+        assert buses.lamp(11) == (1, 50)
+        assert len(buses.writes(11)) == 6          # dim level and relay, written again
         await step.to(morning)
         assert buses.lamp(11) == (0, 50) and buses.lamp(12) == (0, 50)
-        assert len(buses.writes(11)) == 5
+        assert len(buses.writes(11)) == 7
         await step.to(morning + 6 * 3600)         # and nothing more all day
-        assert len(buses.writes(11)) == 5
+        assert len(buses.writes(11)) == 7
 
     _run(site, clock, buses, night)
 

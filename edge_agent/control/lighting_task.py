@@ -9,7 +9,9 @@ switching off opens the relay and leaves the dim level alone.
 
 What was written is remembered only in memory, so after a restart every lamp is written once
 (re-asserted); a lamp whose device went offline is skipped while it is offline and
-re-asserted when it answers again; a write that fails is retried at the next evaluation.
+re-asserted when it answers again, as is one that missed a poll since the last evaluation (a
+power blip shorter than the offline detection); a write that fails is retried at the next
+evaluation.
 Nothing here touches MQTT: the schedule runs from the config and the clock alone.
 """
 
@@ -62,11 +64,13 @@ class LightingTask:
         self.evaluations = 0
         self.last_error = ""
         self._failing: set[str] = set()
+        self._failed_polls: dict[str, int] = {}
         self._wake = asyncio.Event()
 
-    def _status(self, lamp: str) -> str:
+    def _status(self, lamp: str) -> tuple[str, int]:
+        """The lamp's device status and how many of its polls failed so far."""
         state = self.bus_of[lamp].devices.get(lamp)
-        return state.status if state is not None else "unknown"
+        return (state.status, state.failed_polls) if state is not None else ("unknown", 0)
 
     async def apply(self, now_s: float) -> None:
         """Evaluate the schedule at ``now_s`` and write what differs from what was written."""
@@ -81,7 +85,13 @@ class LightingTask:
                 log.info("lighting: %s %s (%s)", lamp,
                          f"on at {state.level_pct} %" if state.on else "off", state.source)
                 self.state[lamp] = state
-            if self._status(lamp) == "offline":
+            status, failed = self._status(lamp)
+            if failed != self._failed_polls.setdefault(lamp, failed):
+                # It missed a poll since the last look: it may have lost power and come back
+                # at its defaults before it was ever seen offline. Written again.
+                self._failed_polls[lamp] = failed
+                self._forget(lamp)
+            if status == "offline":
                 if lamp not in self.offline:
                     self.offline.add(lamp)
                     self._forget(lamp)   # re-asserted when it answers again
