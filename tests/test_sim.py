@@ -111,8 +111,16 @@ def test_streetlight_schedule_dimming_and_command() -> None:
     assert (day["relay_on"], day["dim_actual"]) == (False, 0)
     assert _values("streetlight", evening, dim_command=30)["dim_actual"] == 30
     assert _values("streetlight", late, dim_command=30)["dim_actual"] == 30
-    assert _values("streetlight", late, dim_command=80)["dim_actual"] == 50
+    # A written level is delivered as written (the gateway's schedule owns dimming), ...
+    assert _values("streetlight", late, dim_command=80)["dim_actual"] == 80
     assert _values("streetlight", noon, relay_on=True)["dim_actual"] == 50
+    # ... while the relay is closed; the power follows the delivered level.
+    dark = _values("streetlight", evening, relay_on=False, dim_command=80)
+    assert (dark["dim_actual"], dark["lamp_power"]) == (0, 0.4)
+    half = _values("streetlight", noon, relay_on=True, dim_command=40)
+    full = _values("streetlight", noon, relay_on=True, dim_command=100)
+    assert half["dim_actual"] == 40
+    assert 0.3 < float(half["lamp_power"]) / float(full["lamp_power"]) < 0.5
     on, off = _values("streetlight", evening), _values("streetlight", noon)
     assert float(on["lamp_power"]) > 10 * float(off["lamp_power"])
 

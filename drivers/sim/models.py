@@ -98,13 +98,19 @@ _TRAFFIC = ((1, 0.45, 0.30), (2, 0.30, 0.17))    # rush hours at about 8:00 and 
 
 
 def streetlight(c: Ctx) -> dict[str, Value]:
-    """Lamp on 18:00-06:00 UTC, 100 % until midnight and 50 % after, capped by the command."""
+    """A lamp node: relay and dim level as last written; until then its own fallback schedule.
+
+    Never written, it runs on 18:00-06:00 UTC, 100 % until midnight and 50 % after (a node's
+    built-in timer). A written relay switches it; a written dim level is delivered exactly
+    while the relay is on. The power and driver temperature follow the delivered level.
+    """
     tod = c.tod
     night = tod >= 18 * HOUR_S or tod < 6 * HOUR_S
     relay_on = bool(c.get("relay_on", night))
     schedule = 100 if tod >= 18 * HOUR_S else 50
     command = int(c.get("dim_command", 100))
-    level = min(schedule, max(0, min(100, command))) if relay_on else 0
+    commanded = "dim_command" in c.overrides
+    level = (max(0, min(100, command)) if commanded else schedule) if relay_on else 0
     rated_w = round(c.const("rated_w", 40.0, 120.0))
     power = rated_w * level / 100 + 0.3 * c.noise("lamp_power") if level else 0.4
     ambient = _ambient(c)

@@ -6,7 +6,8 @@ bytes (a signed config from the fleet: validating it needs no write access anywh
 ``load_config`` reads the operator's file through it. Files the config names are confined to
 its directory and the state dir (``config.paths``). The gateway, mqtt, batch, planner and
 spool sections are read here; the buses and devices in ``config.fieldbus``, the sparkplug
-section in ``config.sparkplug``. docs/config.md is the reference of every key.
+section in ``config.sparkplug``, the lighting section in ``config.lighting``.
+docs/config.md is the reference of every key.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from edge_agent.config.fieldbus import parse_buses, parse_devices
 from edge_agent.config.interlocks import parse_interlocks
+from edge_agent.config.lighting import parse_lighting
 from edge_agent.config.model import (
     BatchConfig,
     ReceiptMode,
@@ -34,7 +36,7 @@ from edge_agent.protocol.ids import ID_RULE, check_gateway_id
 from edge_agent.protocol.tomlcheck import Checker, parse_toml, read_regular_file, read_toml_file
 
 TOP_KEYS = ("gateway", "mqtt", "batch", "planner", "spool", "sparkplug", "buses", "devices",
-            "interlocks")
+            "interlocks", "lighting")
 SPOOL_KEYS = ("max_bytes", "policy", "synchronous", "group_commit_ms", "replay_msgs_per_s",
               "replay_bytes_per_s", "live_first", "receipts", "confirm_retention_s",
               "resend_grace_s")
@@ -103,12 +105,13 @@ def load_config_bytes(data: bytes, *, source: str, base_dir: Path, state_dir: Pa
     devices = parse_devices(chk, devices_raw, buses, set(buses_raw), base, roots)
     interlocks = parse_interlocks(chk, chk.get(raw, "", "interlocks", dict, {}), devices,
                                   set(devices_raw))
+    lighting = parse_lighting(chk, chk.get(raw, "", "lighting", dict, None), devices)
     chk.raise_if_any()
     assert mqtt is not None  # raise_if_any passed, so every required part was built
     return SiteConfig(source=Path(source), gateway_id=gateway_id, site=site, mqtt=mqtt,
                       buses=buses, devices=tuple(devices), batch=batch, state_dir=state,
                       health_interval_s=health_s, max_gap=max_gap, spool=spool,
-                      sparkplug=sparkplug, interlocks=interlocks)
+                      sparkplug=sparkplug, interlocks=interlocks, lighting=lighting)
 
 
 def _gateway_id(chk: Checker, raw: dict[str, Any]) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from edge_agent.config.interlocks import Interlocks
 from edge_agent.drivers.bus import Bus, DeviceConfig
@@ -75,6 +77,58 @@ class SparkplugConfig:
     client_id: str | None = None         # "{the uplink's client id}-spb" unless given
 
 
+# Zenith angles of the sun's centre (degrees) by name: NOAA's official sunrise/sunset and the
+# three twilights.
+ZENITHS = {"official": 90.833, "civil": 96.0, "nautical": 102.0, "astronomical": 108.0}
+GROUP_PREFIX = "group:"
+
+
+@dataclass(frozen=True, slots=True)
+class DimStep:
+    """A level held until a local time of night (minutes after midnight), or until dawn."""
+
+    until_min: int | None   # None: until dawn
+    level_pct: int
+
+
+@dataclass(frozen=True, slots=True)
+class LightSchedule:
+    """On at dusk, off at dawn, dimmed by steps, on the nights ``dates`` allow (all if empty)."""
+
+    name: str
+    lamps: tuple[str, ...]             # lamp device names (groups resolved)
+    zenith_deg: float = ZENITHS["official"]
+    dusk_offset_min: float = 0.0       # added to sunset: +15 switches on 15 min after it
+    dawn_offset_min: float = 0.0       # added to sunrise: -15 switches off 15 min before it
+    steps: tuple[DimStep, ...] = (DimStep(None, 100),)
+    dates: tuple[tuple[date, date], ...] = ()   # inclusive ranges of the night's dusk date
+
+
+@dataclass(frozen=True, slots=True)
+class LightingConfig:
+    """The site's position and time zone, its lamp groups and night schedules."""
+
+    latitude: float
+    longitude: float
+    timezone: str
+    lamps: tuple[str, ...]             # every device with the relay and dim points
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    schedules: tuple[LightSchedule, ...] = ()
+    relay_point: str = "relay_on"
+    dim_point: str = "dim_command"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The site's time zone."""
+        return ZoneInfo(self.timezone)
+
+    def members(self, target: str) -> tuple[str, ...]:
+        """The lamps a target (a lamp's name or ``group:NAME``) covers; empty if unknown."""
+        if target.startswith(GROUP_PREFIX):
+            return self.groups.get(target[len(GROUP_PREFIX):], ())
+        return (target,) if target in self.lamps else ()
+
+
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     """A whole site: one gateway, its uplink, its buses and devices."""
@@ -92,6 +146,7 @@ class SiteConfig:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
     interlocks: dict[str, Interlocks] = field(default_factory=dict)  # signal cabinets' commands
+    lighting: LightingConfig | None = None   # the lamps' night schedules (config.lighting)
 
     def devices_on(self, bus: str) -> tuple[DeviceConfig, ...]:
         """Devices attached to the named bus, in config order."""

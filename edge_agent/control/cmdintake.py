@@ -67,15 +67,7 @@ class Overrides(Protocol):
 
 def lamp_groups(cfg: SiteConfig) -> Mapping[str, Sequence[str]]:
     """The lamp groups of the site's lighting config (none without one)."""
-    lighting = getattr(cfg, "lighting", None)
-    groups = getattr(lighting, "groups", None)
-    if not isinstance(groups, Mapping):
-        return {}
-    out: dict[str, tuple[str, ...]] = {}
-    for name, group in groups.items():
-        lamps: Any = getattr(group, "lamps", group)
-        out[str(name)] = tuple(str(lamp) for lamp in lamps)
-    return out
+    return cfg.lighting.groups if cfg.lighting is not None else {}
 
 
 class CommandIntake:

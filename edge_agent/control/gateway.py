@@ -7,8 +7,7 @@ answers one read on the live bus), switch (stop the running agent, start one on 
 config) and check health (uplink up, no device offline) for the hold time, and then commits
 it or switches back. The result goes to ``{prefix}/{gateway}/reported``, retained.
 
-A gateway that is not enrolled (no trusted state in its state directory) runs its local
-config and ignores desired configs: it has nothing to verify them with.
+An unenrolled gateway (no trusted state) runs its local config and ignores desired configs.
 
 Nothing stops silently: stopping the agent has a deadline (the agent's own stop budget plus a
 margin; past it the agent is cancelled, and tasks that still do not end are reported), a
@@ -30,6 +29,8 @@ import aiomqtt
 
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
+from edge_agent.control.lighting_overrides import OverrideStore, overrides_path
+from edge_agent.control.local import attach_local_control
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
 from edge_agent.drivers.dlt645.planner import plan_meter_reads
@@ -104,6 +105,8 @@ class Gateway:
         self.ops = Operations(self.clock)   # stops and switches in progress, with deadlines
         self.degraded: str | None = None    # set when a stop had to abandon tasks
         self.control: ControlPlane[SiteConfig] | None = None
+        # Kept across agent switches, like the file: a restart keeps each override's end time.
+        self.overrides = OverrideStore(overrides_path(self.local.state_dir), self.clock)
         if (self.local.state_dir / TRUST_FILE).exists():
             # Imported only when enrolled: the verifier's crypto costs ~6 MB of RSS.
             from edge_agent.control.plane import ControlPlane
@@ -112,13 +115,12 @@ class Gateway:
                 self.local.state_dir, validate=self.validate, dry_run=self.dry_run,
                 switch=self.switch, healthy=self.healthy, kind="config",
                 hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
-                dry_run_timeout_s=self.dry_run_budget_s,
-                ops=self.ops)
-        self.commands: CommandIntake | None = None
-        if self.control is not None:  # signed commands, verified against the same root
+                dry_run_timeout_s=self.dry_run_budget_s, ops=self.ops)
+        self.commands: CommandIntake | None = None  # signed commands, checked by the same root
+        if self.control is not None:
             from edge_agent.control.cmdintake import open_intake
             self.commands = open_intake(self.local.state_dir, self.control, self.clock,
-                                        getattr(self, "overrides", None))  # lighting's store
+                                        self.overrides)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -238,8 +240,7 @@ class Gateway:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)
-        if self.commands is not None:
-            self.commands.attach(self.agent)
+        attach_local_control(self.agent, cfg, self.commands, self.overrides, self.clock)
         self._agent_stop = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 

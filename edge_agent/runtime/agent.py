@@ -72,8 +72,7 @@ STOP_FLUSH_S = 2.5       # the last window into the store
 STOP_UPLINK_S = 3.0      # the offline state published and the broker disconnected
 STOP_CLOSE_S = 2.5       # the store committed and closed
 _FORCE_S = 1.0           # what ``bounded`` may add to a step it has to cancel
-# How late a bus may beat its heartbeat before the watchdog counts the agent as stuck: a few
-# poll intervals, and never less than this.
+# How late a bus may beat its heartbeat before the watchdog counts it stuck (never under MIN).
 HEARTBEAT_CYCLES = 3
 HEARTBEAT_MIN_GRACE_S = 10.0
 
@@ -211,8 +210,9 @@ class Agent:
         self.abandoned: list[str] = []    # tasks a stop could not end, even forced
         self.readings_after_stop = 0      # polled after the final flush: counted, not stored
         self._sink_open = True
-        # Health sections the agent's owner adds (the gateway: its control plane's counters).
+        # What the agent's owner adds (the gateway: control counters, the lamps' schedule).
         self.health_sections: dict[str, Callable[[], object]] = {}
+        self.side_tasks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.endtoend = EndToEnd(self)  # receipts in; this life's counters kept for the next
 
     def _missed_on(self, bus: str) -> Callable[[str, int, float], None]:
@@ -339,6 +339,8 @@ class Agent:
                                           self.restarts), name="batcher"),
             asyncio.create_task(supervise("health", self._health_loop, self.clock,
                                           self.restarts), name="health"),
+            *(asyncio.create_task(supervise(n, f, self.clock, self.restarts), name=n)
+              for n, f in self.side_tasks.items()),
         ]
         pollers = [
             asyncio.create_task(supervise(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
 from edge_agent.config.loader import load_config
 from edge_agent.config.model import SiteConfig
+from edge_agent.control.lighting import describe as describe_lighting
 from edge_agent.drivers.budget import line_budgets
 from edge_agent.drivers.bus import Bus, DeviceConfig, FieldProtocol, TcpBus
 from edge_agent.drivers.dlt645.planner import plan_meter_reads
@@ -45,8 +47,9 @@ def _requests(d: DeviceConfig, max_gap: int) -> int:
     return requests_per_cycle(d.points, max_gap=max_gap)
 
 
-def summarize(cfg: SiteConfig) -> str:
-    """A readable summary of a loaded site: gateway, broker, buses with their devices, totals."""
+def summarize(cfg: SiteConfig, now_s: float | None = None) -> str:
+    """A readable summary of a loaded site: gateway, broker, buses with their devices, totals
+    (and, with a [lighting] section, the schedules and the night after ``now_s``)."""
     m = cfg.mqtt
     auth = []
     if m.username:
@@ -92,6 +95,8 @@ def summarize(cfg: SiteConfig) -> str:
             lines.append("  " + budgets[name].describe())
     lines += ["", f"total: {len(cfg.buses)} buses, {len(cfg.devices)} devices, "
               f"{total_points} points, {total_requests} requests per full poll cycle"]
+    if cfg.lighting is not None:
+        lines += ["", *describe_lighting(cfg.lighting, time.time() if now_s is None else now_s)]
     return "\n".join(lines)
 
 
