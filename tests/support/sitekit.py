@@ -175,6 +175,9 @@ def spool_counters(path: Path) -> dict[str, int]:
 
     conn = sqlite3.connect(path)
     try:
+        # The agent creates the file before its tables: a spool that young has counted nothing.
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+            return {}
         return {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     finally:
         conn.close()
