@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=1, help="fleet service instances")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="run the services under cProfile, write and summarise DIR/svcN.prof")
+    ap.add_argument("--keep-logs", type=Path, metavar="DIR",
+                    help="copy the services' and simulated gateways' logs here")
     ap.add_argument("--starve-s", type=float, default=0.0,
                     help="SIGSTOP the services this long once the rollout has started")
     ap.add_argument("--hold-s", type=float, default=0.0, help="gateway health-gate hold")
@@ -96,6 +98,10 @@ def main() -> int:
             return run(args, tmp, broker, db, stack)
     finally:
         broker.close()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -174,6 +180,9 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
     print(f"{what}: {elapsed:.2f} s for {len(gws)} gateways "
           f"({len(gws) / elapsed:.0f} gateways/s)")
     print(f"failed: {counts.get(ro.FAILED, 0)}")
+    for gw, why in reg.fetchall("SELECT gateway, reason FROM rollout_targets WHERE rollout = ? "
+                                "AND status = ? ORDER BY gateway LIMIT 5", ("bench", ro.FAILED)):
+        print(f"  {gw}: {why}")
     print(f"service CPU per gateway: {svc_cpu / len(gws) * 1000:.3f} ms "
           f"({args.instances} instance(s), db {args.db.split('?')[0]})")
     print(f"CPU during the rollout: service {svc_cpu:.2f} s, broker {broker_cpu:.2f} s, "

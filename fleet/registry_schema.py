@@ -41,6 +41,8 @@ SCHEMA = [
         position BIGINT, status TEXT, reason TEXT, sent_ms BIGINT,
         pending BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (rollout, gateway))""",
+    """CREATE TABLE IF NOT EXISTS intake_marks (
+        owner TEXT PRIMARY KEY, caught_up_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL)""",
 ]
 
 # (table, column, declaration) added since the first schema, for databases created before.

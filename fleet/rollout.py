@@ -274,11 +274,11 @@ def _expire(state: dict[str, Any], status: str, to: str, why: str,
     return state
 
 
-def _finish_abort(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
+def _finish_abort(state: dict[str, Any], now_ms: int, judged_ms: int) -> dict[str, Any]:
     plan = plan_of(state)
     state = _expire(state, REVERTING, RESTORE_FAILED,
                     f"no report of the previous config within {plan.wave_deadline_s:g} s of "
-                    "its offer", now_ms)
+                    "its offer", judged_ms)
     if state["counts"].get(REVERTING, 0):
         return state
     state = _clone(state)
@@ -288,15 +288,21 @@ def _finish_abort(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
     return state
 
 
-def tick(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
-    """Advance on time and outcomes: deadline failures, abort threshold, next wave."""
+def tick(state: dict[str, Any], now_ms: int, judged_ms: int | None = None) -> dict[str, Any]:
+    """Advance on time and outcomes: deadline failures, abort threshold, next wave.
+
+    Deadlines are judged at ``judged_ms`` (default ``now_ms``): the time up to which every
+    report sent has been read (the service's intake probe), so a report waiting unread behind
+    a slow or stopped service is never taken for a missing one.
+    """
+    judged = now_ms if judged_ms is None else judged_ms
     if state["status"] == ABORTING:
-        return _finish_abort(state, now_ms)
+        return _finish_abort(state, now_ms, judged)
     if state["status"] != RUNNING:
         return state
     plan = plan_of(state)
     state = _expire(state, OFFERED, FAILED,
-                    f"no report within {plan.wave_deadline_s:g} s of its offer", now_ms)
+                    f"no report within {plan.wave_deadline_s:g} s of its offer", judged)
     c = state["counts"]
     failed, decided = c.get(FAILED, 0), c.get(FAILED, 0) + c.get(APPLIED, 0)
     if decided >= plan.abort_min_count and failed * 100 > plan.abort_above_pct * decided:

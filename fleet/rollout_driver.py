@@ -246,8 +246,9 @@ class RolloutDriver:
         self._blobs: dict[str, bytes] = {}
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}  # rollout -> (state, rev)
 
-    async def step(self, now_ms: int) -> int:
-        """One pass over the active rollouts; how many this instance drove."""
+    async def step(self, now_ms: int, judged_ms: int | None = None) -> int:
+        """One pass over the active rollouts; how many this instance drove. Deadlines are
+        judged at ``judged_ms`` (default ``now_ms``; see ``rollout.tick``)."""
         driven = 0
         active = self.store.active()
         for rid in list(self._cache):
@@ -259,7 +260,7 @@ class RolloutDriver:
                 continue
             driven += 1
             try:
-                await self._drive(rid, now_ms)
+                await self._drive(rid, now_ms, now_ms if judged_ms is None else judged_ms)
             except (CorruptRolloutError, KeyError, TypeError, ValueError) as exc:
                 # This rollout's row is bad, not the database or the broker (those propagate
                 # to the tick loop): the others must still be driven.
@@ -301,7 +302,7 @@ class RolloutDriver:
         self._cache[rid] = (state, rev + 1)
         return state, rev + 1
 
-    async def _drive(self, rid: str, now_ms: int) -> None:
+    async def _drive(self, rid: str, now_ms: int, judged_ms: int) -> None:
         state, rev, command = self._state(rid)
         before = state
         if command:
@@ -310,7 +311,7 @@ class RolloutDriver:
         acks = [(n, gw) for gw, n, _, _, _ in pending]
         state = ro.observe_all(state, [(gw, v, res, why) for gw, _, v, res, why in pending],
                                now_ms)
-        state = ro.tick(state, now_ms)
+        state = ro.tick(state, now_ms, judged_ms)
         state, offers = ro.take_outbox(state)
         if state is before and not offers and not acks and not state.get("dirty"):
             return

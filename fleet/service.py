@@ -44,6 +44,7 @@ from edge_agent.fleet.intake import (
     quote,
     read_json,
 )
+from edge_agent.fleet.probe import IntakeProbe
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutDriver
 from edge_agent.fleet.supervisor import Supervisor, TaskFailedError
@@ -113,6 +114,7 @@ class FleetService:
             raise ConfigError(f"share group {share_group!r}: expected 1-64 of a-z, A-Z, 0-9, "
                               "'-' and '_'")
         self.share_group = share_group
+        self.probe = IntakeProbe(registry, self.prefix, self.client_id, int(lease_s * 1000))
         if http_host is not None and http_tls is None and not http_insecure:
             # enrolment hands out broker passwords: plain HTTP only when asked for by name
             raise ConfigError("the enrolment endpoint needs TLS (a certificate and key), or "
@@ -167,6 +169,9 @@ class FleetService:
         self.messages += 1
         now = self._now_ms()
         self.stats.last_message_ms = now
+        if topic == self.probe.topic:
+            self.probe.received(msg.payload, now)
+            return ""
         kind, gateway = self._kind(topic)
         if kind == "topic":
             return ("topic:not_a_gateway_topic", f"topic {quote(topic)}: not a gateway's "
@@ -188,7 +193,7 @@ class FleetService:
     def _settle(self, outcome: tuple[str, str] | str) -> None:
         if isinstance(outcome, tuple):
             self.rejections.reject(*outcome)
-        else:
+        elif outcome:  # "" is the intake probe
             self.stats.recorded[outcome] += 1
 
     async def _handle(self, msg: aiomqtt.Message) -> None:
@@ -243,6 +248,9 @@ class FleetService:
                 if self.share_group is not None:
                     sub = f"$share/{self.share_group}/{sub}"
                 await client.subscribe(sub, qos=1)
+            await client.subscribe(self.probe.topic, qos=1)  # never shared: it comes back here
+            # Up to publish_concurrency offers wait for their PUBACKs by design: not a warning.
+            client.pending_calls_threshold = self.publish_concurrency + 10
             self._client = client
             self.connected.set()
             self.stats.connects += 1
@@ -284,7 +292,10 @@ class FleetService:
         while True:
             await self.connected.wait()
             try:
-                await self.driver.step(self._now_ms())
+                now, client = self._now_ms(), self._client
+                if client is not None and self.probe.due(now):
+                    await client.publish(self.probe.topic, self.probe.payload(now), qos=1)
+                await self.driver.step(now, self.probe.judged_ms(now))
             except (aiomqtt.MqttError, UplinkError) as exc:
                 # The offers stay in the persisted outbox and are published on a later tick.
                 log.warning("publishing offers failed: %s", exc)

@@ -189,3 +189,16 @@ def test_a_tick_with_nothing_due_changes_nothing() -> None:
     s, changed = ro.take_changes(s)
     assert len(changed) == 1000
     assert ro.tick(s, T0 + 1000) is s and ro.take_changes(s)[1] == []
+
+
+def test_deadlines_are_judged_at_the_time_the_intake_has_read_up_to() -> None:
+    """A report sent before the deadline but not yet read (the service starved or stopped):
+    the driver judges at the intake's probe time, which trails, so nobody fails early."""
+    s = ro.start(plan(10, waves=[100]), T0)
+    s, offers = ro.take_outbox(s)
+    s = ro.published(s, [gw for gw, _ in offers], T0)
+    late = ro.tick(s, T0 + 600_000, judged_ms=T0 + 59_999)  # intake read up to just before
+    assert late["status"] == ro.RUNNING and ro.counts(late) == {ro.OFFERED: 10}
+    assert ro.tick(s, T0 + 600_000, judged_ms=0) is s  # no probe back yet: nobody is late
+    s = ro.tick(s, T0 + 600_000, judged_ms=T0 + 60_000)
+    assert ro.counts(s) == {ro.FAILED: 10}
