@@ -7,8 +7,14 @@ PostgreSQL) registry. Measured: time from ``rollout start`` to every gateway app
 rollout "succeeded"), and the service's CPU time over that span. Waves 1, 10, 50, 100 %, no
 health-gate hold ("no wave waits").
 
-Usage: python bench/fleet_scale.py [--gateways 1000] [--procs 4] [--db sqlite|postgresql]
-       [--hold-s 0] [--fail-pct 0]
+With ``--instances N`` (N > 1) N services share the database and split the reports and
+health through one ``$share/`` group; ``--db postgresql`` uses a throw-away schema on the test
+PostgreSQL, ``--db postgresql://...`` one on that server. ``--profile DIR`` runs each service
+under cProfile and prints its top entries. ``--starve-s S`` stops (SIGSTOP) every service for S
+seconds right after the rollout starts, a service starved of CPU: the failed count must stay 0.
+
+Usage: python bench/fleet_scale.py [--gateways 1000] [--procs 4] [--instances 1]
+       [--db sqlite|postgresql|postgresql://...] [--hold-s 0] [--fail-pct 0] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pstats
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -51,17 +59,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gateways", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=4, help="simulated-gateway processes")
-    ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--db", default="sqlite",
+                    help="sqlite, postgresql (the test server) or a postgresql:// URL")
+    ap.add_argument("--instances", type=int, default=1, help="fleet service instances")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="run the services under cProfile, write and summarise DIR/svcN.prof")
+    ap.add_argument("--keep-logs", type=Path, metavar="DIR",
+                    help="copy the services' and simulated gateways' logs here")
+    ap.add_argument("--starve-s", type=float, default=0.0,
+                    help="SIGSTOP the services this long once the rollout has started")
     ap.add_argument("--hold-s", type=float, default=0.0, help="gateway health-gate hold")
     ap.add_argument("--fail-pct", type=float, default=0.0,
                     help="share of gateways whose health gate fails (abort test)")
     ap.add_argument("--timeout-s", type=float, default=300.0)
     args = ap.parse_args()
+    if args.db not in ("sqlite", "postgresql") and not args.db.startswith("postgresql://"):
+        ap.error("--db: expected sqlite, postgresql or a postgresql:// URL")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # mosquitto inherits this limit: one descriptor per connection, plus its own
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.gateways * 2 + 1024)),
                                                 hard))
     print(f"seed {SEED}; {args.gateways} gateways in {args.procs} processes; db {args.db}; "
+          f"{args.instances} service instance(s); "
           f"open files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
           f"{os.cpu_count()} CPUs")
     shm = Path("/dev/shm")
@@ -72,11 +91,17 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             if args.db == "postgresql":
                 db = stack.enter_context(pg_schema())
+            elif args.db.startswith("postgresql://"):
+                db = stack.enter_context(pg_schema(args.db))
             else:
                 db = f"sqlite:///{tmp / 'fleet.db'}"
             return run(args, tmp, broker, db, stack)
     finally:
         broker.close()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -93,8 +118,15 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
           "(token, broker password hash, trust files)")
     n_fail = int(len(gws) * args.fail_pct / 100)
     failing = gws[::max(1, len(gws) // n_fail)][:n_fail] if n_fail else []
-    svc = stack.enter_context(running(serve_args(db, broker.url, "--tick-s", "0.05"),
-                                      tmp / "serve.log"))
+    svcs = []
+    share = ("--share-group", "fleet") if args.instances > 1 else ()
+    for i in range(args.instances):
+        sargs = serve_args(db, broker.url, "--tick-s", "0.05", "--instance", f"bench-{i}",
+                           *share)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            sargs = ["cProfile", "-o", str(args.profile / f"svc{i}.prof"), "-m", *sargs]
+        svcs.append(stack.enter_context(running(sargs, tmp / f"serve{i}.log")))
     t = time.perf_counter()
     per = -(-len(gws) // args.procs)
     sims = []
@@ -103,14 +135,15 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
         extra = ["--hold-s", str(args.hold_s)]
         if failing:
             extra += ["--fail", ",".join(set(failing) & set(chunk)) or "none"]
+        simargs = simgateway_args(broker.url, tmp / "gw", chunk, *extra)
         sims.append(stack.enter_context(running(
-            simgateway_args(broker.url, tmp / "gw", chunk, *extra), tmp / f"sim{i}.log",
+            simargs, tmp / f"sim{i}.log",
             ready=f"ready {len(chunk)}", timeout_s=120)))
     print(f"{len(gws)} gateways connected and subscribed in {time.perf_counter() - t:.1f} s")
     payload = b'[gateway]\nsite = "city"\n' + (b"# filler\n" * 200)
     if failing:
         payload += b"# broken\n"
-    cpu0 = cpu_s(svc.pid)
+    cpu0 = sum(cpu_s(p.pid) for p in svcs)
     broker_cpu0 = cpu_s(broker.proc.pid) if broker.proc else 0.0
     sims_cpu0 = sum(cpu_s(p.pid) for p in sims)
     t0 = time.perf_counter()
@@ -119,8 +152,14 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
                       wave_deadline_s=120)
     store = RolloutStore(reg)
     marks: dict[int, float] = {}
+    if args.starve_s:
+        for p in svcs:
+            os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(args.starve_s)  # offers and reports pile up at the broker meanwhile
+        for p in svcs:
+            os.kill(p.pid, signal.SIGCONT)
     while True:
-        state = store.load("bench")[0]
+        state = store.core("bench")  # a short read: no per-gateway rows
         marks.setdefault(state["wave"], time.perf_counter() - t0)
         if state["status"] not in ro.ACTIVE:
             break
@@ -129,10 +168,10 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
             break
         time.sleep(0.02)
     elapsed = time.perf_counter() - t0
-    svc_cpu = cpu_s(svc.pid) - cpu0
+    svc_cpu = sum(cpu_s(p.pid) for p in svcs) - cpu0
     broker_cpu = (cpu_s(broker.proc.pid) if broker.proc else 0.0) - broker_cpu0
     sims_cpu = sum(cpu_s(p.pid) for p in sims) - sims_cpu0
-    counts = ro.counts(state)
+    counts = state["counts"]
     print(f"rollout {state['status']}: {counts}" +
           (f" ({state['abort_reason']})" if state["abort_reason"] else ""))
     print("wave starts (s after start): " +
@@ -140,10 +179,24 @@ def run(args: argparse.Namespace, tmp: Path, broker: Mosquitto, db: str,
     what = "start to all applied" if state["status"] == ro.SUCCEEDED else "start to the end"
     print(f"{what}: {elapsed:.2f} s for {len(gws)} gateways "
           f"({len(gws) / elapsed:.0f} gateways/s)")
+    print(f"failed: {counts.get(ro.FAILED, 0)}")
+    for gw, why in reg.fetchall("SELECT gateway, reason FROM rollout_targets WHERE rollout = ? "
+                                "AND status = ? ORDER BY gateway LIMIT 5", ("bench", ro.FAILED)):
+        print(f"  {gw}: {why}")
+    print(f"service CPU per gateway: {svc_cpu / len(gws) * 1000:.3f} ms "
+          f"({args.instances} instance(s), db {args.db.split('?')[0]})")
     print(f"CPU during the rollout: service {svc_cpu:.2f} s, broker {broker_cpu:.2f} s, "
           f"simulated gateways {sims_cpu:.2f} s "
           f"({sims_cpu / len(gws) * 1000:.2f} ms per gateway verify-and-apply)")
     reg.close()
+    if args.profile:
+        for p in svcs:  # stopping writes the profile
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+        for i in range(len(svcs)):
+            print(f"--- service {i}: top entries by own time")
+            pstats.Stats(str(args.profile / f"svc{i}.prof")).sort_stats("tottime").print_stats(12)
+
     ok = state["status"] == (ro.SUCCEEDED if not failing else ro.ABORTED)
     return 0 if ok else 1
 

@@ -130,6 +130,26 @@ def _wave_order(rollout_id: str, gateways: list[str]) -> list[str]:
     return sorted(gateways, key=lambda g: hashlib.sha256(f"{rollout_id}/{g}".encode()).digest())
 
 
+def bundle_targets(registry: Registry, selectors: Sequence[str]) -> dict[str, list[str]]:
+    """The signed targets of a rollout's bundle, as compact as its selectors.
+
+    A bundle names whom it is for (verify step 6: the gateway's id, site or a tag). Listing
+    every selected gateway by id made the bundle grow with the fleet, and so every gateway's
+    download and check of it: 10,000 gateways each took a 10,000-id bundle, a cost growing
+    with the square of the fleet. "site:X" and "tag:Y" are signed as that site or tag, "gw:ID"
+    as that id, and "all" as every site the fleet has; the same gateways match.
+    """
+    out: dict[str, set[str]] = {"gateways": set(), "sites": set(), "tags": set()}
+    for sel in selectors:
+        what, _, name = sel.partition(":")
+        if sel == "all":
+            out["sites"].update(r[0] for r in registry.fetchall(
+                "SELECT DISTINCT site FROM gateways"))
+        else:
+            out[{"gw": "gateways", "site": "sites", "tag": "tags"}[what]].add(name)
+    return {k: sorted(v) for k, v in out.items() if v}
+
+
 def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
                   keys: Sequence[PrivateKey], *, kind: str = "config",
                   waves: Sequence[int] = (1, 10, 50, 100), abort_above_pct: float = 10.0,
@@ -146,26 +166,38 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
     roots = registry.roots()
     issued, expires = now // 1000, now // 1000 + expires_days * DAY_S
     version = registry.next_version(kind)
+    targets = bundle_targets(registry, selectors)
     blob = make_bundle(kind, version, payload, keys, issued=issued, expires=expires,
-                       gateways=gateways, roots=roots)
+                       roots=roots, **targets)
     sha = hashlib.sha256(payload).hexdigest()
     bundle_id = registry.add_bundle(kind, version, sha, blob, now)
     # Previous configs grouped by payload: one re-signed bundle per group, all at one version.
     previous: dict[str, tuple[bytes, list[str]]] = {}
-    for gw in gateways:
-        cur = registry.desired_payload(gw)
-        if cur is None:
+    # One read for the whole selection, each distinct bundle opened once: at 10,000 gateways,
+    # one query per gateway was most of the time it took to start a rollout on PostgreSQL.
+    by_bundle: dict[str, list[str]] = {}
+    for gw, bid in registry.desired():
+        by_bundle.setdefault(bid, []).append(gw)
+    selected = set(gateways)
+    for bid, holders in sorted(by_bundle.items()):
+        gws_here = sorted(selected.intersection(holders))
+        if not gws_here:
             continue
-        env, old_payload = split_bundle(cur[1], 1 << 20)
+        try:
+            env, old_payload = split_bundle(registry.bundle(bid), 1 << 20)
+        except ConfigError:  # its bundle is gone: nothing to offer back
+            continue
         if env["signed"]["kind"] != kind:
             continue
         p = bytes(old_payload)
-        previous.setdefault(hashlib.sha256(p).hexdigest(), (p, []))[1].append(gw)
+        previous.setdefault(hashlib.sha256(p).hexdigest(), (p, []))[1].extend(gws_here)
     revert: dict[str, str] = {}
     revert_version = registry.next_version(kind) if previous else 0
     for old_sha, (p, gws) in previous.items():
+        # Previous configs that were one for the whole selection take its compact targets.
+        back = targets if len(gws) == len(gateways) else {"gateways": sorted(gws)}
         rblob = make_bundle(kind, revert_version, p, keys, issued=issued, expires=expires,
-                            gateways=gws, roots=roots)
+                            roots=roots, **back)
         rid_bundle = registry.add_bundle(kind, revert_version, old_sha, rblob, now)
         revert.update(dict.fromkeys(gws, rid_bundle))
     plan = ro.Plan(id=rid, kind=kind, version=version, bundle_id=bundle_id,

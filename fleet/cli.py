@@ -215,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        password=password, prefix=args.prefix, tick_s=args.tick_s,
                        lease_s=args.lease_s, http_host=host, http_port=port,
                        public_broker_url=public, owner=args.instance, http_tls=tls,
-                       http_insecure=args.insecure_http)
+                       http_insecure=args.insecure_http, share_group=args.share_group)
 
     async def main(stop: asyncio.Event) -> None:
         task = asyncio.create_task(svc.run(stop))
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-s", type=float, default=0.5)
     p.add_argument("--lease-s", type=float, default=10.0)
     p.add_argument("--instance", help="this instance's name (default: random)")
+    p.add_argument("--share-group", metavar="NAME", help="take reports and health through "
+                   "$share/NAME/ subscriptions: instances of one group split them (docs/scale.md)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_serve)
 

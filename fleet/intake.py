@@ -161,6 +161,7 @@ class Report:
     version: int | None
     committed: int | None
     reason: str
+    ts: int | None = None  # the gateway's own time of the report (orders one gateway's reports)
 
 
 def parse_report(doc: Mapping[str, Any]) -> Report:
@@ -173,13 +174,13 @@ def parse_report(doc: Mapping[str, Any]) -> Report:
                                          "(1-32 of a-z, 0-9, '_', starting with a letter)")
     version = _count(doc, "version")
     committed = _count(doc, "committed")
-    _count(doc, "ts")
+    ts = _count(doc, "ts")
     _field(doc, "kind", (str,))
     _field(doc, "status", (dict,))
     reason = _field(doc, "reason", (str,)) or ""
     if len(reason) > MAX_REASON:
         reason = reason[:MAX_REASON] + f" [... {len(reason) - MAX_REASON} more characters]"
-    return Report(result, version, committed, reason)
+    return Report(result, version, committed, reason, ts)
 
 
 def health_text(doc: Mapping[str, Any]) -> str:

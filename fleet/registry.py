@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +31,8 @@ from edge_agent.fleet.intake import (
     parse_report,
     read_stored_json,
 )
-from edge_agent.fleet.pgconnect import connect_postgresql, is_postgresql
-from edge_agent.fleet.registry_schema import SCHEMA
-from edge_agent.fleet.sqlite_file import create_private_sqlite
+from edge_agent.fleet.registry_db import Database
+from edge_agent.fleet.rollout import AWAITING_REPORT
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.ids import check_gateway_id, check_site, check_tag
 from edge_agent.protocol.jsonsafe import INT64_MAX
@@ -109,67 +105,8 @@ def _selector_problem(what: str, name: str) -> str:
     return ""
 
 
-class Registry:
-    """The registry over one database connection."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._lock = threading.Lock()
-        if is_postgresql(url):
-            self._conn: Any = connect_postgresql(url, autocommit=True)
-            self.pg = True
-        else:
-            # sqlite:///relative.db and sqlite:////absolute/path.db (SQLAlchemy's spelling)
-            path = url.removeprefix("sqlite:///")
-            if path.startswith(("sqlite:", "postgres")) or not path:
-                raise ConfigError(f"registry URL {url!r}: expected sqlite:///PATH, a file path "
-                                  "or postgresql://...")
-            create_private_sqlite(path)
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self.pg = False
-        with self.transaction():
-            for stmt in SCHEMA:
-                self.execute(stmt)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
-
-    # ------------------------------------------------------------------ SQL plumbing
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.pg else sql
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; the number of rows it changed."""
-        with self._lock:
-            cur = self._conn.execute(self._sql(sql), tuple(params))
-            return int(cur.rowcount)
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a query; every row."""
-        with self._lock:
-            return [tuple(r) for r in self._conn.execute(self._sql(sql), tuple(params))]
-
-    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        """Run a query; the first row or None."""
-        rows = self.fetchall(sql, params)
-        return rows[0] if rows else None
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """A transaction around several statements (BEGIN ... COMMIT, ROLLBACK on error)."""
-        self.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self.execute("ROLLBACK")
-            raise
-        self.execute("COMMIT")
+class Registry(Database):
+    """The registry over one database connection (``Database``: the SQL plumbing)."""
 
     # ------------------------------------------------------------------ gateways, sites, tags
 
@@ -251,14 +188,28 @@ class Registry:
         """
         report = parse_report(doc)
         _check_ms(now_ms)
-        # A report without "committed" (a failure before anything was read) leaves the
-        # committed version as it was rather than claiming 0.
-        return self.execute(
-            "UPDATE gateways SET result = ?, result_version = ?, result_reason = ?, "
-            "result_ms = ?, config_version = COALESCE(?, config_version), last_seen_ms = ? "
-            "WHERE id = ?",
-            (report.result, report.version, report.reason, now_ms, report.committed, now_ms,
-             check_gateway_id(gateway))) == 1
+        gateway = check_gateway_id(gateway)
+        v, ts = report.version, report.ts
+        with self.transaction():
+            # A report older than the stored one (a lower version, or the same version at an
+            # earlier gateway time: two instances sharing a subscription may take one
+            # gateway's reports in either order) is not stored over it. A report without
+            # "committed" (a failure before anything was read) leaves the committed version.
+            stored = self.execute(
+                "UPDATE gateways SET result = ?, result_version = ?, result_reason = ?, "
+                "result_ms = ?, config_version = COALESCE(?, config_version), last_seen_ms = ?, "
+                "result_ts = ? WHERE id = ? AND (CAST(? AS BIGINT) IS NULL OR result_version IS "
+                "NULL OR result_version < ? OR (result_version = ? AND (CAST(? AS BIGINT) IS "
+                "NULL OR result_ts IS NULL OR result_ts <= ?)))",
+                (report.result, v, report.reason, now_ms, report.committed, now_ms, ts, gateway,
+                 v, v, v, ts, ts)) == 1
+            if not stored:
+                return self.fetchone("SELECT 1 FROM gateways WHERE id = ?", (gateway,)) is not None
+            # Each rollout waiting for this gateway's report takes it in on its next tick
+            # (rollout_driver reads only rows with pending reports: an indexed, short read).
+            self.execute("UPDATE rollout_targets SET pending = pending + 1 WHERE gateway = ? "
+                         "AND status IN (?, ?, ?)", (gateway, *AWAITING_REPORT))
+        return True
 
     def record_health(self, gateway: str, doc: Mapping[str, Any], now_ms: int) -> bool:
         """Store a gateway's latest health document whole; False if the gateway is unknown.
@@ -352,7 +303,13 @@ class Registry:
 
     def set_desired(self, gateway: str, bundle_id: str) -> None:
         """Note the bundle a gateway is (to be) offered as its desired state."""
-        self.execute("UPDATE gateways SET desired_bundle = ? WHERE id = ?", (bundle_id, gateway))
+        self.set_desired_many([(gateway, bundle_id)])
+
+    def set_desired_many(self, offers: Sequence[tuple[str, str]]) -> None:
+        """Note many gateways' desired bundles in one transaction."""
+        with self.transaction():
+            self.executemany("UPDATE gateways SET desired_bundle = ? WHERE id = ?",
+                             [(bid, gw) for gw, bid in offers])
 
     def desired(self) -> list[tuple[str, str]]:
         """(gateway, bundle id) for every gateway with a desired bundle."""

@@ -1,4 +1,11 @@
-"""The registry's tables: the same SQL for SQLite and PostgreSQL (integer ms times as BIGINT)."""
+"""The registry's tables: the same SQL for SQLite and PostgreSQL (integer ms times as BIGINT).
+
+``SCHEMA`` creates what is missing; ``COLUMNS`` are added to a database created before them
+(``ALTER TABLE ... ADD COLUMN``, the one spelling both accept); ``INDEXES`` follow the columns.
+What the rollout driver asks every tick is indexed, so a tick costs what changed, not what
+exists: reports waiting for a rollout (a partial index on ``pending > 0``), a gateway's targets
+(each recorded report marks its active rollouts' rows), the active rollouts by status.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ SCHEMA = [
         last_seen_ms BIGINT, online INTEGER NOT NULL DEFAULT 0, health TEXT,
         config_version BIGINT NOT NULL DEFAULT 0,
         result TEXT, result_version BIGINT, result_reason TEXT, result_ms BIGINT,
-        desired_bundle TEXT)""",
+        desired_bundle TEXT, result_ts BIGINT)""",
     """CREATE TABLE IF NOT EXISTS gateway_tags (
         gateway TEXT NOT NULL REFERENCES gateways(id), tag TEXT NOT NULL,
         PRIMARY KEY (gateway, tag))""",
@@ -28,9 +35,11 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rollouts (
         id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, state TEXT NOT NULL,
         rev BIGINT NOT NULL, owner TEXT, lease_until_ms BIGINT NOT NULL DEFAULT 0,
-        command TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)""",
+        command TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, plan TEXT)""",
     """CREATE TABLE IF NOT EXISTS rollout_targets (
         rollout TEXT NOT NULL REFERENCES rollouts(id), gateway TEXT NOT NULL,
+        position BIGINT, status TEXT, reason TEXT, sent_ms BIGINT,
+        pending BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (rollout, gateway))""",
     # commands and their answers (fleet/cmdstore.py)
     """CREATE TABLE IF NOT EXISTS commands (
@@ -39,4 +48,24 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS command_results (
         id TEXT NOT NULL, gateway TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
         doc TEXT NOT NULL, received_ms BIGINT NOT NULL, PRIMARY KEY (id, gateway, status))""",
+    """CREATE TABLE IF NOT EXISTS intake_marks (
+        owner TEXT PRIMARY KEY, caught_up_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL)""",
+]
+
+# (table, column, declaration) added since the first schema, for databases created before.
+COLUMNS = [
+    ("gateways", "result_ts", "BIGINT"),        # the gateway's own time of its latest report
+    ("rollouts", "plan", "TEXT"),                # the immutable plan, written once
+    ("rollout_targets", "position", "BIGINT"),   # wave order
+    ("rollout_targets", "status", "TEXT"),       # the gateway's status in this rollout
+    ("rollout_targets", "reason", "TEXT"),
+    ("rollout_targets", "sent_ms", "BIGINT"),    # when its pending offer was published
+    ("rollout_targets", "pending", "BIGINT NOT NULL DEFAULT 0"),  # reports not yet taken in
+]
+
+INDEXES = [
+    "CREATE INDEX IF NOT EXISTS rollout_targets_gateway ON rollout_targets (gateway)",
+    "CREATE INDEX IF NOT EXISTS rollout_targets_pending ON rollout_targets (rollout) "
+    "WHERE pending > 0",
+    "CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts (status)",
 ]

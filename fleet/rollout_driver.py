@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from edge_agent.fleet import rollout as ro
@@ -33,6 +34,16 @@ class CorruptRolloutError(ConfigError):
     """A stored rollout row does not read back as a rollout state."""
 
 
+# The per-gateway parts of a state live in rollout_targets rows, the plan in its own column
+# (written once); the rollout row's state holds the rest, a few hundred bytes at any size.
+ROW_KEYS = ("plan", "gw", "reasons", "sent", "dirty")
+
+
+def core_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a state stored in the rollout row: status, wave, counters, outbox, events."""
+    return {k: v for k, v in state.items() if k not in ROW_KEYS}
+
+
 class RolloutStore:
     """Rollout rows in the registry's database."""
 
@@ -44,17 +55,17 @@ class RolloutStore:
         plan = ro.plan_of(state)
         with self.db.transaction():
             self.db.execute("INSERT INTO rollouts (id, kind, status, state, rev, created_ms, "
-                            "updated_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
-                            (plan.id, plan.kind, state["status"], json.dumps(state), now_ms,
-                             now_ms))
-            for gw in plan.gateways:
-                self.db.execute("INSERT INTO rollout_targets (rollout, gateway) VALUES (?, ?)",
-                                (plan.id, gw))
+                            "updated_ms, plan) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                            (plan.id, plan.kind, state["status"], json.dumps(core_of(state)),
+                             now_ms, now_ms, json.dumps(state["plan"])))
+            self.db.executemany(
+                "INSERT INTO rollout_targets (rollout, gateway, position, status) "
+                "VALUES (?, ?, ?, ?)",
+                [(plan.id, gw, i, state["gw"][gw]) for i, gw in enumerate(plan.gateways)])
         return plan.id
 
-    def load(self, rollout_id: str) -> tuple[dict[str, Any], int, str | None]:
-        """(state, revision, pending command); KeyError if there is no such rollout."""
-        row = self.db.fetchone("SELECT state, rev, command FROM rollouts WHERE id = ?",
+    def _row(self, rollout_id: str) -> tuple[dict[str, Any], int, str | None, Any]:
+        row = self.db.fetchone("SELECT state, rev, command, plan FROM rollouts WHERE id = ?",
                                (rollout_id,))
         if row is None:
             raise KeyError(rollout_id)
@@ -68,14 +79,85 @@ class RolloutStore:
             raise CorruptRolloutError(f"rollout {rollout_id}: stored state is "
                                       f"{type(state).__name__}, not an object")
         command = row[2] if isinstance(row[2], str) else None
-        return state, rev, command
+        return state, rev, command, row[3]
 
-    def save(self, rollout_id: str, state: dict[str, Any], rev: int, now_ms: int) -> bool:
-        """Write a state if the row is still at ``rev``; False if someone else wrote first."""
-        return self.db.execute(
-            "UPDATE rollouts SET state = ?, status = ?, rev = rev + 1, updated_ms = ? "
-            "WHERE id = ? AND rev = ?",
-            (json.dumps(state), state["status"], now_ms, rollout_id, rev)) == 1
+    def core(self, rollout_id: str) -> dict[str, Any]:
+        """The rollout row's state without the per-gateway parts: status, wave, counts.
+
+        A short read at any fleet size, for status displays and pollers.
+        """
+        state = self._row(rollout_id)[0]
+        if "counts" not in state and isinstance(state.get("gw"), dict):
+            state = dict(state, counts=ro.counts(ro.upgrade(state)))  # stored whole (older)
+        return core_of(state)
+
+    def load(self, rollout_id: str) -> tuple[dict[str, Any], int, str | None]:
+        """(state, revision, pending command); KeyError if there is no such rollout."""
+        state, rev, command, plan_text = self._row(rollout_id)
+        if plan_text is None:
+            # Stored whole by an older version: read as it was, written split from now on.
+            if "plan" not in state or not isinstance(state.get("gw"), dict):
+                raise CorruptRolloutError(f"rollout {rollout_id}: stored state has no plan")
+            state = ro.upgrade(state)
+            return dict(state, dirty=dict.fromkeys(state["gw"], True), legacy=True), rev, command
+        try:
+            state["plan"] = json.loads(plan_text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CorruptRolloutError(f"rollout {rollout_id}: stored plan does not read back: "
+                                      f"{type(exc).__name__}") from None
+        gw: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        sent: dict[str, int] = {}
+        for g, status, reason, sent_ms in self.db.fetchall(
+                "SELECT gateway, status, reason, sent_ms FROM rollout_targets "
+                "WHERE rollout = ? ORDER BY position", (rollout_id,)):
+            gw[g] = status or ro.WAITING
+            if reason is not None:
+                reasons[g] = reason
+            if sent_ms is not None:
+                sent[g] = int(sent_ms)
+        state.update(gw=gw, reasons=reasons, sent=sent, dirty={})
+        return ro.upgrade(state), rev, command
+
+    def head(self, rollout_id: str) -> tuple[int, str | None]:
+        """(revision, pending command): what a driver with the state cached checks per tick."""
+        row = self.db.fetchone("SELECT rev, command FROM rollouts WHERE id = ?", (rollout_id,))
+        if row is None:
+            raise KeyError(rollout_id)
+        return int(row[0]), row[1] if isinstance(row[1], str) else None
+
+    def save(self, rollout_id: str, state: dict[str, Any], rev: int, now_ms: int,
+             changed: Sequence[str] = (), acks: Sequence[tuple[int, str]] = ()) -> bool:
+        """Write a state if the row is still at ``rev``; False if someone else wrote first.
+
+        Only the rows of ``changed`` gateways are written, and the ``acks`` (pending count,
+        gateway) taken in are subtracted in the same transaction, so a report is either in a
+        saved state or still pending, never lost between the two.
+        """
+        legacy = bool(state.pop("legacy", False))
+        with self.db.transaction():
+            if self.db.execute(
+                    "UPDATE rollouts SET state = ?, status = ?, rev = rev + 1, updated_ms = ? "
+                    "WHERE id = ? AND rev = ?",
+                    (json.dumps(core_of(state)), state["status"], now_ms, rollout_id,
+                     rev)) != 1:
+                return False
+            if legacy:
+                self.db.execute("UPDATE rollouts SET plan = ? WHERE id = ?",
+                                (json.dumps(state["plan"]), rollout_id))
+                self.db.executemany("UPDATE rollout_targets SET position = ? WHERE rollout = ? "
+                                    "AND gateway = ?",
+                                    [(i, rollout_id, g) for i, g in
+                                     enumerate(state["plan"]["gateways"])])
+            gw, reasons, sent = state["gw"], state["reasons"], state["sent"]
+            self.db.executemany(
+                "UPDATE rollout_targets SET status = ?, reason = ?, sent_ms = ? "
+                "WHERE rollout = ? AND gateway = ?",
+                [(gw[g], reasons.get(g), sent.get(g), rollout_id, g) for g in changed])
+            self.db.executemany("UPDATE rollout_targets SET pending = pending - ? "
+                                "WHERE rollout = ? AND gateway = ?",
+                                [(n, rollout_id, g) for n, g in acks])
+        return True
 
     def acquire(self, rollout_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
         """Take or renew the lease on an active rollout; True if this owner holds it now."""
@@ -113,6 +195,14 @@ class RolloutStore:
         self.db.execute("UPDATE rollouts SET command = NULL WHERE id = ? AND command = ?",
                         (rollout_id, command))
 
+    def pending(self, rollout_id: str) -> list[tuple[str, int, int | None, str, str]]:
+        """Reports recorded since the rollout last took them in, in one indexed read:
+        (gateway, how many, version, result, reason) of the gateway's latest report."""
+        return [(r[0], int(r[1]), r[2], r[3] or "", r[4] or "") for r in self.db.fetchall(
+            "SELECT t.gateway, t.pending, g.result_version, g.result, g.result_reason "
+            "FROM rollout_targets t JOIN gateways g ON g.id = t.gateway "
+            "WHERE t.rollout = ? AND t.pending > 0", (rollout_id,))]
+
     def reports(self, rollout_id: str) -> list[tuple[str, int | None, str, str]]:
         """The latest report of every target gateway: (gateway, version, result, reason)."""
         return [(r[0], r[1], r[2] or "", r[3] or "") for r in self.db.fetchall(
@@ -133,32 +223,48 @@ def apply_command(state: dict[str, Any], command: str, now_ms: int) -> dict[str,
 
 
 class RolloutDriver:
-    """Drives every active rollout whose lease this instance holds, one step at a time."""
+    """Drives every active rollout whose lease this instance holds, one step at a time.
+
+    The lease holder keeps each rollout's state in memory between ticks and re-reads it only
+    when the row's revision moved (another instance wrote, or this one's write was refused);
+    each tick reads only the reports recorded since the last (``RolloutStore.pending``) and
+    writes only the gateways that changed, so a tick costs what happened since the last one.
+    """
 
     def __init__(self, registry: Registry, publish: Publish, *, owner: str | None = None,
-                 lease_s: float = 10.0) -> None:
+                 lease_s: float = 10.0, now_ms: Callable[[], int] | None = None) -> None:
         self.registry = registry
         self.store = RolloutStore(registry)
         self.publish = publish
         self.owner = owner or uuid.uuid4().hex[:12]
         self.lease_ms = int(lease_s * 1000)
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.offers_published = 0
         self.conflicts = 0
+        self.reloads = 0
         self.broken: dict[str, str] = {}  # rollout id -> why it cannot be driven now
         self._blobs: dict[str, bytes] = {}
+        self._cache: dict[str, tuple[dict[str, Any], int]] = {}  # rollout -> (state, rev)
 
-    async def step(self, now_ms: int) -> int:
-        """One pass over the active rollouts; how many this instance drove."""
+    async def step(self, now_ms: int, judged_ms: int | None = None) -> int:
+        """One pass over the active rollouts; how many this instance drove. Deadlines are
+        judged at ``judged_ms`` (default ``now_ms``; see ``rollout.tick``)."""
         driven = 0
-        for rid in self.store.active():
+        active = self.store.active()
+        for rid in list(self._cache):
+            if rid not in active:
+                del self._cache[rid]
+        for rid in active:
             if not self.store.acquire(rid, self.owner, now_ms, self.lease_ms):
+                self._cache.pop(rid, None)
                 continue
             driven += 1
             try:
-                await self._drive(rid, now_ms)
+                await self._drive(rid, now_ms, now_ms if judged_ms is None else judged_ms)
             except (CorruptRolloutError, KeyError, TypeError, ValueError) as exc:
                 # This rollout's row is bad, not the database or the broker (those propagate
                 # to the tick loop): the others must still be driven.
+                self._cache.pop(rid, None)
                 self._set_aside(rid, exc)
             else:
                 if self.broken.pop(rid, None) is not None:
@@ -172,26 +278,55 @@ class RolloutDriver:
                       exc_info=exc)
         self.broken[rid] = why
 
-    async def _drive(self, rid: str, now_ms: int) -> None:
+    def _state(self, rid: str) -> tuple[dict[str, Any], int, str | None]:
+        rev, command = self.store.head(rid)
+        cached = self._cache.get(rid)
+        if cached is not None and cached[1] == rev:
+            return cached[0], rev, command
+        self.reloads += 1
         state, rev, command = self.store.load(rid)
+        if state.get("legacy"):
+            # Stored whole by an older version, whose reports were never queued: read them all
+            # once; the next save writes the rows, and from then on reports are queued.
+            state = ro.observe_all(state, self.store.reports(rid), self.now_ms())
+        self._cache[rid] = (state, rev)
+        return state, rev, command
+
+    def _save(self, rid: str, state: dict[str, Any], rev: int, now_ms: int,
+              acks: list[tuple[int, str]]) -> tuple[dict[str, Any], int] | None:
+        state, changed = ro.take_changes(state)
+        if not self.store.save(rid, state, rev, now_ms, changed, acks):
+            self.conflicts += 1
+            self._cache.pop(rid, None)
+            return None
+        self._cache[rid] = (state, rev + 1)
+        return state, rev + 1
+
+    async def _drive(self, rid: str, now_ms: int, judged_ms: int) -> None:
+        state, rev, command = self._state(rid)
         before = state
         if command:
             state = apply_command(state, command, now_ms)
-        state = ro.observe_all(state, self.store.reports(rid), now_ms)
-        state = ro.tick(state, now_ms)
+        pending = self.store.pending(rid)
+        acks = [(n, gw) for gw, n, _, _, _ in pending]
+        state = ro.observe_all(state, [(gw, v, res, why) for gw, _, v, res, why in pending],
+                               now_ms)
+        state = ro.tick(state, now_ms, judged_ms)
         state, offers = ro.take_outbox(state)
-        if state == before and not offers:
+        if state is before and not offers and not acks and not state.get("dirty"):
             return
         if offers:
             # Persist the offers first: a crash after this write republishes them on resume.
-            pending = dict(state, outbox=[list(o) for o in offers])
-            if not self.store.save(rid, pending, rev, now_ms):
-                self.conflicts += 1
+            saved = self._save(rid, dict(state, outbox=[list(o) for o in offers]), rev,
+                               now_ms, acks)
+            if saved is None:
                 return
-            rev += 1
+            state = dict(state, dirty={})
+            rev, acks = saved[1], []
             await self._publish(offers)
-        if not self.store.save(rid, state, rev, now_ms):
-            self.conflicts += 1
+            # The deadlines of these offers run from now, when the broker has them.
+            state = ro.published(state, [gw for gw, _ in offers], self.now_ms())
+        if self._save(rid, state, rev, now_ms, acks) is None:
             return
         if command:
             self.store.clear_command(rid, command)
@@ -206,11 +341,11 @@ class RolloutDriver:
                 blob = self._blobs[bid] = self.registry.bundle(bid)
             batch.append((gw, blob))
         await self.publish(batch)
-        for gw, bid in offers:
-            self.registry.set_desired(gw, bid)
+        self.registry.set_desired_many(offers)
         self.offers_published += len(offers)
 
     def release_all(self) -> None:
         """Give up every lease this instance holds."""
+        self._cache.clear()
         for rid in self.store.active():
             self.store.release(rid, self.owner)

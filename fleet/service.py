@@ -4,17 +4,18 @@ Connects to the broker (reconnecting with backoff, a fresh client each time), co
 gateway's reported/health/state into the registry, drives rollouts through the lease-holding
 ``RolloutDriver`` (publishing desired bundles retained at QoS 1 on ``{prefix}/{gw}/desired/
 {kind}``), and serves the enrolment endpoint. Any number of instances can share one database
-and one broker: each records every report (idempotent upserts) and only the lease holder of a
-rollout publishes its offers.
+and one broker: each records every report it receives (idempotent updates) and only the lease
+holder of a rollout publishes its offers. With ``share_group`` the instances subscribe through
+``$share/GROUP/`` and the broker hands each report or health message to one of them, so the
+intake load is split; the lease holder reads every report back from the database. Messages
+already queued are taken in together, in order, in one transaction.
 
-Nothing stops silently. Every message is taken in under explicit limits before the registry
-sees a value (``edge_agent.fleet.intake``); a message that is refused, or that the database
-refuses, is counted per reason and logged without flooding (``Rejections``), and the
-consumer goes on with the next one, so one gateway's retained message cannot stop the
-fleet's intake nor kill a restarted service on subscribe. The loops (MQTT consumer, rollout
-tick, status) run under a ``Supervisor``: a loop that dies is logged with its traceback,
-restarted with back-off and shown in ``GET /v1/health`` at once; one that cannot be restarted
-ends ``run`` with ``TaskFailedError`` (the process exits non-zero).
+Nothing stops silently. Every message is taken in under explicit limits
+(``edge_agent.fleet.intake``); one the intake or the database refuses is counted per reason and
+logged without flooding (``Rejections``), and the consumer goes on. The loops (MQTT consumer,
+rollout tick, status) run under a ``Supervisor``: a loop that dies is logged, restarted with
+back-off and shown in ``GET /v1/health``; one that cannot be restarted ends ``run`` with
+``TaskFailedError`` (the process exits non-zero).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import ssl
 import uuid
 from typing import Any
@@ -41,6 +43,7 @@ from edge_agent.fleet.intake import (
     quote,
     read_json,
 )
+from edge_agent.fleet.probe import IntakeProbe
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutDriver
 from edge_agent.fleet.supervisor import Supervisor, TaskFailedError
@@ -61,6 +64,8 @@ INTAKE: dict[str, JsonLimits] = {topics.REPORTED: REPORT_LIMITS, topics.HEALTH: 
 HTTP_ROUTES = {"/v1/health": ("GET",), "/v1/enroll": ("POST",)}
 MAX_TOKEN = 256  # issued tokens have 32 characters
 STATUS_S = 10.0  # how often the status loop looks for rejection counts to summarise
+SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")  # no '/', '+', '#' in a share name
+BATCH_MAX = 500  # messages taken in per transaction at most
 
 
 class ConsumerStats:
@@ -85,7 +90,7 @@ class FleetService:
                  owner: str | None = None, publish_concurrency: int = 200,
                  supervisor: Supervisor | None = None, rejection_summary_s: float = 60.0,
                  http_tls: ssl.SSLContext | None = None, http_insecure: bool = False,
-                 http_limits: HttpLimits | None = None) -> None:
+                 http_limits: HttpLimits | None = None, share_group: str | None = None) -> None:
         self.registry = registry
         self.mqtt = parse_broker_url(broker_url, username=username, password=password,
                                      topic_prefix=prefix)
@@ -93,16 +98,20 @@ class FleetService:
         self.tick_s = tick_s
         self.clock = clock or SystemClock()
         self.owner = owner or f"fleet-{uuid.uuid4().hex[:8]}"
-        # The MQTT client id is a reserved name (fleet-*), which no gateway id can be: client
-        # ids are global across the broker's listeners, and a gateway always connects as its
-        # own id (docs/broker.md), so no gateway can throw this instance off.
+        # The client id is a reserved name (fleet-*), which no gateway id can be, and a gateway
+        # always connects as its own id (docs/broker.md): no gateway can throw this one off.
         try:
             self.client_id = check_broker_user(
                 self.owner if is_reserved(self.owner) else f"fleet-{self.owner}")
         except ValueError as e:
             raise ConfigError(f"instance name {self.owner!r}: {e}") from None
         self.driver = RolloutDriver(registry, self._publish_desired, owner=self.owner,
-                                    lease_s=lease_s)
+                                    lease_s=lease_s, now_ms=self._now_ms)
+        if share_group is not None and not SHARE_GROUP.fullmatch(share_group):
+            raise ConfigError(f"share group {share_group!r}: expected 1-64 of a-z, A-Z, 0-9, "
+                              "'-' and '_'")
+        self.share_group = share_group
+        self.probe = IntakeProbe(registry, self.prefix, self.client_id, int(lease_s * 1000))
         if http_host is not None and http_tls is None and not http_insecure:
             # enrolment hands out broker passwords: plain HTTP only when asked for by name
             raise ConfigError("the enrolment endpoint needs TLS (a certificate and key), or "
@@ -148,33 +157,75 @@ class FleetService:
 
         await asyncio.gather(*(one(gw, blob) for gw, blob in offers))
 
-    async def _handle(self, msg: aiomqtt.Message) -> None:
-        """Take in one message; whatever is wrong with it is counted and logged, never raised."""
+    def _take(self, msg: aiomqtt.Message) -> tuple[str, str] | str:
+        """Take in one message: its kind if recorded, else (reason, text) of its refusal.
+
+        What the database raises propagates (the caller decides what is lost with it).
+        """
         topic = str(msg.topic)
         self.messages += 1
         now = self._now_ms()
         self.stats.last_message_ms = now
-        ref = topics.parse_topic(topic, self.prefix)
-        kind = ref.kind if ref is not None and ref.kind in INTAKE else "topic"
-        gateway = ref.gateway if ref is not None else ""
+        if topic == self.probe.topic:
+            self.probe.received(msg.payload, now)
+            return ""
+        kind, gateway, arg = self._kind(topic)
+        if kind == "topic":
+            return ("topic:not_a_gateway_topic", f"topic {quote(topic)}: not a gateway's "
+                    "reported, health, state or cmd-result topic (or its gateway id breaks the "
+                    "id rule)")
         try:
-            if kind == "topic":
-                raise IntakeError("not_a_gateway_topic", "not a gateway's reported, health, "
-                                  "state or cmd-result topic (or its gateway id breaks the id "
-                                  "rule)")
-            known = self._record(gateway, kind, msg.payload, now, ref.arg if ref else "")
+            known = self._record(gateway, kind, msg.payload, now, arg)
         except IntakeError as exc:
-            self.rejections.reject(f"{kind}:{exc.code}", f"topic {quote(topic)}: {exc}")
-            return
+            return (f"{kind}:{exc.code}", f"topic {quote(topic)}: {exc}")
+        if not known:
+            return (f"{kind}:unknown_gateway", f"topic {quote(topic)}: gateway {gateway!r} "
+                    "is not enrolled")
+        return kind
+
+    def _kind(self, topic: str) -> tuple[str, str, str]:
+        ref = topics.parse_topic(topic, self.prefix)
+        if ref is None or ref.kind not in INTAKE:
+            return "topic", "", ""
+        return ref.kind, ref.gateway, ref.arg
+
+    def _settle(self, outcome: tuple[str, str] | str) -> None:
+        if isinstance(outcome, tuple):
+            self.rejections.reject(*outcome)
+        elif outcome:  # "" is the intake probe
+            self.stats.recorded[outcome] += 1
+
+    async def _handle(self, msg: aiomqtt.Message) -> None:
+        """Take in one message; whatever is wrong with it is counted and logged, never raised."""
+        try:
+            outcome = self._take(msg)
         except Exception as exc:  # the database refused this message: it alone is lost
-            self.rejections.reject(f"{kind}:database", f"topic {quote(topic)}: "
+            topic = str(msg.topic)
+            self.rejections.reject(f"{self._kind(topic)[0]}:database", f"topic {quote(topic)}: "
                                    f"{type(exc).__name__}: {quote(str(exc), 300)}")
             return
-        if not known:
-            self.rejections.reject(f"{kind}:unknown_gateway", f"topic {quote(topic)}: "
-                                   f"gateway {gateway!r} is not enrolled")
+        self._settle(outcome)
+
+    async def _handle_batch(self, msgs: list[aiomqtt.Message]) -> None:
+        """Take in the messages waiting, in their order, in one transaction (one commit).
+
+        If the database refuses any, nothing of the batch is kept and each message is taken
+        again on its own, so only the one it refuses is lost, as without batching.
+        """
+        if len(msgs) == 1:
+            await self._handle(msgs[0])
             return
-        self.stats.recorded[kind] += 1
+        counters = (self.messages, self.reports, dict(self.stats.recorded))
+        try:
+            with self.registry.transaction():
+                outcomes = [self._take(m) for m in msgs]
+        except Exception:
+            self.messages, self.reports, self.stats.recorded = counters
+            for m in msgs:
+                await self._handle(m)
+            return
+        for outcome in outcomes:
+            self._settle(outcome)
 
     def _record(self, gateway: str, kind: str, payload: object, now: int, arg: str = "") -> bool:
         """Parse one message under its kind's limits and store it; False if not enrolled."""
@@ -192,7 +243,15 @@ class FleetService:
         opts = client_options(self.mqtt)
         async with aiomqtt.Client(identifier=self.client_id, **opts) as client:
             for kind in INTAKE:
-                await client.subscribe(topics.subscription(self.prefix, kind), qos=1)
+                # With a share group, the broker hands each message to one instance of the
+                # group: N instances each take 1/N of the fleet's reports and health.
+                sub = topics.subscription(self.prefix, kind)
+                if self.share_group is not None:
+                    sub = f"$share/{self.share_group}/{sub}"
+                await client.subscribe(sub, qos=1)
+            await client.subscribe(self.probe.topic, qos=1)  # never shared: it comes back here
+            # Up to publish_concurrency offers wait for their PUBACKs by design: not a warning.
+            client.pending_calls_threshold = self.publish_concurrency + 10
             self._client = client
             self.connected.set()
             self.stats.connects += 1
@@ -201,7 +260,12 @@ class FleetService:
             log.info("fleet %s connected to %s", self.owner, self.mqtt.url)
             try:
                 async for msg in client.messages:
-                    await self._handle(msg)
+                    batch = [msg]
+                    # Whatever else is already queued goes in the same transaction: a busy
+                    # fleet costs one commit per batch, not one per message.
+                    while len(client.messages) and len(batch) < BATCH_MAX:
+                        batch.append(await anext(client.messages))
+                    await self._handle_batch(batch)
             finally:
                 self._client = None
                 self.connected.clear()
@@ -229,7 +293,10 @@ class FleetService:
         while True:
             await self.connected.wait()
             try:
-                await self.driver.step(self._now_ms())
+                now, client = self._now_ms(), self._client
+                if client is not None and self.probe.due(now):
+                    await client.publish(self.probe.topic, self.probe.payload(now), qos=1)
+                await self.driver.step(now, self.probe.judged_ms(now))
             except (aiomqtt.MqttError, UplinkError) as exc:
                 # The offers stay in the persisted outbox and are published on a later tick.
                 log.warning("publishing offers failed: %s", exc)

@@ -77,6 +77,10 @@ def test_failures_above_the_threshold_abort_and_offer_the_previous_config_back()
 def test_a_gateway_silent_after_abort_is_marked_not_restored() -> None:
     s = ro.start(plan(10), T0)
     s = ro.abort(s, T0, "by hand")
+    s, back = ro.take_outbox(s)
+    s = ro.tick(s, T0 + 10**6)  # not published yet: no deadline runs
+    assert s["status"] == ro.ABORTING
+    s = ro.published(s, [gw for gw, _ in back], T0)
     s = ro.tick(s, T0 + 59_000)
     assert s["status"] == ro.ABORTING
     s = ro.tick(s, T0 + 60_000)
@@ -95,6 +99,7 @@ def test_silent_gateways_fail_at_the_wave_deadline() -> None:
     s, _ = ro.take_outbox(s)
     s = ro.tick(report_all(s), T0)
     s, wave2 = ro.take_outbox(s)
+    s = ro.published(s, [gw for gw, _ in wave2], T0)
     quiet = {gw for gw, _ in wave2[:2]}
     s = report_all(s, only={gw for gw, _ in wave2} - quiet)
     s = ro.tick(s, T0 + 59_000)
@@ -144,6 +149,7 @@ def test_random_outcomes_never_break_the_invariants() -> None:
         offered: list[str] = []
         for _step in range(50):
             s, offers = ro.take_outbox(s)
+            s = ro.published(s, [gw for gw, _ in offers], now)
             offered += [gw for gw, bid in offers if bid == "new-bundle"]
             reports = [(gw, 10, rng.choice(["applied", "reverted", "rejected"]), "")
                        for gw, st in s["gw"].items() if st == ro.OFFERED and rng.random() < .5]
@@ -157,3 +163,42 @@ def test_random_outcomes_never_break_the_invariants() -> None:
             assert set(s["gw"].values()) <= {ro.APPLIED, ro.FAILED}
         if s["status"] in (ro.ABORTING, ro.ABORTED):
             assert ro.OFFERED not in s["gw"].values() and ro.APPLIED not in s["gw"].values()
+        recounted: dict[str, int] = {}
+        for st in s["gw"].values():
+            recounted[st] = recounted.get(st, 0) + 1
+        assert ro.counts(s) == recounted  # the kept counters never drift
+
+
+def test_the_deadline_runs_from_publication_not_from_the_wave_decision() -> None:
+    """An offer published late (a long wave, a starved service) gets its full deadline."""
+    s = ro.start(plan(100, waves=[100]), T0)
+    s, offers = ro.take_outbox(s)
+    gws = [gw for gw, _ in offers]
+    s = ro.published(s, gws[:50], T0)
+    s = ro.published(s, gws[50:], T0 + 50_000)  # the second half reached the broker 50 s later
+    s = ro.tick(report_all(s, only=set(gws[:50])), T0 + 100_000)
+    assert s["status"] == ro.RUNNING and ro.counts(s) == {ro.APPLIED: 50, ro.OFFERED: 50}
+    s = ro.tick(report_all(s), T0 + 100_001)
+    assert s["status"] == ro.SUCCEEDED and ro.counts(s) == {ro.APPLIED: 100}
+
+
+def test_a_tick_with_nothing_due_changes_nothing() -> None:
+    s = ro.start(plan(1000), T0)
+    s, offers = ro.take_outbox(s)
+    s = ro.published(s, [gw for gw, _ in offers], T0)
+    s, changed = ro.take_changes(s)
+    assert len(changed) == 1000
+    assert ro.tick(s, T0 + 1000) is s and ro.take_changes(s)[1] == []
+
+
+def test_deadlines_are_judged_at_the_time_the_intake_has_read_up_to() -> None:
+    """A report sent before the deadline but not yet read (the service starved or stopped):
+    the driver judges at the intake's probe time, which trails, so nobody fails early."""
+    s = ro.start(plan(10, waves=[100]), T0)
+    s, offers = ro.take_outbox(s)
+    s = ro.published(s, [gw for gw, _ in offers], T0)
+    late = ro.tick(s, T0 + 600_000, judged_ms=T0 + 59_999)  # intake read up to just before
+    assert late["status"] == ro.RUNNING and ro.counts(late) == {ro.OFFERED: 10}
+    assert ro.tick(s, T0 + 600_000, judged_ms=0) is s  # no probe back yet: nobody is late
+    s = ro.tick(s, T0 + 600_000, judged_ms=T0 + 60_000)
+    assert s["status"] == ro.ABORTING and "10 of 10 gateways failed" in s["abort_reason"]

@@ -256,8 +256,7 @@ def test_a_dying_task_is_restarted_and_shows_in_health(tmp_path: Path,
     with running(serve_args(db, own_broker.url, "--http", "127.0.0.1:0", "--insecure-http",
                             "--tick-s", "0.1"), log, ready="enrolment http://") as proc:
         wait_until(lambda: _health(log)["connected"], 30, "the service to connect")
-        # Pull the rollout tables from under the tick loop: each step now raises.
-        reg.execute("DROP TABLE rollout_targets")
+        # Pull the rollouts table from under the tick loop: each step now raises.
         reg.execute("DROP TABLE rollouts")
         wait_until(lambda: _health(log)["tasks"]["fleet-tick"]["restarts"] >= 1, 30,
                    "the tick loop's restart to show in health")

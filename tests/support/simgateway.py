@@ -59,6 +59,13 @@ class SimGateway:
         self.running: bytes | None = None
         self.candidate: bytes | None = None
         self.reports: list[dict[str, Any]] = []
+        # The latest report until the broker acknowledged it. As the agent does (it retries a
+        # report until an uplink takes it), a report whose publish failed (a connection lost,
+        # a PUBACK later than the client's timeout in a starved process) is sent again on the
+        # next connection: without this, a gateway that applied but lost its report answers
+        # the retained offer redelivered on reconnect with "current", which is not reported,
+        # and the fleet, never hearing of it, fails it at the deadline.
+        self.unsent: dict[str, Any] | None = None
 
     # the simulated agent
     def _validate(self, payload: bytes) -> bytes:
@@ -92,10 +99,13 @@ class SimGateway:
         return report
 
     async def _publish_report(self, client: aiomqtt.Client, report: dict[str, Any]) -> None:
-        self.reports.append(report)
-        print(f"report {self.gateway} {json.dumps(report, sort_keys=True)}", flush=True)
+        if report is not self.unsent:
+            self.reports.append(report)
+            print(f"report {self.gateway} {json.dumps(report, sort_keys=True)}", flush=True)
+        self.unsent = report
         await client.publish(topics.reported_topic(self.prefix, self.gateway),
                              json.dumps(report, sort_keys=True).encode(), qos=1, retain=True)
+        self.unsent = None
 
     async def run(self, ready: asyncio.Queue[str], boot_report: dict[str, Any] | None) -> None:
         """Connect (reconnecting with backoff) and apply every desired bundle that arrives."""
@@ -108,8 +118,10 @@ class SimGateway:
                     await client.subscribe(topics.desired_topic(self.prefix, self.gateway,
                                                                 "config"), qos=1)
                     if boot_report is not None:
-                        await self._publish_report(client, boot_report)
-                        boot_report = None
+                        first, boot_report = boot_report, None
+                        await self._publish_report(client, first)
+                    elif self.unsent is not None:
+                        await self._publish_report(client, self.unsent)
                     if not signalled:
                         signalled = True
                         await ready.put(self.gateway)
