@@ -22,6 +22,7 @@ from edge_agent.fleet.brokerconf import (
 )
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.release_cli import add_release_arguments, release_command
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Store every gateway's readings once, noting gaps.")
     add_ingest_arguments(p)
     p.set_defaults(fn=ingest_command)
+
+    p = sub.add_parser("release", help="software releases: build, list, show")
+    add_release_arguments(p)
+    p.set_defaults(fn=release_command)
     return ap
 
 

@@ -50,6 +50,7 @@ from edge_agent.runtime.buses import (
 from edge_agent.runtime.lifecycle import Operations, Overrun
 from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
+from edge_agent.update.healthfile import write_health
 
 if TYPE_CHECKING:
     from edge_agent.control.plane import ControlPlane
@@ -338,6 +339,8 @@ class Gateway:
         if watchdog.interval_s is not None:
             helpers.append(asyncio.create_task(
                 self._ping_watchdog(watchdog, watchdog.interval_s), name="watchdog"))
+        helpers.append(asyncio.create_task(write_health(self.local.state_dir, self.healthy),
+                                           name="health-file"))  # for `edge-agent supervise`
         if self.control is not None:
             helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
         if boot_report is not None:

@@ -1,0 +1,94 @@
+"""``edge-fleet release build | list | show``: the operator's side of software releases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from edge_agent.fleet.release import (
+    build_release,
+    describe,
+    find_release,
+    list_releases,
+)
+from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.keys import load_private
+
+DAY_S = 86_400
+
+
+def add_release_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``edge-fleet release``."""
+    ap.add_argument("action", choices=("build", "list", "show"))
+    ap.add_argument("version", nargs="?", help="release version X.Y.Z (build: defaults to "
+                    "the source tree's; show: required)")
+    ap.add_argument("--releases", type=Path,
+                    default=Path(os.environ.get("EDGE_FLEET_RELEASES", "releases")),
+                    help="where releases are kept (env EDGE_FLEET_RELEASES; default releases)")
+    ap.add_argument("--src", type=Path, default=Path("."), help="the source tree to build")
+    ap.add_argument("--min-from", default="0.0.0",
+                    help="the oldest running version this release may upgrade (X.Y.Z)")
+    ap.add_argument("--key", type=Path, action="append", default=[], help="release key")
+    ap.add_argument("--gateway", action="append", default=[])
+    ap.add_argument("--site", action="append", default=[])
+    ap.add_argument("--tag", action="append", default=[])
+    ap.add_argument("--expires-days", type=int, default=90)
+    ap.add_argument("--find-links", type=Path, action="append", default=[],
+                    help="a directory of wheels to take dependencies from (repeatable)")
+    ap.add_argument("--offline", action="store_true",
+                    help="never ask the package index: every dependency from --find-links")
+    ap.add_argument("--json", action="store_true", help="show: print JSON")
+
+
+def release_command(args: argparse.Namespace) -> int:
+    """Run ``edge-fleet release``."""
+    if args.action == "build":
+        if not args.key:
+            raise CommandError("release build needs --key FILE (a release key)")
+        if not (args.gateway or args.site or args.tag):
+            raise CommandError("release build needs a target: --gateway, --site or --tag")
+        now = int(time.time())
+        started = time.monotonic()
+        rel = build_release(args.src, args.releases, [load_private(k) for k in args.key],
+                            version=args.version, min_from=args.min_from, issued=now,
+                            expires=now + args.expires_days * DAY_S, gateways=args.gateway,
+                            sites=args.site, tags=args.tag, find_links=args.find_links,
+                            offline=args.offline)
+        m = rel.manifest
+        print(f"{rel.path}: edge-agent {m.version} (number {m.number}, from {m.min_from}), "
+              f"{m.python} {','.join(m.platforms)}, {m.size} bytes, built in "
+              f"{time.monotonic() - started:.1f} s")
+        return 0
+    if args.action == "list":
+        rels = list_releases(args.releases)
+        print(f"{'version':<10} {'number':>9} {'from':<10} {'python':<7} {'bytes':>11} platforms")
+        for rel in rels:
+            m = rel.manifest
+            print(f"{m.version:<10} {m.number:>9} {m.min_from:<10} {m.python:<7} {m.size:>11} "
+                  f"{','.join(m.platforms)}")
+        print(f"{len(rels)} releases in {args.releases}")
+        return 0
+    if not args.version:
+        raise CommandError("release show needs a VERSION")
+    info = describe(find_release(args.releases, args.version))
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    m = info["manifest"]
+    print(f"release {m['version']} (number {m['number']}) at {info['path']}")
+    print(f"  upgrades from {m['min_from']} or later; {m['python']} on "
+          f"{', '.join(m['platforms'])}")
+    for art in m["artefacts"]:
+        print(f"  {art['name']}: {art['length']} bytes sha256 {art['sha256']} "
+              f"[{info['files'].get(art['name'])}]")
+    b = info["bundle"]
+    if isinstance(b, dict):
+        print(f"  bundle: {b['kind']} v{b['version']} targets {b['targets']} issued "
+              f"{b['issued']} expires {b['expires']} signed by "
+              f"{', '.join(k[:12] for k in b['keyids'])}")
+    else:
+        print(f"  bundle: {b}")
+    return 0
