@@ -150,18 +150,29 @@ def build_release(src: Path, releases: Path, keys: Sequence[PrivateKey], *,
                   find_links: Iterable[Path] = (), offline: bool = False) -> Release:
     """Build, pack, describe and sign a release into ``releases/<version>/``."""
     version = version or source_version(src)
-    number = version_number(version)
-    if version_number(min_from) >= number:
+    if version_number(min_from) >= version_number(version):
         raise CommandError(f"--min-from {min_from} must be below the release {version}")
-    out = releases / version
-    if out.exists():
-        raise CommandError(f"{out} exists; releases are immutable (bump the version)")
+    if (releases / version).exists():
+        raise CommandError(f"{releases / version} exists; releases are immutable (bump the "
+                           "version)")
     with tempfile.TemporaryDirectory(prefix="edge-wheels-") as scratch:
         wheels = Path(scratch)
         build_wheelhouse(src, version, wheels, python=python, find_links=find_links,
                          offline=offline)
-        tar = _pack(wheels)
-    py_tag, platform = host_target()
+        return write_release(wheels, releases, keys, version=version, min_from=min_from,
+                             issued=issued, expires=expires, gateways=gateways, sites=sites,
+                             tags=tags)
+
+
+def write_release(wheels: Path, releases: Path, keys: Sequence[PrivateKey], *, version: str,
+                  min_from: str, issued: int, expires: int, gateways: Iterable[str] = (),
+                  sites: Iterable[str] = (), tags: Iterable[str] = (),
+                  target: tuple[str, str] | None = None) -> Release:
+    """Pack a directory of wheels, describe and sign it into ``releases/<version>/``."""
+    number = version_number(version)
+    out = releases / version
+    tar = _pack(wheels)
+    py_tag, platform = target or host_target()
     manifest = Manifest(version, min_from, py_tag, (platform,),
                         (Artefact(WHEELHOUSE, len(tar), hashlib.sha256(tar).hexdigest()),))
     payload = manifest.to_bytes()

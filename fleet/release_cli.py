@@ -22,7 +22,7 @@ DAY_S = 86_400
 
 def add_release_arguments(ap: argparse.ArgumentParser) -> None:
     """The options of ``edge-fleet release``."""
-    ap.add_argument("action", choices=("build", "list", "show"))
+    ap.add_argument("action", choices=("build", "list", "show", "serve"))
     ap.add_argument("version", nargs="?", help="release version X.Y.Z (build: defaults to "
                     "the source tree's; show: required)")
     ap.add_argument("--releases", type=Path,
@@ -41,6 +41,11 @@ def add_release_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--offline", action="store_true",
                     help="never ask the package index: every dependency from --find-links")
     ap.add_argument("--json", action="store_true", help="show: print JSON")
+    ap.add_argument("--listen", default="0.0.0.0:8443", help="serve: HOST:PORT")
+    ap.add_argument("--tls-cert", type=Path, help="serve: certificate (PEM)")
+    ap.add_argument("--tls-key", type=Path, help="serve: private key (PEM)")
+    ap.add_argument("--insecure-http", action="store_true",
+                    help="serve: plain HTTP (tests only; the artefacts are hash-checked anyway)")
 
 
 def release_command(args: argparse.Namespace) -> int:
@@ -61,6 +66,19 @@ def release_command(args: argparse.Namespace) -> int:
         print(f"{rel.path}: edge-agent {m.version} (number {m.number}, from {m.min_from}), "
               f"{m.python} {','.join(m.platforms)}, {m.size} bytes, built in "
               f"{time.monotonic() - started:.1f} s")
+        return 0
+    if args.action == "serve":
+        from edge_agent.fleet.httpd import server_tls_context
+        from edge_agent.fleet.release_http import serve_releases
+
+        host, _, port = args.listen.rpartition(":")
+        tls = None
+        if args.tls_cert and args.tls_key:
+            tls = server_tls_context(args.tls_cert, args.tls_key)
+        elif not args.insecure_http:
+            raise CommandError("release serve needs --tls-cert and --tls-key "
+                               "(or --insecure-http)")
+        serve_releases(args.releases, host or "0.0.0.0", int(port), tls)
         return 0
     if args.action == "list":
         rels = list_releases(args.releases)

@@ -116,10 +116,11 @@ def install(root: Path, version: str, wheels: Path, *, base_python: str) -> None
         raise InstallError("the wheelhouse holds no pip wheel to install with")
     _run([base_python, "-m", "venv", "--without-pip", str(rdir / "venv")], "creating the venv")
     py = str(rdir / "venv" / "bin" / "python")
-    _run([py, str(pips[-1] / "pip"), "install", "-q", "--no-index", "--no-cache-dir",
+    # -I: isolated (no cwd, no PYTHONPATH, no user site), so only the new venv is seen
+    _run([py, "-I", str(pips[-1] / "pip"), "install", "-q", "--no-index", "--no-cache-dir",
           "--disable-pip-version-check", "--find-links", str(wheels),
           f"edge-agent=={version}"], f"installing edge-agent {version}")
-    _run([py, "-c", "import edge_agent.fastpath._codec, edge_agent.cli"],
+    _run([py, "-I", "-c", "import edge_agent.fastpath._codec, edge_agent.cli"],
          "importing the installed release")
     marker = rdir / ".installed"
     marker.write_bytes(version.encode())

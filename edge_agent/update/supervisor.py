@@ -107,8 +107,9 @@ class Supervisor:
             out.write(f"--- supervisor: starting {version} at {time.ctime()}\n".encode())
             out.flush()
             self.child = subprocess.Popen(
-                [str(venv_python(self.root, version)), "-m", "edge_agent",
-                 *self.opts.agent_args],
+                # -I: the release's own venv only (no cwd, no PYTHONPATH on sys.path)
+                [str(venv_python(self.root, version)), "-I", "-m", "edge_agent",
+                 *self.opts.agent_args], cwd=release_dir(self.root, version),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         log.info("started release %s (pid %d)", version, self.child.pid)
@@ -242,7 +243,7 @@ class Supervisor:
         log.info("supervisor %s: re-executing the committed release %s's supervisor",
                  __version__, version)
         py = str(venv_python(self.root, version))
-        os.execv(py, [py, "-m", "edge_agent", *sys.argv[1:]])
+        os.execv(py, [py, "-I", "-m", "edge_agent", *sys.argv[1:]])
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
