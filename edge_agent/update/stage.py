@@ -101,6 +101,8 @@ def check_release(blob: bytes, trust: TrustedState, root: Path, now: float, *,
             and j.stage_attempts >= MAX_STAGE_ATTEMPTS):
         why = (f"staging release {manifest.version} was interrupted {j.stage_attempts} times "
                f"(last step {j.step}); given up")
+    if why is None and j.step == "refused" and j.target == manifest.version:
+        why = f"staging release {manifest.version} was given up: {j.reason}"
     if why is not None:
         return None, _refused(manifest.version, why)
     return manifest, {"kind": "software", "result": "accepted", "version": manifest.version,
@@ -116,6 +118,11 @@ def stage_release(blob: bytes, trust: TrustedState, root: Path, base_url: str, n
     manifest, report = check_release(blob, trust, root, now, max_bytes=max_bytes,
                                      target=target)
     if manifest is None:
+        j = load_journal(root)
+        if report.get("version") == j.target and j.step in STAGING and \
+                j.stage_attempts >= MAX_STAGE_ATTEMPTS:
+            j.reason = str(report["reason"])  # the loop guard gave up: say so durably
+            persist(root, j, "refused")
         return report
     root.mkdir(parents=True, exist_ok=True)
     j = load_journal(root)

@@ -110,8 +110,8 @@ class Supervisor:
                 # -I: the release's own venv only (no cwd, no PYTHONPATH on sys.path)
                 [str(venv_python(self.root, version)), "-I", "-m", "edge_agent",
                  *self.opts.agent_args], cwd=release_dir(self.root, version),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                # same process group (systemd's cgroup): a killed supervisor's child dies too
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.info("started release %s (pid %d)", version, self.child.pid)
         return self.child
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from edge_agent.fleet.release import WHEELHOUSE, build_wheelhouse, source_version, write_release
 from edge_agent.protocol.bundle import root_signed, sign_envelope
 from edge_agent.protocol.keys import PrivateKey
-from edge_agent.protocol.trust import TrustedState
-from edge_agent.update.releases import install, switch_current, unpack
-from edge_agent.update.journal import load_journal, persist
 from edge_agent.protocol.release import version_number
+from edge_agent.protocol.trust import TrustedState
+from edge_agent.update.journal import load_journal, persist
+from edge_agent.update.releases import install, switch_current, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-ota"
@@ -73,7 +73,7 @@ def _record_hash(data: bytes) -> str:
 
 
 def rewrite_wheel(src: Path, dest_dir: Path, old: str, new: str, main_py: str) -> Path:
-    """The agent wheel ``src`` as version ``new`` whose ``edge_agent/__main__.py`` is ``main_py``."""
+    """The agent wheel ``src`` as version ``new``, its ``edge_agent/__main__.py`` ``main_py``."""
     out = dest_dir / src.name.replace(f"-{old}-", f"-{new}-")
     old_info, new_info = f"edge_agent-{old}.dist-info", f"edge_agent-{new}.dist-info"
     files: dict[str, bytes] = {}
