@@ -75,7 +75,7 @@ def _handler(releases: Path) -> type[BaseHTTPRequestHandler]:
             with path.open("rb") as fh:
                 fh.seek(start)
                 # the gateway going away is no error: it resumes with a Range next time
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                with contextlib.suppress(OSError):  # reset, broken pipe, TLS EOF
                     _copy(fh, self.wfile, length)
 
     return Handler
