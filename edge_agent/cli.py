@@ -164,7 +164,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "doctor": lambda argv: _lazy("edge_agent.tools.doctor", "doctor_main")(argv),
     "install-service": lambda argv: _lazy("edge_agent.tools.service", "install_service_main")(argv),
     "supervise": lambda argv: _lazy("edge_agent.update.supervisor", "supervise_main")(argv),
-    "update": lambda argv: _lazy("edge_agent.update.command", "update_main")(argv),
+    "update": lambda argv: _lazy("edge_agent.tools.update", "update_main")(argv),
 }
 
 

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,11 @@ def test_the_fault_hook_kills_after_the_sync_once_or_forever(tmp_path: Path) -> 
     assert UpdateJournal.from_json(load_journal(tmp_path / "once").to_json()).step == "install"
 
 
+Served = tuple[str, bytes, ssl.SSLContext, Path]
+
+
 @pytest.fixture
-def release_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def release_server(tmp_path: Path) -> Iterator[Served]:
     rel = tmp_path / "rels" / "0.2.0"
     rel.mkdir(parents=True)
     data = os.urandom(300_000)
@@ -161,7 +165,7 @@ def release_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         server.close()
 
 
-def test_a_cut_download_resumes_with_a_range(tmp_path: Path, release_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_cut_download_resumes_with_a_range(tmp_path: Path, release_server: Served) -> None:
     url, data, ctx, _ = release_server
     sha = hashlib.sha256(data).hexdigest()
     dest = tmp_path / "dl" / "w.tar"
@@ -176,7 +180,7 @@ def test_a_cut_download_resumes_with_a_range(tmp_path: Path, release_server) -> 
 
 
 def test_signed_length_caps_hash_checks_and_paths_are_refused(tmp_path: Path,
-                                                              release_server) -> None:  # type: ignore[no-untyped-def]
+                                                              release_server: Served) -> None:
     url, data, ctx, rel = release_server
     sha = hashlib.sha256(data).hexdigest()
     with pytest.raises(FetchError, match="at most"):
@@ -195,7 +199,7 @@ def test_signed_length_caps_hash_checks_and_paths_are_refused(tmp_path: Path,
 
 
 @pytest.mark.serial
-def test_pacing_slows_the_download(tmp_path: Path, release_server) -> None:  # type: ignore[no-untyped-def]
+def test_pacing_slows_the_download(tmp_path: Path, release_server: Served) -> None:
     url, data, ctx, _ = release_server
     started = time.monotonic()
     fetch(url, tmp_path / "p", len(data), hashlib.sha256(data).hexdigest(), context=ctx,

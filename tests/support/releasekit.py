@@ -114,13 +114,17 @@ def build_kit(tmp: Path) -> Kit:
     major, minor, _ = (int(x) for x in first.split("."))
     bumped = f"{major}.{minor + 1}.0"
     now = int(time.time())
-    sign = {"issued": now - 60, "expires": now + 86_400, "tags": [TAG]}
+
+    def sign(wheels: Path, version: str, min_from: str) -> None:
+        write_release(wheels, releases, keys, version=version, min_from=min_from,
+                      issued=now - 60, expires=now + 86_400, tags=[TAG])
+
     wheels_a, wheels_b = tmp / "wheels-a", tmp / "wheels-b"
     build_wheelhouse(ROOT, first, wheels_a)
-    write_release(wheels_a, releases, keys, version=first, min_from="0.0.0", **sign)
+    sign(wheels_a, first, "0.0.0")
     # the bumped tree takes its dependencies from the first wheelhouse: no second download
     agent_b = build_wheelhouse(ROOT, bumped, wheels_b, find_links=[wheels_a])
-    write_release(wheels_b, releases, keys, version=bumped, min_from=first, **sign)
+    sign(wheels_b, bumped, first)
     broken = {}
     for i, (kind, main_py) in enumerate(BROKEN.items()):
         version = broken[kind] = f"{major}.{minor + 2}.{i}"
@@ -130,7 +134,7 @@ def build_kit(tmp: Path) -> Kit:
             if whl != agent_b:
                 shutil.copy2(whl, wheels / whl.name)
         rewrite_wheel(agent_b, wheels, bumped, version, main_py)
-        write_release(wheels, releases, keys, version=version, min_from=first, **sign)
+        sign(wheels, version, first)
     build_s = time.monotonic() - started
     started = time.monotonic()
     template = tmp / "template"
