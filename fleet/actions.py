@@ -127,7 +127,7 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
                   waves: Sequence[int] = (1, 10, 50, 100), abort_above_pct: float = 10.0,
                   abort_min_count: int = 3, wave_deadline_s: float = 600.0,
                   expires_days: int = 30, now_ms: int | None = None,
-                  rollout_id: str | None = None) -> dict[str, Any]:
+                  rollout_id: str | None = None, version: int | None = None) -> dict[str, Any]:
     """Sign the bundle (and each gateway's previous config under a newer version, for an abort)
     and store a running rollout; the service starts offering it on its next tick."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -137,7 +137,8 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
     rid = rollout_id or uuid.uuid4().hex[:10]
     roots = registry.roots()
     issued, expires = now // 1000, now // 1000 + expires_days * DAY_S
-    version = registry.next_version(kind)
+    # a release's bundle version is its release number (the gateways' anti-rollback floor)
+    version = version if version is not None else registry.next_version(kind)
     blob = make_bundle(kind, version, payload, keys, issued=issued, expires=expires,
                        gateways=gateways, roots=roots)
     sha = hashlib.sha256(payload).hexdigest()
@@ -146,7 +147,7 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
     previous: dict[str, tuple[bytes, list[str]]] = {}
     for gw in gateways:
         cur = registry.desired_payload(gw)
-        if cur is None:
+        if cur is None or kind == "software":  # a committed release is never taken back
             continue
         env, old_payload = split_bundle(cur[1], 1 << 20)
         if env["signed"]["kind"] != kind:

@@ -110,3 +110,18 @@ def release_command(args: argparse.Namespace) -> int:
     else:
         print(f"  bundle: {b}")
     return 0
+
+
+def add_release_rollout_arguments(ap: argparse.ArgumentParser) -> None:
+    """``rollout start --release VERSION [--releases DIR]``: roll a release out in waves."""
+    ap.add_argument("--release", help="roll out this software release (X.Y.Z) instead of a "
+                    "config")
+    ap.add_argument("--releases", type=Path,
+                    default=Path(os.environ.get("EDGE_FLEET_RELEASES", "releases")),
+                    help="where releases are kept (env EDGE_FLEET_RELEASES)")
+
+
+def release_payload(args: argparse.Namespace) -> tuple[bytes, str, int]:
+    """The signed payload, kind and bundle version of ``--release``: the release manifest."""
+    manifest = find_release(args.releases, args.release).manifest
+    return manifest.to_bytes(), "software", manifest.number

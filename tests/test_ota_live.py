@@ -112,11 +112,14 @@ class Supervised:
     """The supervisor, restarted like systemd (``Restart=always``) whenever it dies."""
 
     def __init__(self, gw: Gateway, broker: Mosquitto, *, env: dict[str, str] | None = None,
-                 max_starts: int = 2, deadline_s: float = 20.0) -> None:
+                 max_starts: int = 2, deadline_s: float = 20.0,
+                 release: Fleet | None = None) -> None:
         py = gw.root / "current" / "venv" / "bin" / "python"
+        url = ["--release-url", release.url, "--release-ca", str(release.cafile)] \
+            if release is not None else []
         self.cmd = [str(py), "-I", "-m", "edge_agent", "supervise", "--root", str(gw.root),
                     "--state-dir", str(gw.state), "--max-starts", str(max_starts),
-                    "--health-deadline-s", str(deadline_s), "--", "run", str(gw.site),
+                    "--health-deadline-s", str(deadline_s), *url, "--", "run", str(gw.site),
                     "--broker", broker.url]
         self.env = {**os.environ, "EDGE_SUPERVISOR_NO_REEXEC": "1", **(env or {})}
         self.log = (gw.tmp / "supervisor.log").open("ab")
@@ -284,3 +287,56 @@ def test_kill_9_at_every_step(kit: Kit, fleet: Fleet, gateway: Gateway, broker: 
 
 
 STAGING_STEPS = ("download", "verify", "unpack", "install")
+
+
+def test_a_release_rolls_out_in_waves_through_the_fleet(
+        kit: Kit, fleet: Fleet, device: int, broker: Mosquitto, tmp_path: Path) -> None:
+    """``rollout start --release``: the fleet signs the manifest for its gateways, publishes it
+    on desired/software, each supervised agent stages it, and the committed reports end the
+    rollout."""
+    from edge_agent.fleet import actions as ops
+    from edge_agent.fleet import rollout as ro
+    from edge_agent.fleet.registry import Registry
+    from edge_agent.fleet.rollout_driver import RolloutStore
+    from edge_agent.protocol.release import parse_manifest
+    from tests.support.fleetkit import Pki, enrol_direct, running, serve_args, wait_until
+
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    reg = Registry(db)
+    pki = Pki.from_seed(11)
+    pki.init(reg)
+    gws = ["gw-ota-0", "gw-ota-1"]
+    enrol_direct(reg, tmp_path / "gw", gws, "north", broker.url)
+    sups, gateways = [], []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(running(serve_args(db, broker.url, "--tick-s", "0.2"),
+                                    tmp_path / "serve.log"))
+        for gw_id in gws:
+            home = tmp_path / gw_id
+            home.mkdir()
+            state = tmp_path / "gw" / gw_id
+            site = tcp_site(home, n=1, poll_s=0.5, state_dir=state, ports=[device])
+            site.write_text(site.read_text().replace('id = "gw-test"', f'id = "{gw_id}"'))
+            gw = Gateway(kit.new_root(home / "root"), state, state, site, home)
+            sup = Supervised(gw, broker, release=fleet)
+            stack.callback(sup.close)
+            sups.append(sup)
+            gateways.append(gw)
+        for gw, sup in zip(gateways, sups, strict=True):
+            settle(gw, sup, kit.first)
+        manifest = parse_manifest((kit.releases / kit.bumped / "manifest.json").read_bytes())
+        started = time.monotonic()
+        ops.start_rollout(reg, manifest.to_bytes(), ["site:north"], pki.release_keys,
+                          kind="software", version=manifest.number, waves=[50, 100],
+                          abort_above_pct=20, abort_min_count=1, wave_deadline_s=120,
+                          rollout_id="sw")
+        store = RolloutStore(reg)
+        wait_until(lambda: store.load("sw")[0]["status"] == ro.SUCCEEDED, 150,
+                   "the software rollout")
+        took = time.monotonic() - started
+        for gw, sup in zip(gateways, sups, strict=True):
+            settle(gw, sup, kit.bumped)
+            assert load_journal(gw.root).committed == kit.bumped
+        print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
+    reg.close()
+

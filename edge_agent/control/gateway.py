@@ -30,6 +30,7 @@ import aiomqtt
 
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
+from edge_agent.control.software import SoftwareChannel
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
 from edge_agent.drivers.dlt645.planner import plan_meter_reads
@@ -114,6 +115,7 @@ class Gateway:
                 hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
                 dry_run_timeout_s=self.dry_run_budget_s,
                 ops=self.ops)
+        self.software = SoftwareChannel.from_env(self.local.state_dir) if self.control else None
 
     # ------------------------------------------------------------------ callbacks
 
@@ -233,6 +235,9 @@ class Gateway:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)
+            if self.software is not None:  # under `edge-agent supervise` (docs/updates.md)
+                self.agent.uplink.subscribe(topics.desired_topic(
+                    prefix, cfg.gateway_id, "software"), self.software.on_desired)
         self._agent_stop = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 
@@ -341,6 +346,9 @@ class Gateway:
                 self._ping_watchdog(watchdog, watchdog.interval_s), name="watchdog"))
         helpers.append(asyncio.create_task(write_health(self.local.state_dir, self.healthy),
                                            name="health-file"))  # for `edge-agent supervise`
+        if self.software is not None:
+            helpers.append(asyncio.create_task(self.software.run(self._publish_report),
+                                               name="software"))
         if self.control is not None:
             helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
         if boot_report is not None:

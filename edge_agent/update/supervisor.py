@@ -67,6 +67,8 @@ class Options:
     max_starts: int = 3
     health_deadline_s: float = 120.0
     backoff_max_s: float = 30.0
+    release_url: str | None = None  # handed to the agent: where it downloads releases
+    release_ca: str | None = None
 
 
 def read_health(state_dir: Path) -> dict[str, object]:
@@ -103,13 +105,17 @@ class Supervisor:
     def _spawn(self, version: str) -> subprocess.Popen[bytes]:
         logf = release_dir(self.root, version) / LOG_FILE
         mode = "wb" if logf.exists() and logf.stat().st_size > MAX_LOG_BYTES else "ab"
+        env = {**os.environ, "EDGE_UPDATE_ROOT": str(self.root)}
+        if self.opts.release_url:
+            env["EDGE_RELEASE_URL"] = self.opts.release_url
+            env["EDGE_RELEASE_CA"] = self.opts.release_ca or ""
         with logf.open(mode) as out:
             out.write(f"--- supervisor: starting {version} at {time.ctime()}\n".encode())
             out.flush()
             self.child = subprocess.Popen(
                 # -I: the release's own venv only (no cwd, no PYTHONPATH on sys.path)
                 [str(venv_python(self.root, version)), "-I", "-m", "edge_agent",
-                 *self.opts.agent_args], cwd=release_dir(self.root, version),
+                 *self.opts.agent_args], cwd=release_dir(self.root, version), env=env,
                 # same process group (systemd's cgroup): a killed supervisor's child dies too
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.info("started release %s (pid %d)", version, self.child.pid)
@@ -291,10 +297,14 @@ def supervise_main(argv: list[str]) -> int:
                     help="the agent's state directory (where it writes health.json)")
     ap.add_argument("--max-starts", type=int, default=3)
     ap.add_argument("--health-deadline-s", type=float, default=120.0)
+    ap.add_argument("--release-url", help="the fleet's release URL (https://HOST/releases): "
+                    "the agent then takes software bundles from desired/software")
+    ap.add_argument("--release-ca", help="CA file of the release URL's certificate")
     ap.add_argument("agent_args", nargs=argparse.REMAINDER,
                     help="-- then the agent's command, e.g. -- run /etc/edge-agent/site.toml")
     args = ap.parse_args(argv)
     agent_args = [a for a in args.agent_args if a != "--"] or ["run"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervise %(message)s")
     return Supervisor(Options(args.root, args.state_dir, agent_args, args.max_starts,
-                              args.health_deadline_s)).run()
+                              args.health_deadline_s, release_url=args.release_url,
+                              release_ca=args.release_ca)).run()
