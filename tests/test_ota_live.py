@@ -30,6 +30,7 @@ from edge_agent.fleet.httpd import server_tls_context
 from edge_agent.fleet.release_http import ReleaseServer
 from edge_agent.update.journal import CRASH_ENV, load_journal
 from edge_agent.update.releases import current_version
+from edge_agent.update.supervisor import read_health
 from tests.support.brokers import Mosquitto
 from tests.support.otakit import Fleet, Gateway, Supervised, settle, supervised
 from tests.support.releasekit import Kit, build_kit
@@ -233,5 +234,29 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
             settle(gw, sup, kit.bumped)
             assert load_journal(gw.root).committed == kit.bumped
         print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
+        # A release that crashes at start: the first wave's gateway rolls it back by itself,
+        # reports why, and the rollout aborts at its threshold before the second wave.
+        crash = parse_manifest((kit.releases / kit.broken["crash"] / "manifest.json")
+                               .read_bytes())
+        before = {gw.root: read_health(gw.state) for gw in gateways}
+        ops.start_rollout(reg, crash.to_bytes(), ["site:north"], pki.release_keys,
+                          kind="software", version=crash.number, waves=[50, 100],
+                          abort_above_pct=20, abort_min_count=1, wave_deadline_s=120,
+                          rollout_id="crash")
+        wait_until(lambda: store.load("crash")[0]["status"] not in ro.ACTIVE, 150,
+                   "the crashing release's rollout to end")
+        state = store.load("crash")[0]
+        assert state["status"] == ro.ABORTED, state
+        assert sorted(state["gw"].values()) == [ro.FAILED, ro.WAITING], state["gw"]
+        failed_gw = next(g for g, st in state["gw"].items() if st == ro.FAILED)
+        assert "rolled_back" in state["reasons"][failed_gw]
+        for gw, sup in zip(gateways, sups, strict=True):
+            settle(gw, sup, kit.bumped)
+            j = load_journal(gw.root)
+            if gw.state.name == failed_gw:
+                assert j.step == "rolled_back" and crash.version in j.failed
+                assert read_health(gw.state)["pid"] != before[gw.root]["pid"]
+            else:
+                assert j.step == "commit"  # never offered: the abort came first
     reg.close()
 

@@ -205,3 +205,50 @@ def test_pacing_slows_the_download(tmp_path: Path, release_server: Served) -> No
     fetch(url, tmp_path / "p", len(data), hashlib.sha256(data).hexdigest(), context=ctx,
           rate_bps=1_000_000)
     assert time.monotonic() - started >= 0.25  # 300 kB at 1 MB/s: a floor, never a ceiling
+
+
+def test_the_supervisor_imports_nothing_but_the_standard_library() -> None:
+    code = ("import sys; before = set(sys.modules); import edge_agent.update.supervisor; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(new - set(sys.stdlib_module_names) - {'edge_agent'}))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         check=True, cwd="/").stdout.strip()
+    assert out == "[]", out
+
+
+def test_install_service_runs_the_supervisor_over_the_update_root() -> None:
+    from edge_agent.tools.service import UnitSpec, render_unit
+
+    unit = render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"],
+                                config=Path("/etc/edge-agent/site.toml"),
+                                update_root=Path("/opt/edge-agent")))
+    assert ("ExecStart=/opt/edge-agent/current/venv/bin/python -m edge_agent supervise --root "
+            "/opt/edge-agent --state-dir /var/lib/edge-agent -- run /etc/edge-agent/site.toml"
+            in unit)
+    assert "NotifyAccess=all" in unit and "ReadWritePaths=/var/lib/edge-agent /opt/edge-agent" \
+        in unit
+    plain = render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"],
+                                 config=Path("/etc/edge-agent/site.toml")))
+    assert "ExecStart=/usr/bin/edge-agent run" in plain and "NotifyAccess=main" in plain
+
+
+def test_release_list_and_show_read_releases_back(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.fleet.cli import main
+    from edge_agent.fleet.release import write_release
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "edge_agent-0.2.0-cp311-cp311-linux_x86_64.whl").write_bytes(b"not a real one")
+    now = int(time.time())
+    rel = write_release(wheels, tmp_path / "rels", KEYS, version="0.2.0", min_from="0.1.0",
+                        issued=now, expires=now + 60, tags=[TAG])
+    assert main(["release", "list", "--releases", str(tmp_path / "rels")]) == 0
+    assert "0.2.0" in capsys.readouterr().out
+    assert main(["release", "show", "0.2.0", "--releases", str(tmp_path / "rels")]) == 0
+    out = capsys.readouterr().out
+    assert "software v2000" in out and "[ok]" in out and "upgrades from 0.1.0" in out
+    (rel.path / WHEELHOUSE).write_bytes(b"changed")
+    assert main(["release", "show", "0.2.0", "--releases", str(tmp_path / "rels")]) == 0
+    assert "DIFFERS" in capsys.readouterr().out
+    assert main(["release", "show", "9.9.9", "--releases", str(tmp_path / "rels")]) != 0

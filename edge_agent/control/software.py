@@ -38,7 +38,7 @@ JOURNAL_POLL_S = 2.0
 
 def outcome(j: UpdateJournal) -> dict[str, Any] | None:
     """The report of the journal's settled outcome (None while nothing is settled)."""
-    if j.step == "commit" and j.committed:
+    if j.step == "commit" and j.committed and j.previous:  # a trial, not the bootstrap
         return {"kind": "software", "result": "applied", "step": "commit",
                 "version": j.committed_number, "release": j.committed}
     if j.step in ("rolled_back", "refused") and j.target:
