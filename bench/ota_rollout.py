@@ -91,11 +91,11 @@ def main() -> None:
         wait_until(lambda: store.load("bench")[0]["status"] not in ro.ACTIVE, 1200,
                    "the rollout")
         took = time.monotonic() - started
-        state = store.load("bench")[0]
+        final = store.load("bench")[0]
         committed = [load_journal(gw.root).committed == kit.bumped for gw, _ in pairs]
         staged = [gw.tmp.joinpath("supervisor.log").stat().st_size for gw, _ in pairs]
-        print(f"rollout {state['status']}: {sum(committed)}/{len(pairs)} committed "
-              f"{kit.bumped}; rollout start -> {state['status']} in {took:.1f} s "
+        print(f"rollout {final['status']}: {sum(committed)}/{len(pairs)} committed "
+              f"{kit.bumped}; rollout start -> {final['status']} in {took:.1f} s "
               f"(waves {args.waves}); supervisor log median {statistics.median(staged)} B")
         reg.close()
 

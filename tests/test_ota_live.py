@@ -15,6 +15,7 @@ gateway comes back on a working release, healthy, with a settled, consistent jou
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -33,17 +34,24 @@ from edge_agent.update.releases import current_version
 from edge_agent.update.supervisor import read_health
 from tests.support.brokers import Mosquitto
 from tests.support.otakit import Fleet, Gateway, Supervised, settle, supervised
-from tests.support.releasekit import Kit, build_kit
+from tests.support.releasekit import Kit, load_or_build_kit
 from tests.support.stopkit import tcp_simulator, tcp_site
 from tests.support.tlskit import make_tls
 
-pytestmark = pytest.mark.integration
+# one xdist worker for the whole module (make test: --dist loadgroup): the releases are built once
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ota")]
 FULL = os.environ.get("EDGE_OTA_FULL_MATRIX") == "1"
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
-    k = build_kit(tmp_path_factory.mktemp("ota-kit"))
+    # Built once per session even when xdist runs these tests on both workers: the base temp
+    # directory's parent is shared by the workers, and a lock makes the second one wait and
+    # reuse the first one's build (the pattern pytest-xdist documents).
+    shared = tmp_path_factory.getbasetemp().parent
+    with (shared / "ota-kit.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        k = load_or_build_kit(shared / "ota-kit")
     print(f"\nreleases built in {k.build_s:.1f} s, first installed in {k.install_s:.1f} s; "
           f"wheelhouse {(k.releases / k.bumped / 'wheelhouse.tar').stat().st_size} bytes")
     return k
@@ -116,7 +124,7 @@ def test_a_good_release_commits_and_becomes_the_floor(kit: Kit, fleet: Fleet, ga
 def test_broken_releases_are_rolled_back_by_the_gateway_itself(
         kit: Kit, fleet: Fleet, gateway: Gateway, broker: Mosquitto) -> None:
     gw = gateway
-    with supervised(gw, broker, deadline_s=4.0) as sup:
+    with supervised(gw, broker, deadline_s=3.0) as sup:
         before = settle(gw, sup, kit.first)
         for kind in ("crash", "never-healthy", "hang"):
             bad = kit.broken[kind]
@@ -126,7 +134,7 @@ def test_broken_releases_are_rolled_back_by_the_gateway_itself(
             # The supervisor has no URL and needs none: the fleet could be gone from here on.
             before = settle(gw, sup, kit.first, not_pid=before["pid"])
             print(f"\n{kind}: back on {kit.first} and healthy "
-                  f"{time.monotonic() - switched:.1f} s after the switch (2 starts, 4 s gate)")
+                  f"{time.monotonic() - switched:.1f} s after the switch (2 starts, 3 s gate)")
             j = load_journal(gw.root)
             assert j.step == "rolled_back" and j.committed == kit.first and bad in j.failed
             assert j.attempts == 2, j.to_json()
@@ -245,11 +253,11 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
                           rollout_id="crash")
         wait_until(lambda: store.load("crash")[0]["status"] not in ro.ACTIVE, 150,
                    "the crashing release's rollout to end")
-        state = store.load("crash")[0]
-        assert state["status"] == ro.ABORTED, state
-        assert sorted(state["gw"].values()) == [ro.FAILED, ro.WAITING], state["gw"]
-        failed_gw = next(g for g, st in state["gw"].items() if st == ro.FAILED)
-        assert "rolled_back" in state["reasons"][failed_gw]
+        result = store.load("crash")[0]
+        assert result["status"] == ro.ABORTED, result
+        assert sorted(result["gw"].values()) == [ro.FAILED, ro.WAITING], result["gw"]
+        failed_gw = next(g for g, st in result["gw"].items() if st == ro.FAILED)
+        assert "rolled_back" in result["reasons"][failed_gw]
         for gw, sup in zip(gateways, sups, strict=True):
             settle(gw, sup, kit.bumped)
             j = load_journal(gw.root)

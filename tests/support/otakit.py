@@ -41,7 +41,7 @@ class Supervised:
     """The supervisor, restarted like systemd (``Restart=always``) whenever it dies."""
 
     def __init__(self, gw: Gateway, broker: Mosquitto, *, env: dict[str, str] | None = None,
-                 max_starts: int = 2, deadline_s: float = 20.0,
+                 max_starts: int = 2, deadline_s: float = 60.0,
                  release: Fleet | None = None) -> None:
         py = gw.root / "current" / "venv" / "bin" / "python"
         url = ["--release-url", release.url, "--release-ca", str(release.cafile)] \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import pickle
 import shutil
 import sys
 import time
@@ -150,3 +151,15 @@ def build_kit(tmp: Path) -> Kit:
     persist(template, j, "commit", fsync=False)
     return Kit(releases, template, first, bumped, broken, keys, trust_state(keys, _key("root")),
                build_s, time.monotonic() - started)
+
+
+def load_or_build_kit(path: Path) -> Kit:
+    """The kit built at ``path`` by an earlier caller of this session, or a new one there."""
+    done = path / "kit.pickle"
+    if done.exists():
+        kit: Kit = pickle.loads(done.read_bytes())
+        return kit
+    path.mkdir(parents=True, exist_ok=True)
+    kit = build_kit(path)
+    done.write_bytes(pickle.dumps(kit))
+    return kit
