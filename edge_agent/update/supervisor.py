@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,19 @@ class Options:
     backoff_max_s: float = 30.0
     release_url: str | None = None  # handed to the agent: where it downloads releases
     release_ca: str | None = None
+
+
+def sd_notify(message: str) -> None:
+    """One datagram to systemd's ``$NOTIFY_SOCKET`` (nothing without one; errors ignored)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), addr)
+    except OSError:
+        pass  # systemd gone or not listening: the supervisor goes on regardless
 
 
 def read_health(state_dir: Path) -> dict[str, object]:
@@ -162,6 +176,9 @@ class Supervisor:
         deadline = time.monotonic() + self.opts.health_deadline_s
         why = ""
         while not self.stopping:
+            # During a trial the supervisor vouches for progress itself: its own deadline, not
+            # systemd's WatchdogSec, decides about a new release that hangs (NotifyAccess=all).
+            sd_notify("WATCHDOG=1")
             ok, why = self._healthy(proc, j.target)
             if ok:
                 persist(self.root, j, "health")
@@ -266,6 +283,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.opts.state_dir.mkdir(parents=True, exist_ok=True)
+        # Ready once supervising: a trial's new release may take its whole health deadline.
+        sd_notify("READY=1")
         backoff = 1.0
         try:
             while not self.stopping:
