@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,19 +122,33 @@ def test_a_good_release_commits_and_becomes_the_floor(kit: Kit, fleet: Fleet, ga
 
 
 def test_broken_releases_are_rolled_back_by_the_gateway_itself(
-        kit: Kit, fleet: Fleet, gateway: Gateway, broker: Mosquitto) -> None:
+        kit: Kit, gateway: Gateway, own_broker: Mosquitto) -> None:
+    """The network is cut after each download: the release server is gone and the broker is
+    down while the new release fails and the supervisor switches back on its own."""
     gw = gateway
-    with supervised(gw, broker, deadline_s=3.0) as sup:
+    tls = make_tls(gw.tmp / "tls")
+    with supervised(gw, own_broker, deadline_s=3.0) as sup:
         before = settle(gw, sup, kit.first)
         for kind in ("crash", "never-healthy", "hang"):
             bad = kit.broken[kind]
-            staged = stage(gw, kit, fleet, bad)
+            server = ReleaseServer(kit.releases, "127.0.0.1", 0,
+                                   server_tls_context(tls.cert, tls.key)).start()
+            fleet = Fleet(f"https://127.0.0.1:{server.port}/releases", tls.ca_cert, server)
+            try:
+                staged = stage(gw, kit, fleet, bad)
+                switched = time.monotonic()  # stage returns once `current` is switched
+            finally:
+                server.close()
+            own_broker.stop()   # the network is cut: no fleet, no broker
             assert staged.returncode == 0, staged.stdout + staged.stderr
-            switched = time.monotonic()
-            # The supervisor has no URL and needs none: the fleet could be gone from here on.
+            wait_for(lambda: load_journal(gw.root).step == "rolled_back"
+                     and current_version(gw.root) == kit.first, 60, "the rollback, offline")
+            offline_s = time.monotonic() - switched
+            own_broker.start()
             before = settle(gw, sup, kit.first, not_pid=before["pid"])
-            print(f"\n{kind}: back on {kit.first} and healthy "
-                  f"{time.monotonic() - switched:.1f} s after the switch (2 starts, 3 s gate)")
+            print(f"\n{kind}: switched back offline {offline_s:.1f} s after the switch")
+            print(f"{kind}: back on {kit.first} and healthy {time.monotonic() - switched:.1f} "
+                  "s after the switch (2 starts, 3 s gate; broker restarted on the way)")
             j = load_journal(gw.root)
             assert j.step == "rolled_back" and j.committed == kit.first and bad in j.failed
             assert j.attempts == 2, j.to_json()
@@ -268,3 +282,11 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
                 assert j.step == "commit"  # never offered: the abort came first
     reg.close()
 
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until true; AssertionError naming ``what`` on timeout."""
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
