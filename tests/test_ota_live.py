@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,7 +49,8 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     # Built once per session even when xdist runs these tests on both workers: the base temp
     # directory's parent is shared by the workers, and a lock makes the second one wait and
     # reuse the first one's build (the pattern pytest-xdist documents).
-    shared = tmp_path_factory.getbasetemp().parent
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's
     with (shared / "ota-kit.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         k = load_or_build_kit(shared / "ota-kit")
@@ -101,8 +103,10 @@ def stage(gw: Gateway, kit: Kit, fleet: Fleet, version: str,
 def test_a_good_release_commits_and_becomes_the_floor(kit: Kit, fleet: Fleet, gateway: Gateway,
                                                       broker: Mosquitto) -> None:
     gw = gateway
-    with supervised(gw, broker) as sup:
+    with supervised(gw, broker, env={"EDGE_SUPERVISOR_NO_REEXEC": "0"}) as sup:
         first = settle(gw, sup, kit.first)
+        exe = Path(f"/proc/{sup.proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert f"releases/{kit.first}/" in os.path.realpath(exe) or "current" in exe
         staged = stage(gw, kit, fleet, kit.bumped)
         assert staged.returncode == 0, staged.stdout + staged.stderr
         report = json.loads(staged.stdout)
@@ -118,6 +122,14 @@ def test_a_good_release_commits_and_becomes_the_floor(kit: Kit, fleet: Fleet, ga
         again = stage(gw, kit, fleet, kit.first)
         assert again.returncode == 1 and "older than the committed" in again.stdout
         assert current_version(gw.root) == kit.bumped
+        # The supervisor updates itself only with a committed release: when its agent next
+        # exits, it re-executes from the new release's venv (same pid, new code).
+        os.kill(int(health["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        again_healthy = settle(gw, sup, kit.bumped, not_pid=health["pid"])
+        exe = Path(f"/proc/{sup.proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert exe == str(gw.root / "releases" / kit.bumped / "venv" / "bin" / "python"), exe
+        assert "re-executing the committed release" in (gw.tmp / "supervisor.log").read_text()
+        assert again_healthy["version"] == kit.bumped and sup.deaths == []
     assert sorted(p.name for p in (gw.root / "releases").iterdir()) == [kit.first, kit.bumped]
 
 
