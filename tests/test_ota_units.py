@@ -227,6 +227,13 @@ def test_install_service_runs_the_supervisor_over_the_update_root() -> None:
             in unit)
     assert "NotifyAccess=all" in unit and "ReadWritePaths=/var/lib/edge-agent /opt/edge-agent" \
         in unit
+    with_url = render_unit(UnitSpec(
+        exec_start=["/usr/bin/edge-agent"], config=Path("/etc/edge-agent/site.toml"),
+        update_root=Path("/opt/edge-agent"),
+        release_args=("--release-url", "https://fleet:8443/releases", "--release-ca",
+                      "/etc/edge-agent/fleet-ca.pem")))
+    assert ("--state-dir /var/lib/edge-agent --release-url https://fleet:8443/releases "
+            "--release-ca /etc/edge-agent/fleet-ca.pem -- run" in with_url)
     plain = render_unit(UnitSpec(exec_start=["/usr/bin/edge-agent"],
                                  config=Path("/etc/edge-agent/site.toml")))
     assert "ExecStart=/usr/bin/edge-agent run" in plain and "NotifyAccess=main" in plain
