@@ -238,7 +238,9 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
     gws = ["gw-ota-0", "gw-ota-1"]
     enrol_direct(reg, tmp_path / "gw", gws, "north", broker.url)
     sups, gateways = [], []
+    reports: list[dict[str, object]] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(watch_reports(broker, reports))
         stack.enter_context(running(serve_args(db, broker.url, "--tick-s", "0.2"),
                                     tmp_path / "serve.log"))
         for gw_id in gws:
@@ -284,6 +286,14 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
         assert sorted(result["gw"].values()) == [ro.FAILED, ro.WAITING], result["gw"]
         failed_gw = next(g for g, st in result["gw"].items() if st == ro.FAILED)
         assert "rolled_back" in result["reasons"][failed_gw]
+        # what went to reported: progress, commits, the rollback with its log ("switched"
+        # races the supervisor stopping that agent, so it is not required here)
+        seen = {(r.get("result"), r.get("release")) for r in reports if r.get("kind") == "software"}
+        for want in (("downloading", kit.bumped), ("applied", kit.bumped),
+                     ("rolled_back", crash.version)):
+            assert want in seen, (want, sorted(map(str, seen)))
+        rolled = next(r for r in reports if r.get("result") == "rolled_back")
+        assert rolled["version"] == crash.number and "crashing at start" in str(rolled["log_tail"])
         for gw, sup in zip(gateways, sups, strict=True):
             settle(gw, sup, kit.bumped)
             j = load_journal(gw.root)
@@ -302,3 +312,21 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> No
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def watch_reports(broker: Mosquitto, into: list[dict[str, object]]) -> Iterator[None]:
+    """Collect every document published on ``edge/+/reported`` into ``into``."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, msg: into.append(json.loads(msg.payload))
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("edge/+/reported", qos=1)
+    client.loop_start()
+    try:
+        yield
+    finally:
+        client.loop_stop()
+        client.disconnect()

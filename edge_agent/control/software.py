@@ -58,6 +58,7 @@ class SoftwareChannel:
         self.rate_bps = rate_bps
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
         self.reported: tuple[str, str] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_env(cls, state_dir: Path) -> SoftwareChannel | None:
@@ -82,6 +83,11 @@ class SoftwareChannel:
         return {"current": current_version(self.root), "committed": j.committed,
                 "step": j.step, "target": j.target, "reason": j.reason[:300]}
 
+    def _spawn(self, report: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(report)
+        self._tasks.add(task)  # kept until done: a task nobody references may be collected
+        task.add_done_callback(self._tasks.discard)
+
     async def _report_journal(self, publish: Publish) -> None:
         doc = outcome(load_journal(self.root))
         key = (doc["result"], doc["release"]) if doc else None
@@ -93,9 +99,21 @@ class SoftwareChannel:
         from edge_agent.update.stage import stage_release  # the verifier: only when needed
 
         trust = load_trust(self.state_dir)
+        loop = asyncio.get_running_loop()
+        steps: set[int] = set()
+
+        def progress(release: str, got: int, total: int) -> None:
+            # from the staging thread: one report per quarter of the download
+            quarter = got * 4 // max(total, 1)
+            if quarter not in steps:
+                steps.add(quarter)
+                doc = {"kind": "software", "result": "downloading", "release": release,
+                       "bytes": got, "total": total}
+                loop.call_soon_threadsafe(self._spawn, publish(doc))
+
         report = await asyncio.to_thread(stage_release, blob, trust, self.root, self.url,
                                          time.time(), context=self.context,
-                                         rate_bps=self.rate_bps)
+                                         rate_bps=self.rate_bps, progress=progress)
         if report["result"] == "current":
             report["version"] = load_journal(self.root).committed_number
         elif report["result"] in ("switched", "failed"):

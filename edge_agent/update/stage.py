@@ -23,6 +23,7 @@ import shutil
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,12 @@ def check_release(blob: bytes, trust: TrustedState, root: Path, now: float, *,
 def stage_release(blob: bytes, trust: TrustedState, root: Path, base_url: str, now: float, *,
                   max_bytes: int = MAX_DOWNLOAD, rate_bps: float | None = None,
                   context: ssl.SSLContext | None = None, base_python: str = sys.executable,
-                  stop_after: int | None = None,
-                  target: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Stage a release up to the switch; the report for ``reported``."""
+                  stop_after: int | None = None, target: tuple[str, str] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Stage a release up to the switch; the report for ``reported``.
+
+    ``progress(release, bytes, total)`` is called as the download goes (from this thread).
+    """
     manifest, report = check_release(blob, trust, root, now, max_bytes=max_bytes,
                                      target=target)
     if manifest is None:
@@ -137,12 +141,15 @@ def stage_release(blob: bytes, trust: TrustedState, root: Path, base_url: str, n
     started = time.monotonic()
     rdir = release_dir(root, manifest.version)
     try:
-        files = []
+        files: list[Path] = []
         for art in manifest.artefacts:
             dest = root / "downloads" / f"{art.sha256}-{art.name}"
+            done = sum(f.stat().st_size for f in files)
+            tick = None if progress is None else (
+                lambda n, done=done: progress(manifest.version, done + n, manifest.size))
             files.append(fetch(f"{base_url.rstrip('/')}/{manifest.version}/{art.name}", dest,
                                art.length, art.sha256, context=context, rate_bps=rate_bps,
-                               max_bytes=max_bytes, stop_after=stop_after))
+                               max_bytes=max_bytes, stop_after=stop_after, progress=tick))
         j.downloaded = sum(f.stat().st_size for f in files)
         # fetch checked length and hash; checked again here, on the final files, before unpack
         for art, f in zip(manifest.artefacts, files, strict=True):
