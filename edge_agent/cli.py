@@ -33,6 +33,10 @@ commands:
   doctor -c SITE.toml              check port, broker, TLS, clock, disk, spool, config, budget
   install-service --config SITE.toml
                                    write a systemd unit (watchdog, restart, dialout user)
+  supervise --root R --state-dir S -- run SITE.toml
+                                   run the current release; health-gate, commit or roll back
+                                   a new one by itself (docs/updates.md)
+  update bootstrap|stage|status    install the first release, stage a signed one, the journal
 """
 
 
@@ -159,6 +163,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "write": lambda argv: _lazy("edge_agent.tools.commission", "write_main")(argv),
     "doctor": lambda argv: _lazy("edge_agent.tools.doctor", "doctor_main")(argv),
     "install-service": lambda argv: _lazy("edge_agent.tools.service", "install_service_main")(argv),
+    "supervise": lambda argv: _lazy("edge_agent.update.supervisor", "supervise_main")(argv),
+    "update": lambda argv: _lazy("edge_agent.tools.update", "update_main")(argv),
 }
 
 

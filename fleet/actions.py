@@ -155,7 +155,7 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
                   waves: Sequence[int] = (1, 10, 50, 100), abort_above_pct: float = 10.0,
                   abort_min_count: int = 3, wave_deadline_s: float = 600.0,
                   expires_days: int = 30, now_ms: int | None = None,
-                  rollout_id: str | None = None) -> dict[str, Any]:
+                  rollout_id: str | None = None, version: int | None = None) -> dict[str, Any]:
     """Sign the bundle (and each gateway's previous config under a newer version, for an abort)
     and store a running rollout; the service starts offering it on its next tick."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -165,7 +165,8 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
     rid = rollout_id or uuid.uuid4().hex[:10]
     roots = registry.roots()
     issued, expires = now // 1000, now // 1000 + expires_days * DAY_S
-    version = registry.next_version(kind)
+    # a release's bundle version is its release number (the gateways' anti-rollback floor)
+    version = version if version is not None else registry.next_version(kind)
     targets = bundle_targets(registry, selectors)
     blob = make_bundle(kind, version, payload, keys, issued=issued, expires=expires,
                        roots=roots, **targets)
@@ -176,7 +177,8 @@ def start_rollout(registry: Registry, payload: bytes, selectors: Sequence[str],
     # One read for the whole selection, each distinct bundle opened once: at 10,000 gateways,
     # one query per gateway was most of the time it took to start a rollout on PostgreSQL.
     by_bundle: dict[str, list[str]] = {}
-    for gw, bid in registry.desired():
+    # A committed release is never taken back: software rollouts have no previous bundle.
+    for gw, bid in registry.desired() if kind != "software" else ():
         by_bundle.setdefault(bid, []).append(gw)
     selected = set(gateways)
     for bid, holders in sorted(by_bundle.items()):

@@ -23,6 +23,12 @@ from edge_agent.fleet.brokerconf import (
 from edge_agent.fleet.cmdcli import add_cmd_parser, add_operator_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.release_cli import (
+    add_release_arguments,
+    add_release_rollout_arguments,
+    release_command,
+    release_payload,
+)
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
@@ -144,10 +150,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     reg = _db(args)
     store = RolloutStore(reg)
     if args.action == "start":
-        if not args.config or not args.target or not args.key:
-            raise CommandError("rollout start needs --config FILE, --target SEL and --key FILE")
+        if not (args.config or args.release) or not args.target or not args.key:
+            raise CommandError("rollout start needs --config FILE (or --release VERSION), "
+                               "--target SEL and --key FILE")
+        payload, kind, version = release_payload(args) if args.release else (
+            args.config.read_bytes(), "config", None)
         state = ops.start_rollout(
-            reg, args.config.read_bytes(), args.target, [load_private(p) for p in args.key],
+            reg, payload, args.target, [load_private(p) for p in args.key], kind=kind,
+            version=version,
             waves=ops.parse_waves(args.waves), abort_above_pct=args.abort_above,
             abort_min_count=args.abort_min, wave_deadline_s=args.deadline_s,
             expires_days=args.expires_days)
@@ -291,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def rollout_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path)
+        add_release_rollout_arguments(p)
         p.add_argument("--target", action="append", default=[],
                        help="gw:ID, site:NAME, tag:NAME or all (repeatable)")
         p.add_argument("--waves", default="1,10,50,100")
@@ -355,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_arguments(p)
     p.set_defaults(fn=ingest_command)
     add_cmd_parser(sub, common)
+
+    p = sub.add_parser("release", help="software releases: build, list, show")
+    add_release_arguments(p)
+    p.set_defaults(fn=release_command)
     return ap
 
 

@@ -50,6 +50,7 @@ from edge_agent.fleet.supervisor import Supervisor, TaskFailedError
 from edge_agent.protocol import topics
 from edge_agent.protocol.backoff import Backoff
 from edge_agent.protocol.broker import client_options, parse_broker_url
+from edge_agent.protocol.bundle import bundle_kind
 from edge_agent.protocol.clock import Clock, SystemClock
 from edge_agent.protocol.errors import ConfigError, UplinkError
 from edge_agent.protocol.ids import check_broker_user, is_reserved
@@ -152,8 +153,8 @@ class FleetService:
 
         async def one(gw: str, blob: bytes) -> None:
             async with sem:
-                await client.publish(topics.desired_topic(self.prefix, gw, "config"), blob,
-                                     qos=1, retain=True)
+                await client.publish(topics.desired_topic(self.prefix, gw, bundle_kind(blob)),
+                                     blob, qos=1, retain=True)
 
         await asyncio.gather(*(one(gw, blob) for gw, blob in offers))
 

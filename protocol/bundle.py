@@ -320,3 +320,10 @@ def split_bundle(blob: Wire, max_envelope: int) -> tuple[dict[str, Any], memoryv
 def root_fingerprint(root: dict[str, Any]) -> str:
     """SHA-256 of a root envelope's canonical bytes: what an operator compares out of band."""
     return hashlib.sha256(canonical_bytes(root)).hexdigest()
+
+
+def bundle_kind(blob: bytes) -> str:
+    """The kind a bundle the fleet itself signed declares (config or software)."""
+    env, _ = read_envelope(blob, len(blob))
+    kind = env["signed"]["kind"]
+    return kind if kind in KINDS else "config"

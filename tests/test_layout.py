@@ -26,14 +26,17 @@ ALLOWED: dict[str, frozenset[str]] = {
     "drivers": frozenset({"protocol"}),
     "config": frozenset({"protocol", "drivers"}),
     "runtime": frozenset({"protocol", "drivers", "codecs", "config"}),
-    "control": frozenset({"protocol", "drivers", "codecs", "config", "runtime"}),
-    "tools": frozenset({"protocol", "drivers", "codecs", "config", "runtime", "control"}),
+    "control": frozenset({"protocol", "drivers", "codecs", "config", "runtime", "update"}),
+    # software updates: the supervisor must run with the standard library and protocol only
+    "update": frozenset({"protocol"}),
+    "tools": frozenset({"protocol", "drivers", "codecs", "config", "runtime", "control",
+                        "update"}),
     "root": frozenset(),
     "gateway": frozenset({"protocol", "drivers", "codecs", "config", "runtime", "control",
-                          "tools"}),
+                          "tools", "update"}),
     "fleet": frozenset({"protocol", "codecs", "fastpath"}),
 }
-GATEWAY_ROOMS = ("config", "runtime", "control", "tools")
+GATEWAY_ROOMS = ("config", "runtime", "control", "tools", "update")
 # Third-party packages that belong to one side only.
 ONLY_IN: dict[str, frozenset[str]] = {
     "psycopg": frozenset({"fleet"}),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -277,16 +276,7 @@ class CommandIntake:
 
 
 def open_intake(state_dir: Path, control: ControlPlane[Any], clock: Clock,
-                overrides: Overrides | None = None) -> CommandIntake:
+                overrides: Overrides) -> CommandIntake:
     """The gateway's intake, verifying against the control plane's trusted state, with the
-    lighting override store (``control.lighting_overrides``; the one instance the lighting
-    schedule uses) when given, else one of its own when this build has the module."""
-    if overrides is None:
-        try:
-            mod = importlib.import_module("edge_agent.control.lighting_overrides")
-        except ImportError:
-            log.info("no lighting override store in this build: lamp commands with a "
-                     "duration are refused")
-        else:
-            overrides = mod.OverrideStore(mod.overrides_path(state_dir), clock)
+    lighting override store the lamps' schedule uses (``control.lighting_overrides``)."""
     return CommandIntake(state_dir, lambda: control.trust, clock, overrides=overrides)

@@ -29,8 +29,7 @@ import aiomqtt
 
 from edge_agent.config.loader import load_config, load_config_bytes
 from edge_agent.config.model import SiteConfig
-from edge_agent.control.lighting_overrides import OverrideStore, overrides_path
-from edge_agent.control.local import attach_local_control
+from edge_agent.control.local import LocalControl
 from edge_agent.control.truststore import TRUST_FILE
 from edge_agent.drivers.bus import Bus, DeviceConfig, SerialBus
 from edge_agent.drivers.dlt645.planner import plan_meter_reads
@@ -53,7 +52,6 @@ from edge_agent.runtime.scheduler import GATEWAY_NO_ANSWER
 from edge_agent.runtime.systemd import Watchdog
 
 if TYPE_CHECKING:
-    from edge_agent.control.cmdintake import CommandIntake
     from edge_agent.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
@@ -105,8 +103,6 @@ class Gateway:
         self.ops = Operations(self.clock)   # stops and switches in progress, with deadlines
         self.degraded: str | None = None    # set when a stop had to abandon tasks
         self.control: ControlPlane[SiteConfig] | None = None
-        # Kept across agent switches, like the file: a restart keeps each override's end time.
-        self.overrides = OverrideStore(overrides_path(self.local.state_dir), self.clock)
         if (self.local.state_dir / TRUST_FILE).exists():
             # Imported only when enrolled: the verifier's crypto costs ~6 MB of RSS.
             from edge_agent.control.plane import ControlPlane
@@ -116,11 +112,8 @@ class Gateway:
                 switch=self.switch, healthy=self.healthy, kind="config",
                 hold_s=health_gate_s, clock=self.clock, switch_timeout_s=self.switch_budget_s,
                 dry_run_timeout_s=self.dry_run_budget_s, ops=self.ops)
-        self.commands: CommandIntake | None = None  # signed commands, checked by the same root
-        if self.control is not None:
-            from edge_agent.control.cmdintake import open_intake
-            self.commands = open_intake(self.local.state_dir, self.control, self.clock,
-                                        self.overrides)
+        self.extras = LocalControl(self.local.state_dir, self.control, self.clock)
+        self.overrides = self.extras.overrides
 
     # ------------------------------------------------------------------ callbacks
 
@@ -240,7 +233,7 @@ class Gateway:
             prefix = cfg.mqtt.topic_prefix
             self.agent.uplink.subscribe(topics.desired_topic(prefix, cfg.gateway_id, "config"),
                                         self._on_desired)
-        attach_local_control(self.agent, cfg, self.commands, self.overrides, self.clock)
+        self.extras.attach(self.agent, cfg)
         self._agent_stop = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(self._agent_stop), name="agent")
 
@@ -349,8 +342,7 @@ class Gateway:
                 self._ping_watchdog(watchdog, watchdog.interval_s), name="watchdog"))
         if self.control is not None:
             helpers.append(asyncio.create_task(self._apply_offers(), name="control"))
-        if self.commands is not None:
-            helpers.append(asyncio.create_task(self.commands.run(lambda: self.agent), name="cmd"))
+        helpers += self.extras.tasks(lambda: self.agent, self.healthy, self._publish_report)
         if boot_report is not None:
             helpers.append(asyncio.create_task(self._publish_report(boot_report),
                                                name="boot-report"))

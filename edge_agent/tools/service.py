@@ -55,6 +55,8 @@ class UnitSpec:
     watchdog_s: int = DEFAULT_WATCHDOG_S
     state_dir: Path = Path("/var/lib/edge-agent")
     serial_device_groups: tuple[str, ...] = SERIAL_DEVICE_GROUPS
+    update_root: Path | None = None  # releases side by side: `edge-agent supervise` runs them
+    release_args: tuple[str, ...] = ()  # supervise's --release-url URL --release-ca FILE
 
 
 def unit_word(value: str, *, exec_line: bool = False) -> str:
@@ -102,6 +104,16 @@ def render_unit(spec: UnitSpec) -> str:
     state_lines = (f"StateDirectory={unit_word(state_name)}\nStateDirectoryMode=0700\n"
                    if state_name else "")
     devices = "".join(f"DeviceAllow=char-{g} rw\n" for g in spec.serial_device_groups)
+    run_line, notify = f"{cmd} run {cfg}", "main"
+    if spec.update_root is not None:
+        # The supervisor (docs/updates.md) runs `current` and pings nothing itself: the agent
+        # it starts does (NotifyAccess=all); the releases live under the update root.
+        root = unit_word(str(spec.update_root), exec_line=True)
+        cmd = f"{root}/current/venv/bin/python -m edge_agent"
+        rel = "".join(f" {unit_word(a, exec_line=True)}" for a in spec.release_args)
+        run_line = (f"{cmd} supervise --root {root} --state-dir "
+                    f"{unit_word(str(spec.state_dir), exec_line=True)}{rel} -- run {cfg}")
+        notify, state = "all", f"{state} {unit_word(str(spec.update_root))}"
     return f"""[Unit]
 Description=edge-agent: field gateway polling Modbus devices and reporting over MQTT
 Documentation=man:systemd.service(5)
@@ -113,10 +125,10 @@ StartLimitBurst=10
 
 [Service]
 Type=notify
-NotifyAccess=main
+NotifyAccess={notify}
 # A config that does not validate fails the start with every problem in the journal.
 ExecStartPre={cmd} check-config {cfg}
-ExecStart={cmd} run {cfg}
+ExecStart={run_line}
 User={spec.user}
 Group={spec.user}
 # Serial ports belong to the dialout group.
@@ -219,6 +231,12 @@ def install_service_main(argv: list[str], out: TextIO | None = None) -> int:
     ap.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     ap.add_argument("--watchdog-s", type=int, default=DEFAULT_WATCHDOG_S)
     ap.add_argument("--no-user", action="store_true", help="do not create the service user")
+    ap.add_argument("--update-root", type=Path,
+                    help="run `edge-agent supervise` over the releases in this directory "
+                         "(e.g. /opt/edge-agent; docs/updates.md)")
+    ap.add_argument("--release-url", help="with --update-root: where releases are downloaded "
+                    "(https://FLEET/releases); the agent then takes desired/software")
+    ap.add_argument("--release-ca", type=Path, help="CA file of the release URL's certificate")
     ap.add_argument("--enable", action="store_true",
                     help="systemctl daemon-reload, then enable and start the service")
     ap.add_argument("--dry-run", action="store_true", help="print what would be done")
@@ -227,7 +245,12 @@ def install_service_main(argv: list[str], out: TextIO | None = None) -> int:
     if args.watchdog_s < 2:
         raise CommandError("--watchdog-s must be at least 2")
     spec = UnitSpec(exec_start=default_exec(), config=args.config.absolute(), user=args.user,
-                    watchdog_s=args.watchdog_s, state_dir=_state_dir(args.config))
+                    watchdog_s=args.watchdog_s, state_dir=_state_dir(args.config),
+                    update_root=args.update_root.absolute() if args.update_root else None,
+                    release_args=(*(("--release-url", args.release_url) if args.release_url
+                                    else ()),
+                                  *(("--release-ca", str(args.release_ca.absolute()))
+                                    if args.release_ca else ())))
     unit = render_unit(spec)
     path = args.unit_dir / UNIT_NAME
     commands = [] if args.no_user else user_commands(args.user, spec.state_dir)
