@@ -20,6 +20,7 @@ from edge_agent.fleet.brokerconf import (
     mosquitto_hash,
     write_broker_config,
 )
+from edge_agent.fleet.console.command import add_console_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Store every gateway's readings once, noting gaps.")
     add_ingest_arguments(p)
     p.set_defaults(fn=ingest_command)
+    add_console_arguments(sub, common)  # console, user (fleet/console/command.py)
     return ap
 
 
