@@ -21,6 +21,7 @@ from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import SerialBus, TcpBus
 from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.shell import cli_command
+from edge_agent.tools.demo_fleet import start_fleet_side
 from edge_agent.tools.devbroker import Mosquitto
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         tail = subprocess.Popen([*exe, "tail", "--broker", broker.url,
                                  "--prefix", cfg.mqtt.topic_prefix])
         procs.append(("tail", tail))
+        url, user, password = start_fleet_side(cfg, broker.url, broker.dir / "fleet", procs)
+        print(f"demo: web console at {url}  user {user}  password {password}\n"
+              f"      (fleet service, ingest and console logs in {broker.dir / 'fleet'})",
+              flush=True)
         print("demo: agent and tail started; Ctrl-C stops everything", flush=True)
         if cfg.sparkplug.enabled:
             print(f"demo: the gateway is also Sparkplug B edge node "
