@@ -36,8 +36,14 @@ def own_broker() -> Iterator[Mosquitto]:
 
 
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE}
+    out: set[int] = set()
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass  # it ended between the listing and the look (a browser's helper does)
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from edge_agent.fleet.console.schema import statements
+from edge_agent.fleet.console.schema import ensure
 from edge_agent.fleet.registry import Registry
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.jsonsafe import UnsafeJsonError, loads_strict
@@ -108,9 +108,7 @@ class Accounts:
 
     def __init__(self, registry: Registry) -> None:
         self.db = registry
-        with registry.transaction():
-            for stmt in statements(registry.pg):
-                registry.execute(stmt)
+        ensure(registry)
         registry.execute("INSERT INTO console_secrets (name, value) VALUES ('session', ?) "
                          "ON CONFLICT (name) DO NOTHING", (secrets.token_hex(32),))
         row = registry.fetchone("SELECT value FROM console_secrets WHERE name = 'session'")

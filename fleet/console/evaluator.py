@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_agent.fleet.console import alarms as core
 from edge_agent.fleet.console.readings import ReadingsDb
+from edge_agent.fleet.console.schema import ensure
 from edge_agent.fleet.ingest.schema import value_columns, value_from
 from edge_agent.fleet.registry import GatewayRow, Registry
 from edge_agent.protocol.clock import Clock
@@ -67,6 +68,7 @@ class Evaluator:
         self.cycles = 0
         self.errors = 0
         self.last_error: str | None = None
+        ensure(registry)
         self.db.execute("INSERT INTO console_leases (name, owner, until_ms) VALUES ('alarms', "
                         "NULL, 0) ON CONFLICT (name) DO NOTHING")
 

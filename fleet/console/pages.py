@@ -48,7 +48,7 @@ def _gateway_detail(c: Any, gw: str) -> dict[str, Any] | None:
     for name in status:
         devices.setdefault(name, [])
     return {"g": views.fleet_rows(rows)[0], "history": history, "devices": devices,
-            "status": status}
+            "dev_status": status}
 
 
 async def gateway(request: Request, s: Session) -> Response:

@@ -6,6 +6,8 @@ a load balancer share one database and any of them can answer any request.
 
 from __future__ import annotations
 
+from typing import Any
+
 SCHEMA = [
     # Local accounts: scrypt hashes (hashlib.scrypt, parameters stored with each hash).
     """CREATE TABLE IF NOT EXISTS console_users (
@@ -54,3 +56,10 @@ def statements(pg: bool) -> list[str]:
     """The schema in one dialect."""
     serial, real = ("BIGSERIAL", "DOUBLE PRECISION") if pg else ("INTEGER", "REAL")
     return [s.replace("{serial}", serial).replace("{real}", real) for s in SCHEMA]
+
+
+def ensure(registry: Any) -> None:
+    """Create the console's tables in the registry's database if they are missing."""
+    with registry.transaction():
+        for stmt in statements(registry.pg):
+            registry.execute(stmt)
