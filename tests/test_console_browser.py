@@ -235,7 +235,8 @@ def test_a_viewer_cannot_pause(browser: Browser, stack: Stack) -> None:
 def test_a_request_without_its_csrf_token_is_refused(browser: Browser, stack: Stack) -> None:
     page = signed_in(browser, stack, OPERATOR)
     page.goto(f"{stack.url}/rollouts")
-    for form in ({}, {"csrf": "0" * 32}):
+    forms: list[dict[str, str | float | bool]] = [{}, {"csrf": "0" * 32}]
+    for form in forms:
         r = page.request.post(f"{stack.url}/rollouts/viewer-try/abort", form=form,
                               max_redirects=0)
         assert r.status == 403 and "CSRF" in r.text()

@@ -24,6 +24,7 @@ from edge_agent.fleet.registry import GatewayRow, Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import ConfigError, VerificationError
+from edge_agent.protocol.keys import PrivateKey
 from tests.support.fleetkit import Pki
 
 NOW = 1_800_000_000_000
@@ -167,27 +168,29 @@ def test_a_signed_bundle_starts_a_rollout_and_a_forged_one_does_not(tmp_path: Pa
         reg.add_gateway(f"gw{i}", "north", ["lamps"], NOW)
     now = int(time.time())
 
-    def bundle(version: int, keys: list[object] | None = None, **targets: list[str]) -> bytes:
+    def bundle(version: int, keys: list[PrivateKey] | None = None, *,
+               gateways: tuple[str, ...] = (), sites: tuple[str, ...] = (),
+               tags: tuple[str, ...] = ()) -> bytes:
         return make_bundle("config", version, b'[gateway]\nid = "x"\n',
-                           keys or pki.release_keys, issued=now,  # type: ignore[arg-type]
-                           expires=now + 86400, **targets)
+                           keys or pki.release_keys, issued=now, expires=now + 86400,
+                           gateways=gateways, sites=sites, tags=tags)
 
     ms = now * 1000
-    state = start_from_bundle(reg, bundle(3, sites=["north"]), waves="50,100",
+    state = start_from_bundle(reg, bundle(3, sites=("north",)), waves="50,100",
                               abort_above_pct=10, abort_min_count=3, wave_deadline_s=60,
                               now_ms=ms)
     assert sorted(state["plan"]["gateways"]) == ["gw0", "gw1", "gw2", "gw3"]
     assert RolloutStore(reg).all() == [state["plan"]["id"]]
     assert reg.next_version("config") == 4  # the CLI's next rollout goes above it
     with pytest.raises(ConfigError, match="not above"):
-        start_from_bundle(reg, bundle(2, gateways=["gw1"]), waves="100", abort_above_pct=10,
+        start_from_bundle(reg, bundle(2, gateways=("gw1",)), waves="100", abort_above_pct=10,
                           abort_min_count=3, wave_deadline_s=60, now_ms=ms)
     with pytest.raises(VerificationError, match="signatures"):
-        start_from_bundle(reg, bundle(9, [pki.releases[0], Pki.key(8, "x")], gateways=["gw1"]),
+        start_from_bundle(reg, bundle(9, [pki.releases[0], Pki.key(8, "x")], gateways=("gw1",)),
                           waves="100", abort_above_pct=10, abort_min_count=3,
                           wave_deadline_s=60, now_ms=ms)
     with pytest.raises(ConfigError, match="match no"):
-        start_from_bundle(reg, bundle(9, tags=["pipes"]), waves="100", abort_above_pct=10,
+        start_from_bundle(reg, bundle(9, tags=("pipes",)), waves="100", abort_above_pct=10,
                           abort_min_count=3, wave_deadline_s=60, now_ms=ms)
     with pytest.raises(VerificationError):
         start_from_bundle(reg, b"\x00garbage", waves="100", abort_above_pct=10,

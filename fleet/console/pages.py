@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from edge_agent.fleet.console import views
 from edge_agent.fleet.console.accounts import Session
+from edge_agent.fleet.console.evaluator import light_gateways
 from edge_agent.fleet.console.rollouts import all_views
 from edge_agent.fleet.console.web import Refused, console_of, db, query, render
 from edge_agent.fleet.ingest.schema import value_from
@@ -20,7 +21,7 @@ async def fleet(request: Request, s: Session) -> Response:
     """Every gateway, filtered by site, tag, state and a search."""
     c = console_of(request)
     f = query(request, ("site", "tag", "state", "q"))
-    rows = views.fleet_rows(await db(c.registry.gateways))
+    rows = views.fleet_rows(await db(light_gateways, c.registry))
     shown = views.filtered(rows, site=f.get("site", ""), tag=f.get("tag", ""),
                            state=f.get("state", ""), q=f.get("q", ""))
     return render(request, "fleet.html", s, rows=shown, total=len(rows), f=f,
