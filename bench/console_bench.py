@@ -146,7 +146,7 @@ def run(reg_url: str, ingest_url: str, args: argparse.Namespace, tmp: Path) -> N
         for name, path in (("fleet page", "/fleet"), ("fleet page, filtered", "/fleet?site=site-03"
                            "&state=online&q=gw-0"), ("alarms page", "/alarms"),
                            (f"readings page, {args.days} d chart",
-                            f"/readings?gw=gw-00001&dev=dev-1&pt=supply_voltage&range=30d")):
+                            "/readings?gw=gw-00001&dev=dev-1&pt=supply_voltage&range=30d")):
             ms, size = timed(op, base + path, args.runs)
             print(f"{name}: median {ms:.0f} ms, {size / 1024:.0f} KiB")
         rss = psutil.Process(proc.pid).memory_info().rss
