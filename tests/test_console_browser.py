@@ -93,23 +93,16 @@ def stack(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    before = set(psutil.Process(os.getpid()).children())
     with sync_playwright() as p:
+        # Chromium's renderers come and go between the tests: the Playwright driver's process
+        # tree (the browser is in it) belongs to this module, which closes it at its end.
+        driver = set(psutil.Process(os.getpid()).children()) - before
+        conftest.OWNED_TREES.update(d.pid for d in driver)
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield b
         b.close()
-
-
-@pytest.fixture(autouse=True)
-def browser_processes_belong_to_the_module() -> Iterator[None]:
-    """Chromium keeps renderer and helper processes between pages: they live as long as the
-    module's browser (closed at its end), so the leak guard is told about them."""
-    yield
-    for p in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if "chrom" in p.name() or "node" in p.name() or "playwright" in " ".join(p.cmdline()):
-                conftest.SESSION_PIDS.add(p.pid)
-        except psutil.Error:
-            pass
+    conftest.OWNED_TREES.difference_update(d.pid for d in driver)
 
 
 def signed_in(browser: Browser, stack: Stack, user: str) -> Page:
