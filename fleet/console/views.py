@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent.fleet.console.evaluator import health_numbers
@@ -83,11 +84,17 @@ def chart(buckets: Sequence[Bucket], start_ms: int, end_ms: int) -> dict[str, An
     lower = [f"{x(b.ts_ms)},{y(b.low)}" for b in reversed(pts) if b.low is not None]
     ticks = [(round(y(lo + (hi - lo) * i / 4), 1), f"{lo + (hi - lo) * i / 4:.4g}")
              for i in range(5)]
-    xticks = [(x(start_ms + span_ms * i // 4), start_ms + span_ms * i // 4) for i in range(5)]
+    # labels as precise as the span needs: seconds within an hour, days beyond two
+    fmt = "%H:%M:%S" if span_ms <= 3_600_000 else "%m-%d %H:%M" if span_ms <= 172_800_000 \
+        else "%Y-%m-%d"
+    xticks = [(x(t), datetime.fromtimestamp(t / 1000, UTC).strftime(fmt))
+              for t in (start_ms + span_ms * i // 4 for i in range(5))]
     bad = [x(b.ts_ms) for b in buckets if b.bad]
+    # too few buckets for a line to show: mark each mean with a dot
+    dots = [(x(b.ts_ms), y(b.mean)) for b in pts if b.mean is not None] if len(pts) < 3 else []
     return {"empty": False, "w": CHART_W, "h": CHART_H, "pad": PAD, "line": line,
             "band": " ".join(upper + lower), "yticks": ticks, "xticks": xticks, "bad": bad,
-            "count": sum(b.count for b in buckets), "buckets": len(buckets),
+            "dots": dots, "count": sum(b.count for b in buckets), "buckets": len(buckets),
             "last": pts[-1].mean if pts else None}
 
 
