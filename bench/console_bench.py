@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import http.cookiejar
+import json
 import re
 import statistics
 import sys
@@ -142,13 +143,20 @@ def run(reg_url: str, ingest_url: str, args: argparse.Namespace, tmp: Path) -> N
                  ready="console http://") as proc:
         base = f"http://127.0.0.1:{port}"
         op = opener(base)
-        time.sleep(3)  # let the evaluator take its first pass (health history, latest)
+        # timed once the alarm evaluator is through its first passes (latest values, health
+        # history), as in steady state
+        for _ in range(600):
+            if json.loads(op.open(base + "/healthz").read())["evaluator"]["cycles"] >= 3:
+                break
+            time.sleep(0.2)
         for name, path in (("fleet page", "/fleet"), ("fleet page, filtered", "/fleet?site=site-03"
                            "&state=online&q=gw-0"), ("alarms page", "/alarms"),
                            (f"readings page, {args.days} d chart",
                             "/readings?gw=gw-00001&dev=dev-1&pt=supply_voltage&range=30d")):
             ms, size = timed(op, base + path, args.runs)
             print(f"{name}: median {ms:.0f} ms, {size / 1024:.0f} KiB")
+        health = op.open(base + "/healthz").read().decode()
+        print(f"console health: {health}")
         rss = psutil.Process(proc.pid).memory_info().rss
         print(f"console process RSS after the runs: {rss / 2**20:.1f} MiB")
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PAGE = 5000            # readings pulled per query
 MAX_PAGES = 40         # per cycle: a large backlog is worked off over several cycles
 OVERLAP = 1000         # ids read again each cycle: a PostgreSQL id may commit after a higher one
+FIRST_LOOK_BACK = 50_000  # readings read back on a first start
 HISTORY_KEEP_MS = 7 * 86_400_000
 DROP_WINDOW_MS = 15 * 60_000
 UPSERT_LATEST = (
@@ -138,7 +139,9 @@ class Evaluator:
     def pull_readings(self) -> int:
         """Fold the ingest's new readings into console_latest; how many were read."""
         row = self.db.fetchone("SELECT value FROM console_state WHERE name = 'cursor'")
-        cursor = int(row[0]) if row else 0
+        # A first start on an ingest with a long history begins near its end: the latest
+        # values are in its newest rows, not in months of older ones.
+        cursor = int(row[0]) if row else max(0, self.readings.max_id() - FIRST_LOOK_BACK)
         seen = 0
         for _ in range(MAX_PAGES):
             rows = self.readings.new_rows(max(0, cursor - OVERLAP) if seen == 0 else cursor,

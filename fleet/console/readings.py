@@ -75,6 +75,10 @@ class ReadingsDb:
         """Readings stored after ``after_id``, oldest first, at most ``limit``."""
         return self.rows(NEW_ROWS, (after_id, limit))
 
+    def max_id(self) -> int:
+        """The newest reading's id (0 when there is none)."""
+        return int(self.rows("SELECT COALESCE(MAX(id), 0) FROM readings")[0][0])
+
     def open_gaps(self) -> dict[str, int]:
         """Open gaps per gateway."""
         return {str(g): int(n) for g, n in self.rows(
