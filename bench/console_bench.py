@@ -118,6 +118,31 @@ def timed(op: urllib.request.OpenerDirector, url: str, runs: int) -> tuple[float
     return statistics.median(times) * 1000, size
 
 
+def browser_load(base: str, runs: int) -> None:
+    """Page load in headless chromium (navigation start to the load event), medians."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                              args=["--no-sandbox"])
+        page = b.new_page()
+        page.goto(f"{base}/login")
+        page.fill("input[name=user]", "bench")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/fleet")
+        for path in ("/fleet", "/readings?gw=gw-00001&dev=dev-1&pt=supply_voltage&range=30d"):
+            times = []
+            for _ in range(runs + 1):
+                page.goto(base + path, wait_until="load")
+                times.append(page.evaluate(
+                    "() => { const n = performance.getEntriesByType('navigation')[0];"
+                    " return n.loadEventEnd - n.startTime; }"))
+            print(f"browser load of {path.split('?')[0]}: median "
+                  f"{statistics.median(times[1:]):.0f} ms (navigation start to load event)")
+        b.close()
+
+
 def run(reg_url: str, ingest_url: str, args: argparse.Namespace, tmp: Path) -> None:
     t0 = time.perf_counter()
     fill_registry(reg_url, args.gateways)
@@ -155,6 +180,8 @@ def run(reg_url: str, ingest_url: str, args: argparse.Namespace, tmp: Path) -> N
                             "/readings?gw=gw-00001&dev=dev-1&pt=supply_voltage&range=30d")):
             ms, size = timed(op, base + path, args.runs)
             print(f"{name}: median {ms:.0f} ms, {size / 1024:.0f} KiB")
+        if Path("/usr/bin/chromium").exists():
+            browser_load(base, args.runs)
         health = op.open(base + "/healthz").read().decode()
         print(f"console health: {health}")
         rss = psutil.Process(proc.pid).memory_info().rss

@@ -56,6 +56,11 @@ async def healthz(request: Request) -> Response:
                          "streams": request.app.state.streams})
 
 
+async def favicon(request: Request) -> Response:
+    """Browsers ask for one on every page: no icon, and no rejection counted for it."""
+    return Response(status_code=204)
+
+
 async def root(request: Request) -> Response:
     """The console starts at the fleet."""
     return RedirectResponse("/fleet", status_code=303)
@@ -67,6 +72,7 @@ def build_app(console: Console, stop: asyncio.Event | None = None) -> Starlette:
     routes = [
         Route("/", root),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/login", posts.login_page, methods=["GET"]),
         Route("/login", posts.login, methods=["POST"]),
         Route("/logout", signed_in(posts.logout), methods=["POST"]),
