@@ -10,7 +10,6 @@ import re
 import socket
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -131,7 +130,8 @@ def test_signed_in_requests_are_checked_too(console: Console) -> None:
         "Content-Type": "application/octet-stream", "X-CSRF-Token": token.group(1), **h})[0] == 400
     # no Content-Length at all, on a raw socket
     reply = console.raw(b"POST /alarms/1/ack HTTP/1.1\r\nHost: x\r\nCookie: " + cookie.encode()
-                        + b"\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                        + b"\r\nConnection: close\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\n"
                         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 411")
     assert console.request("GET", "/fleet", headers=h)[0] == 200  # still serving
