@@ -8,8 +8,12 @@ import http.client
 import json
 import re
 import socket
+import ssl
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from edge_agent.fleet.console.accounts import Accounts
 from edge_agent.fleet.registry import Registry
 from tests.support.brokers import free_port
 from tests.support.fleetkit import running
+from tests.support.tlskit import make_tls
 
 pytestmark = pytest.mark.integration
 PASSWORD = "http-test-password"
@@ -144,3 +149,28 @@ def test_logins_are_rate_limited(console: Console) -> None:
     status, cookie = console.login("mallory", PASSWORD)
     assert status == 401 and not cookie.startswith("edge_console=")
     assert console.login("olga")[0] == 303  # another user from the same address still can
+
+
+def test_https_with_the_enrolment_certificate_options(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key as for enrolment: HTTPS, cookies marked Secure, HSTS; a listener
+    beyond loopback without them is refused before anything is served."""
+    tls = make_tls(tmp_path / "tls")
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    port = free_port()
+    args = ["edge_agent.fleet.cli", "console", "--db", db, "--ingest-db",
+            str(tmp_path / "ingest.db")]
+    with running([*args, "--listen", f"127.0.0.1:{port}", "--tls-cert", str(tls.cert),
+                  "--tls-key", str(tls.key)], tmp_path / "console.log",
+                 ready="console https://"):
+        ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        conn.request("GET", "/login")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+        assert "Secure" in (r.getheader("set-cookie") or "")
+        assert "max-age" in (r.getheader("strict-transport-security") or "")
+        conn.close()
+    out = subprocess.run([sys.executable, "-m", *args, "--listen", "0.0.0.0:0"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0 and "--tls-cert" in out.stderr
