@@ -36,10 +36,10 @@ class Console:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         conn.request(method, path, body, headers or {})
         r = conn.getresponse()
-        headers: dict[str, str] = {}
+        got: dict[str, str] = {}
         for k, v in r.getheaders():  # several Set-Cookie headers: one per line
-            headers[k.lower()] = f"{headers[k.lower()]}\n{v}" if k.lower() in headers else v
-        out = r.status, headers, r.read().decode()
+            got[k.lower()] = f"{got[k.lower()]}\n{v}" if k.lower() in got else v
+        out = r.status, got, r.read().decode()
         conn.close()
         return out
 
