@@ -60,21 +60,25 @@ def _plain(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def light_gateways(db: Registry) -> list[GatewayRow]:
+def light_gateways(db: Registry, gateway: str | None = None) -> list[GatewayRow]:
     """Every gateway with the health fields the console lists (version, device statuses,
     spool and memory numbers), read with the C JSON parser.
 
     ``Registry.gateways`` reads each stored health document with the strict reader, which is
     right for a document of unknown origin but costs ~0.2 ms per kilobyte; what the registry
     stored passed that reader on the way in (``fleet.intake.health_text``). A row that does not
-    parse shows as that gateway's error, as in the registry's own listing.
+    parse shows as that gateway's error, as in the registry's own listing. ``gateway``: only
+    that one.
     """
+    one, params = ("WHERE gateway = ?", (gateway,)) if gateway else ("", ())
     tags: dict[str, list[str]] = {}
-    for gw, tag in db.fetchall("SELECT gateway, tag FROM gateway_tags ORDER BY tag"):
+    for gw, tag in db.fetchall(f"SELECT gateway, tag FROM gateway_tags {one} ORDER BY tag",
+                               params):
         tags.setdefault(str(gw), []).append(str(tag))
     out = []
     for r in db.fetchall("SELECT id, site, online, last_seen_ms, config_version, result, "
-                         "result_version, result_reason, health FROM gateways ORDER BY id"):
+                         "result_version, result_reason, health FROM gateways "
+                         f"{one.replace('gateway', 'id')} ORDER BY id", params):
         health: dict[str, Any] | None = None
         error = None
         if isinstance(r[8], str) and len(r[8]) <= HEALTH_LIMITS.max_bytes:

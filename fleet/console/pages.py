@@ -31,7 +31,7 @@ async def fleet(request: Request, s: Session) -> Response:
 
 
 def _gateway_detail(c: Any, gw: str) -> dict[str, Any] | None:
-    rows = [g for g in c.registry.gateways() if g.id == gw]
+    rows = light_gateways(c.registry, gw)
     if not rows:
         return None
     history = c.registry.fetchall(
