@@ -25,7 +25,14 @@ from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from tests import conftest
 from tests.support.brokers import Mosquitto, free_port
-from tests.support.fleetkit import Pki, enrol_direct, running, serve_args, simgateway_args
+from tests.support.fleetkit import (
+    Pki,
+    enrol_direct,
+    running,
+    serve_args,
+    simgateway_args,
+    wait_until,
+)
 from tests.support.sitekit import agent, control, ingest_process, simulator, write_site
 
 CHROMIUM = "/usr/bin/chromium"
@@ -204,11 +211,14 @@ def test_a_rollout_fills_its_waves_live_and_an_operator_pauses_another(
     waits = page.locator('section[data-rollout="waits"]')
     expect(waits).to_be_visible(timeout=WAIT_MS)
     shot(page, "rollouts")
+    # the page is the one the event stream drew (no reload under way) before it is clicked
+    expect(page.locator('body[data-live="open"]')).to_have_count(1, timeout=WAIT_MS)
     waits.locator('button[data-verb="pause"]').click()
     expect(page.locator('section[data-rollout="waits"] [data-field="status"]')).to_have_text(
         "paused", timeout=WAIT_MS)
-    assert any(e[2] == "rollout pause" and e[3] == "waits"
-               for e in Accounts(stack.reg).audit_log())
+    # the audit row is written after the command is queued: it may trail the status
+    wait_until(lambda: any(e[2] == "rollout pause" and e[3] == "waits"
+                           for e in Accounts(stack.reg).audit_log()), 30, "the audit entry")
     page.context.close()
 
 
