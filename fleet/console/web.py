@@ -46,7 +46,13 @@ def when(ms: object) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def num(value: object) -> str:
+    """A reading's value for a table: floats to 6 significant digits, the rest as they are."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 TEMPLATES.env.filters["when"] = when
+TEMPLATES.env.filters["num"] = num
 
 
 @dataclass
