@@ -23,6 +23,7 @@ from edge_agent.fleet import actions as ops
 from edge_agent.fleet.console.accounts import Accounts
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.protocol.bundle import make_bundle
 from tests import conftest
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.fleetkit import (
@@ -219,6 +220,34 @@ def test_a_rollout_fills_its_waves_live_and_an_operator_pauses_another(
     # the audit row is written after the command is queued: it may trail the status
     wait_until(lambda: any(e[2] == "rollout pause" and e[3] == "waits"
                            for e in Accounts(stack.reg).audit_log()), 30, "the audit entry")
+    page.context.close()
+
+
+def test_an_operator_starts_a_rollout_from_a_signed_bundle_file(
+        browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    row = stack.reg.fetchone("SELECT last FROM versions WHERE kind = 'config'")
+    version = (int(row[0]) if row else 0) + 1
+    now = int(time.time())
+    bundle = tmp_path / "site.bundle"
+    bundle.write_bytes(make_bundle("config", version, PAYLOAD + b"# uploaded\n",
+                                   stack.pki.release_keys, issued=now, expires=now + 3600,
+                                   gateways=["sim-02"]))
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/rollouts")
+    page.click(".upload summary")
+    page.set_input_files("input[name=bundle]", str(bundle))
+    page.fill("input[name=waves]", "100")
+    page.click("#upload button[type=submit]")
+    expect(page.locator("#upload-result")).to_contain_text(f"config v{version} to 1 gateways")
+    rid = (page.locator("#upload-result").inner_text()).split()[1]
+    section = page.locator(f'section[data-rollout="{rid}"]')
+    expect(section.locator('[data-field="status"]')).to_have_text("succeeded", timeout=WAIT_MS)
+    # the same file again is refused: its version is no longer above the fleet's
+    expect(page.locator('body[data-live="open"]')).to_have_count(1, timeout=WAIT_MS)
+    page.click(".upload summary")  # the page was drawn again with the new rollout
+    page.set_input_files("input[name=bundle]", str(bundle))
+    page.click("#upload button[type=submit]")
+    expect(page.locator("#upload-result")).to_contain_text("not above")
     page.context.close()
 
 

@@ -37,6 +37,7 @@ def _snapshot(c: Console) -> dict[str, Any]:
 async def _stream(request: Request, c: Console, stop: asyncio.Event) -> AsyncIterator[str]:
     sent: dict[str, str] = {}
     quiet = 0.0
+    request.app.state.streams += 1  # counted here, where the finally below is sure to run
     try:
         yield "retry: 2000\n\n"
         while not stop.is_set() and not await request.is_disconnected():
@@ -64,7 +65,6 @@ async def events(request: Request, s: Session) -> Response:
     query(request, ())
     if request.app.state.streams >= MAX_STREAMS:
         raise Refused(503, "too-many-streams", f"{MAX_STREAMS} event streams are open")
-    request.app.state.streams += 1
     return StreamingResponse(_stream(request, c, request.app.state.stop),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

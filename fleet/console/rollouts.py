@@ -64,13 +64,27 @@ def view(state: dict[str, Any], command: str | None) -> dict[str, Any]:
             "events": [[int(t), str(x)] for t, x in state.get("events", [])[-5:]]}
 
 
+# id -> (revision, command, view): a rollout's state is re-read only when its row changed
+# (every event stream asks once a second). Derived data, so any instance may hold its own.
+_VIEWS: dict[str, tuple[int, str | None, dict[str, Any]]] = {}
+
+
 def all_views(store: RolloutStore, limit: int = 20) -> list[dict[str, Any]]:
     """The newest rollouts' views; a row that does not read back is shown as broken."""
     out = []
-    for rid in store.all()[:limit]:
+    for rid, rev, command in store.db.fetchall(
+            "SELECT id, rev, command FROM rollouts ORDER BY created_ms DESC, id LIMIT ?",
+            (limit,)):
+        hit = _VIEWS.get(rid)
+        if hit is not None and hit[0] == rev and hit[1] == command:
+            out.append(hit[2])
+            continue
         try:
-            state, _, command = store.load(rid)
+            state, rev, command = store.load(rid)
             out.append(view(state, command))
+            if len(_VIEWS) > 10 * limit:
+                _VIEWS.clear()
+            _VIEWS[rid] = (rev, command, out[-1])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             out.append({"id": rid, "broken": str(exc)[:200]})
     return out

@@ -62,7 +62,7 @@
       });
       out.textContent = await res.text();
       out.className = res.ok ? "ok" : "error";
-      if (res.ok) setTimeout(() => location.reload(), 500);
+      // the event stream sees the new rollout and draws the page again
     });
   }
 
