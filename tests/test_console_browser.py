@@ -46,7 +46,8 @@ if not Path(CHROMIUM).exists():  # pragma: no cover - make test installs it
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (scripts/system-deps.sh)",
                 allow_module_level=True)
 
-pytestmark = pytest.mark.integration
+# one worker runs the module: its stack (and browser) is built once
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
 SEED = 16
 SIMS = ["sim-01", "sim-02", "sim-03"]
 PAYLOAD = b'[gateway]\nsite = "block-a"\n# console test config\n'

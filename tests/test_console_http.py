@@ -23,7 +23,8 @@ from tests.support.brokers import free_port
 from tests.support.fleetkit import running
 from tests.support.tlskit import make_tls
 
-pytestmark = pytest.mark.integration
+# one worker runs the module: its stack (and browser) is built once
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-http")]
 PASSWORD = "http-test-password"
 
 
