@@ -103,6 +103,7 @@ def test_fleet_rows_and_filters() -> None:
     assert [r.id for r in views.filtered(rows, tag="lamps")] == ["gw-a1"]
     assert [r.id for r in views.filtered(rows, state="offline")] == ["gw-b2"]
     assert [r.id for r in views.filtered(rows, q="PIP")] == ["gw-b2"]
+    assert views.site_overview(rows) == [("north", 1, 1, 1, 1), ("south", 1, 0, 1, 1)]
 
 
 def test_chart_geometry_stays_inside_the_box() -> None:

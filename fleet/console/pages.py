@@ -27,7 +27,7 @@ async def fleet(request: Request, s: Session) -> Response:
     return render(request, "fleet.html", s, rows=shown, total=len(rows), f=f,
                   sites=sorted({r.site for r in rows}),
                   tags=sorted({t for r in rows for t in r.tags}),
-                  online=sum(r.online for r in rows))
+                  online=sum(r.online for r in rows), overview=views.site_overview(rows))
 
 
 def _gateway_detail(c: Any, gw: str) -> dict[str, Any] | None:

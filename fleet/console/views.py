@@ -62,6 +62,18 @@ def filtered(rows: Sequence[FleetRow], *, site: str = "", tag: str = "", state: 
                  or any(needle in t.lower() for t in r.tags))]
 
 
+def site_overview(rows: Sequence[FleetRow]) -> list[tuple[str, int, int, int, int]]:
+    """Per site: (site, gateways, online, devices offline, spool drops)."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        agg = out.setdefault(r.site, [0, 0, 0, 0])
+        agg[0] += 1
+        agg[1] += r.online
+        agg[2] += r.devices_offline
+        agg[3] += r.spool_dropped
+    return [(site, a[0], a[1], a[2], a[3]) for site, a in sorted(out.items())]
+
+
 def chart(buckets: Sequence[Bucket], start_ms: int, end_ms: int) -> dict[str, Any]:
     """SVG geometry for a series: the mean line, the min..max band, axis labels."""
     values = [v for b in buckets for v in (b.low, b.high) if v is not None]
