@@ -21,6 +21,7 @@ from edge_agent.fleet.brokerconf import (
     write_broker_config,
 )
 from edge_agent.fleet.cmdcli import add_cmd_parser, add_operator_arguments
+from edge_agent.fleet.console.command import add_console_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.release_cli import (
@@ -366,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_arguments(p)
     p.set_defaults(fn=ingest_command)
     add_cmd_parser(sub, common)
-
     p = sub.add_parser("release", help="software releases: build, list, show")
     add_release_arguments(p)
     p.set_defaults(fn=release_command)
+    add_console_arguments(sub, common)  # console, user (fleet/console/command.py)
     return ap
 
 

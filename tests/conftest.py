@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from tests.support.brokers import Mosquitto
 
 # Processes that live for the whole session on purpose (the shared broker).
 SESSION_PIDS: set[int] = set()
+# Processes whose whole tree outlives a test on purpose (a test module's browser, whose
+# renderers come and go between its tests); the module stops them itself.
+OWNED_TREES: set[int] = set()
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +39,23 @@ def own_broker() -> Iterator[Mosquitto]:
     b.close()
 
 
+def _owned() -> set[int]:
+    out = set(OWNED_TREES)
+    for pid in OWNED_TREES:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+    return out
+
+
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE}
+    out: set[int] = set()
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass  # it ended between the listing and the look (a browser's helper does)
+    return out
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +68,7 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     leaked_procs: set[int] = set()
     leaked_threads: list[threading.Thread] = []
     for _ in range(deadline_checks):
-        leaked_procs = _children() - procs_before - SESSION_PIDS
+        leaked_procs = _children() - procs_before - SESSION_PIDS - _owned()
         leaked_threads = [t for t in threading.enumerate()
                           if t not in threads_before and t.is_alive() and not t.daemon]
         if not leaked_procs and not leaked_threads:

@@ -43,6 +43,10 @@ ONLY_IN: dict[str, frozenset[str]] = {
     "psycopg2": frozenset({"fleet"}),
     "asyncpg": frozenset({"fleet"}),
     "sqlalchemy": frozenset({"fleet"}),
+    # the web console's stack (fleet/console)
+    "starlette": frozenset({"fleet"}),
+    "uvicorn": frozenset({"fleet"}),
+    "jinja2": frozenset({"fleet"}),
     "pymodbus": frozenset({"drivers", "tools"}),
     "serial": frozenset({"drivers", "tools"}),
 }

@@ -21,7 +21,7 @@ from edge_agent.config.model import SiteConfig
 from edge_agent.drivers.bus import SerialBus, TcpBus
 from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.shell import cli_command
-from edge_agent.tools.demo_fleet import start_demo_fleet
+from edge_agent.tools.demo_fleet import DEMO_USER, start_demo_fleet
 from edge_agent.tools.devbroker import Mosquitto
 from edge_agent.tools.procs import spawn_until_ready, stop_process
 
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
               f"socat - UNIX-CONNECT:{control}", flush=True)
         fleet = None
         if not args.no_fleet:  # its own operations centre, so signed commands work
-            fleet = start_demo_fleet(cfg, broker.url, cfg.state_dir.parent.resolve() / "demo-fleet")
-            procs.append(("fleet service", fleet.serve))
+            fleet = start_demo_fleet(cfg, broker.url, cfg.state_dir.parent.resolve() / "demo-fleet",
+                                     with_console=True)
+            procs += [("fleet service", fleet.serve), *fleet.others]
         agent = subprocess.Popen([*exe, "run", str(args.config), "--broker", broker.url])
         procs.append(("agent", agent))
         tail = subprocess.Popen([*exe, "tail", "--broker", broker.url,
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(("tail", tail))
         print("demo: agent and tail started; Ctrl-C stops everything", flush=True)
         if fleet is not None:
-            print(f"demo: dim a lamp with a signed command (README, Commands):\n"
+            print(f"demo: web console at {fleet.console_url}  user {DEMO_USER}  password "
+                  f"{fleet.password}\n      (fleet logs in {Path(fleet.db[10:]).parent})\n"
+                  f"demo: dim a lamp with a signed command (README, Commands):\n"
                   f"  {fleet.send_line(cfg, broker.url)}", flush=True)
         if cfg.sparkplug.enabled:
             print(f"demo: the gateway is also Sparkplug B edge node "

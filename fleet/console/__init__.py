@@ -1,0 +1,1 @@
+"""The operations centre's web console: fleet, rollouts, readings, alarms (docs/console.md)."""

@@ -1,0 +1,319 @@
+"""The web console in a real browser: Debian's headless chromium driven by Playwright, against
+a simulated fleet (mosquitto, the fleet service, simulated gateways applying rollouts, a
+simulated site polled by a real agent, the ingest and the console, all real processes).
+
+One browser and one stack serve the whole module. Skipped, with the reason, where chromium or
+the playwright package is missing (``make test`` installs both). With EDGE_CONSOLE_SCREENSHOTS=DIR
+the tests also save a screenshot of each page there (docs/img/ is made that way).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import psutil
+import pytest
+
+from edge_agent.fleet import actions as ops
+from edge_agent.fleet.console.accounts import Accounts
+from edge_agent.fleet.registry import Registry
+from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.protocol.bundle import make_bundle
+from tests import conftest
+from tests.support.brokers import Mosquitto, free_port
+from tests.support.fleetkit import (
+    Pki,
+    enrol_direct,
+    running,
+    serve_args,
+    simgateway_args,
+    wait_until,
+)
+from tests.support.sitekit import agent, control, ingest_process, simulator, write_site
+
+CHROMIUM = "/usr/bin/chromium"
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extra installs it
+    pytest.skip("the playwright package is not installed (pip install -e '.[test]')",
+                allow_module_level=True)
+if not Path(CHROMIUM).exists():  # pragma: no cover - make test installs it
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (scripts/system-deps.sh)",
+                allow_module_level=True)
+
+# one worker runs the module: its stack (and browser) is built once
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
+SEED = 16
+SIMS = ["sim-01", "sim-02", "sim-03"]
+PAYLOAD = b'[gateway]\nsite = "block-a"\n# console test config\n'
+WAIT_MS = 60_000
+SHOTS = os.environ.get("EDGE_CONSOLE_SCREENSHOTS")
+OPERATOR, VIEWER, PASSWORD = "olga", "victor", "console-test-pw"
+
+
+def shot(page: Page, name: str) -> None:
+    """Save a screenshot of the page when asked to (EDGE_CONSOLE_SCREENSHOTS)."""
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        # bytes written here: with path= Playwright writes from an executor thread that
+        # outlives the test
+        (Path(SHOTS) / f"console-{name}.png").write_bytes(page.screenshot())
+
+
+class Stack:
+    """The running fleet, its console's URL and the registry the test drives."""
+
+    def __init__(self, url: str, reg: Registry, pki: Pki, sim_sock: Path, ingest: Path) -> None:
+        self.url, self.reg, self.pki, self.sim_sock, self.ingest = url, reg, pki, sim_sock, ingest
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("console")
+    db, ingest_db = f"sqlite:///{tmp / 'fleet.db'}", tmp / "ingest.db"
+    reg = Registry(db)
+    pki = Pki.from_seed(SEED)
+    pki.init(reg)
+    enrol_direct(reg, tmp / "gw", [*SIMS, "ghost-01"], "block-a", broker.url, tags=["roll"])
+    reg.add_gateway("gw-test", "test-site", ["lamps"], 0)
+    accounts = Accounts(reg)
+    accounts.add_user(OPERATOR, "operator", PASSWORD, 0)
+    accounts.add_user(VIEWER, "viewer", PASSWORD, 0)
+    site = write_site(tmp, [("lamp", "rs485", 3, "streetlight"),
+                            ("cabinet", "lan", 1, "signal_cabinet")], health_s=1.0)
+    port = free_port()
+    with ExitStack() as stack:
+        stack.enter_context(running(serve_args(db, broker.url, "--tick-s", "0.1"),
+                                    tmp / "serve.log"))
+        stack.enter_context(running(simgateway_args(broker.url, tmp / "gw", SIMS, "--no-fsync"),
+                                    tmp / "simgw.log", ready=f"ready {len(SIMS)}"))
+        sock = stack.enter_context(simulator(site, tmp))
+        stack.enter_context(agent(site, broker.url, tmp))
+        stack.enter_context(ingest_process(broker.url, f"sqlite:///{ingest_db}", tmp))
+        stack.enter_context(running(
+            ["edge_agent.fleet.cli", "console", "--db", db, "--ingest-db", str(ingest_db),
+             "--listen", f"127.0.0.1:{port}", "--alarm-delay-s", "1", "--evaluate-s", "0.5"],
+            tmp / "console.log", ready="console http://"))
+        yield Stack(f"http://127.0.0.1:{port}", reg, pki, sock, ingest_db)
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    before = set(psutil.Process(os.getpid()).children())
+    with sync_playwright() as p:
+        # Chromium's renderers come and go between the tests: the Playwright driver's process
+        # tree (the browser is in it) belongs to this module, which closes it at its end.
+        driver = set(psutil.Process(os.getpid()).children()) - before
+        conftest.OWNED_TREES.update(d.pid for d in driver)
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+    conftest.OWNED_TREES.difference_update(d.pid for d in driver)
+
+
+def signed_in(browser: Browser, stack: Stack, user: str) -> Page:
+    page = browser.new_context(viewport={"width": 1280, "height": 760}).new_page()
+    page.goto(f"{stack.url}/login")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/fleet")
+    return page
+
+
+def test_sign_in_and_see_the_gateways(browser: Browser, stack: Stack) -> None:
+    page = browser.new_context().new_page()
+    page.goto(f"{stack.url}/fleet")
+    page.wait_for_url("**/login")  # no session: the sign-in page
+    shot(page, "login")
+    page.fill("input[name=user]", OPERATOR)
+    page.fill("input[name=password]", "wrong-password")
+    page.click("button[type=submit]")
+    expect(page.locator("#login-message")).to_contain_text("wrong user name or password")
+    page.context.close()
+    page = signed_in(browser, stack, OPERATOR)
+    for gw in [*SIMS, "ghost-01", "gw-test"]:
+        expect(page.locator(f'tr[data-gateway="{gw}"]')).to_be_visible()
+    # online from the retained state: poll the page until the agent and sims said so
+    row = page.locator('tr[data-gateway="gw-test"] td.ok')
+    for _ in range(60):
+        if row.count():
+            break
+        page.wait_for_timeout(500)
+        page.reload()
+    expect(row).to_have_text("online")
+    page.select_option("select[name=site]", "block-a")
+    page.click(".filters button")
+    expect(page.locator("#fleet tbody tr")).to_have_count(4)
+    page.goto(f"{stack.url}/fleet")
+    shot(page, "fleet")
+    page.click('a[href="/gateways/gw-test"]')
+    expect(page.locator("#devices")).to_contain_text("supply_voltage", timeout=WAIT_MS)
+    shot(page, "gateway")
+    page.context.close()
+
+
+def _latest_value(ingest: Path, device: str, point: str) -> float:
+    with sqlite3.connect(ingest) as conn:
+        row = conn.execute("SELECT COALESCE(value_real, value_int) FROM readings WHERE device = "
+                           "? AND point = ? AND quality = 'good' ORDER BY ts_ms DESC LIMIT 1",
+                           (device, point)).fetchone()
+    return float(row[0])
+
+
+def test_a_chart_of_the_simulated_cabinet(browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, VIEWER)
+    # the signal cabinet's cycle second counts up every second: a saw-tooth
+    url = f"{stack.url}/readings?gw=gw-test&dev=cabinet&pt=cycle_second&range=1h"
+    chart = page.locator("#chart")
+    for _ in range(120):
+        # zoomed to the last minute: a bucket per reading (the 1 h preset has 8 s buckets)
+        now_ms = int(time.time() * 1000)
+        page.goto(f"{url}&start={now_ms - 60_000}&end={now_ms + 1000}")
+        if chart.count() and int(chart.get_attribute("data-count") or 0) >= 8:
+            break
+        page.wait_for_timeout(500)
+    assert int(chart.get_attribute("data-count") or 0) >= 8
+    assert len((page.locator("#chart polyline.line").get_attribute("points") or "").split()) >= 4
+    # the latest value shown is the simulator's, as the ingest stored it
+    cell = page.locator("#latest tr", has_text="cycle_length").locator("td").nth(1)
+    assert float(cell.inner_text()) == _latest_value(stack.ingest, "cabinet", "cycle_length")
+    expect(page.locator("#latest")).to_contain_text("good")
+    shot(page, "readings")
+    for preset in ("6h", "24h", "7d", "30d"):
+        page.click(f'.ranges a:text-is("{preset}")')
+        expect(page.locator(".ranges a.here")).to_have_text(preset)
+    page.context.close()
+
+
+def _rollout(stack: Stack, targets: list[str], rid: str, waves: list[int]) -> None:
+    ops.start_rollout(stack.reg, PAYLOAD, targets, stack.pki.release_keys, waves=waves,
+                      wave_deadline_s=600, rollout_id=rid)
+
+
+def test_a_rollout_fills_its_waves_live_and_an_operator_pauses_another(
+        browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/rollouts")
+    _rollout(stack, [f"gw:{g}" for g in SIMS], "fills", [34, 100])
+    section = page.locator('section[data-rollout="fills"]')
+    expect(section).to_be_visible(timeout=WAIT_MS)  # drawn when the event stream saw it
+    expect(section.locator('[data-field="status"]')).to_have_text("succeeded", timeout=WAIT_MS)
+    applied = section.locator('[data-count="applied"]')
+    expect(applied.nth(0)).to_have_text("2")
+    expect(applied.nth(1)).to_have_text("1")
+    # ghost-01 never answers: this rollout waits in its first waves until paused
+    _rollout(stack, ["gw:ghost-01", "gw:sim-01"], "waits", [50, 100])
+    waits = page.locator('section[data-rollout="waits"]')
+    expect(waits).to_be_visible(timeout=WAIT_MS)
+    shot(page, "rollouts")
+    # the page is the one the event stream drew (no reload under way) before it is clicked
+    expect(page.locator('body[data-live="open"]')).to_have_count(1, timeout=WAIT_MS)
+    waits.locator('button[data-verb="pause"]').click()
+    expect(page.locator('section[data-rollout="waits"] [data-field="status"]')).to_have_text(
+        "paused", timeout=WAIT_MS)
+    # the audit row is written after the command is queued: it may trail the status
+    wait_until(lambda: any(e[2] == "rollout pause" and e[3] == "waits"
+                           for e in Accounts(stack.reg).audit_log()), 30, "the audit entry")
+    page.context.close()
+
+
+def test_an_operator_starts_a_rollout_from_a_signed_bundle_file(
+        browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    row = stack.reg.fetchone("SELECT last FROM versions WHERE kind = 'config'")
+    version = (int(row[0]) if row else 0) + 1
+    now = int(time.time())
+    bundle = tmp_path / "site.bundle"
+    bundle.write_bytes(make_bundle("config", version, PAYLOAD + b"# uploaded\n",
+                                   stack.pki.release_keys, issued=now, expires=now + 3600,
+                                   gateways=["sim-02"]))
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/rollouts")
+    page.click(".upload summary")
+    page.set_input_files("input[name=bundle]", str(bundle))
+    page.fill("input[name=waves]", "100")
+    page.click("#upload button[type=submit]")
+    expect(page.locator("#upload-result")).to_contain_text(f"config v{version} to 1 gateways")
+    rid = (page.locator("#upload-result").inner_text()).split()[1]
+    section = page.locator(f'section[data-rollout="{rid}"]')
+    expect(section.locator('[data-field="status"]')).to_have_text("succeeded", timeout=WAIT_MS)
+    # the same file again is refused: its version is no longer above the fleet's
+    expect(page.locator('body[data-live="open"]')).to_have_count(1, timeout=WAIT_MS)
+    page.click(".upload summary")  # the page was drawn again with the new rollout
+    page.set_input_files("input[name=bundle]", str(bundle))
+    page.click("#upload button[type=submit]")
+    expect(page.locator("#upload-result")).to_contain_text("not above")
+    page.context.close()
+
+
+def _csrf(page: Page) -> str:
+    return page.locator('meta[name="csrf"]').get_attribute("content") or ""
+
+
+def test_a_viewer_cannot_pause(browser: Browser, stack: Stack) -> None:
+    _rollout(stack, ["gw:ghost-01"], "viewer-try", [100])
+    page = signed_in(browser, stack, VIEWER)
+    page.goto(f"{stack.url}/rollouts")
+    expect(page.locator('section[data-rollout="viewer-try"]')).to_be_visible()
+    expect(page.locator('button[data-verb="pause"]')).to_have_count(0)
+    r = page.request.post(f"{stack.url}/rollouts/viewer-try/pause",
+                          form={"csrf": _csrf(page)}, max_redirects=0)
+    assert r.status == 403 and "viewer" in r.text()
+    assert RolloutStore(stack.reg).load("viewer-try")[2] is None  # nothing queued
+    page.context.close()
+
+
+def test_a_request_without_its_csrf_token_is_refused(browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/rollouts")
+    forms: list[dict[str, str | float | bool]] = [{}, {"csrf": "0" * 32}]
+    for form in forms:
+        r = page.request.post(f"{stack.url}/rollouts/viewer-try/abort", form=form,
+                              max_redirects=0)
+        assert r.status == 403 and "CSRF" in r.text()
+    r = page.request.post(f"{stack.url}/rollouts/upload", data=b"x", max_redirects=0,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 403
+    assert RolloutStore(stack.reg).load("viewer-try")[2] is None
+    r = page.request.post(f"{stack.url}/rollouts/viewer-try/abort",
+                          form={"csrf": _csrf(page)}, max_redirects=0)
+    assert r.status == 303  # the same request with its token is taken
+    page.context.close()
+
+
+def test_a_silent_lamp_raises_an_alarm_that_clears_when_it_answers(
+        browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/alarms")
+    alarm = page.locator('#open-alarms tr[data-source="gw-test/lamp"]'
+                         '[data-kind="device_offline"]')
+    expect(alarm).to_have_count(0)
+    control(stack.sim_sock, {"device": "lamp", "fault": "silent"})
+    expect(alarm).to_be_visible(timeout=WAIT_MS)  # live: the page is not reloaded
+    alarm.locator("button").click()               # acknowledge
+    expect(page.locator('#open-alarms tr[data-source="gw-test/lamp"]')).to_contain_text(
+        OPERATOR)
+    shot(page, "alarms")
+    control(stack.sim_sock, {"device": "lamp", "fault": "none"})
+    expect(alarm).to_have_count(0, timeout=WAIT_MS)
+    expect(page.locator('#alarm-history tr[data-source="gw-test/lamp"]').first).to_be_visible()
+    page.goto(f"{stack.url}/audit")
+    expect(page.locator("#audit")).to_contain_text("alarm ack")
+    shot(page, "audit")
+    page.context.close()
+
+
+def test_the_pages_need_no_network(stack: Stack) -> None:
+    """The page names nothing outside the console (no CDN): every asset is under /static."""
+    import urllib.request
+
+    html = urllib.request.urlopen(f"{stack.url}/login").read().decode()
+    assert "http://" not in html and "https://" not in html
+    static = Path(__file__).parents[1] / "fleet" / "console" / "static"
+    assert {p.name for p in static.iterdir()} == {"console.js", "console.css"}
