@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -44,7 +44,7 @@ from edge_agent.protocol.command import (
     encode_command,
 )
 from edge_agent.protocol.errors import CommandError, VerificationError
-from edge_agent.protocol.keys import load_private
+from edge_agent.protocol.keys import PrivateKey, load_private
 from edge_agent.protocol.shell import (
     add_broker_login,
     broker_password,
@@ -56,6 +56,22 @@ from edge_agent.protocol.verify import role_keys
 FINAL = ("done", "refused", "failed")
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class CommandOptions(Protocol):
+    """What a command is made of: ``cmd send``'s parsed options, or the console's form."""
+
+    action: str
+    value: str | None
+    lamps: str | None
+    device: str | None
+    for_: str | None
+    gateway: list[str]
+    site: list[str]
+    tag: list[str]
+    id: str | None
+    expires_s: int
+    key: list[Path]        # key files, read when no keys are handed over
 
 
 def add_operator_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +123,7 @@ def _on_off(action: str, value: str | None) -> bool:
     return value == "on"
 
 
-def command_args(args: argparse.Namespace) -> dict[str, Any]:
+def command_args(args: CommandOptions) -> dict[str, Any]:
     """The signed ``args`` of the command the options describe; CommandError if incomplete."""
     action, value = args.action, args.value
     out: dict[str, Any] = {}
@@ -116,7 +132,7 @@ def command_args(args: argparse.Namespace) -> dict[str, Any]:
             raise CommandError(f"{action} needs --lamps lamp-101,group:north")
         out[LAMPS] = [n.strip() for n in args.lamps.split(",") if n.strip()]
         if action == "dim":
-            if value is None or not value.isdigit() or not 0 <= int(value) <= 100:
+            if not (value and value.isascii() and value.isdigit() and 0 <= int(value) <= 100):
                 raise CommandError(f"dim takes a level 0-100, got {value!r}")
             out[LEVEL] = int(value)
         elif action == "switch":
@@ -128,7 +144,7 @@ def command_args(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"{action} needs --device (the signal cabinet)")
     out[DEVICE] = args.device
     if action == "plan":
-        if value is None or not value.isdigit():
+        if value is None or not (value.isascii() and value.isdigit()):
             raise CommandError(f"plan takes a plan number, got {value!r}")
         out[PLAN] = int(value)
     else:
@@ -136,9 +152,10 @@ def command_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_command(registry: Registry, args: argparse.Namespace, now: int
-                  ) -> tuple[str, bytes, list[str]]:
-    """(id, signed wire bytes, gateways to publish to) of the command the options describe."""
+def build_command(registry: Registry, args: CommandOptions, now: int,
+                  keys: Sequence[PrivateKey] | None = None) -> tuple[str, bytes, list[str]]:
+    """(id, signed wire bytes, gateways to publish to) of the command the options describe,
+    signed with ``keys`` (default: the options' ``--key`` files)."""
     selectors = ([f"gw:{g}" for g in args.gateway] + [f"site:{s}" for s in args.site]
                  + [f"tag:{t}" for t in args.tag])
     if not selectors:
@@ -149,7 +166,8 @@ def build_command(registry: Registry, args: argparse.Namespace, now: int
     if not 0 < args.expires_s <= MAX_LIFETIME_S:
         raise CommandError(f"--expires-s {args.expires_s}: expected 1..{MAX_LIFETIME_S}")
     cid = args.id or f"c{now}-{secrets.token_hex(4)}"
-    keys = [load_private(k) for k in args.key]
+    if keys is None:
+        keys = [load_private(k) for k in args.key]
     root = registry.latest_root()
     try:
         operators, _ = role_keys(root["signed"], "operator")
@@ -170,6 +188,32 @@ def build_command(registry: Registry, args: argparse.Namespace, now: int
     return cid, blob, gateways
 
 
+def prepare(registry: Registry, args: CommandOptions, now: int,
+            keys: Sequence[PrivateKey] | None = None) -> tuple[str, bytes, list[str]]:
+    """Build and sign the command, and store it in the registry as about to be published:
+    the one way both ``cmd send`` and the web console issue a command."""
+    cid, blob, gateways = build_command(registry, args, now, keys)
+    cmdstore.record_command(registry, cid, args.action, blob, gateways, now * 1000)
+    return cid, blob, gateways
+
+
+async def publish_to(client: aiomqtt.Client, prefix: str, cid: str, blob: bytes,
+                     gateways: Sequence[str]) -> None:
+    """Publish the signed command on ``{prefix}/{gw}/cmd/{id}`` of every gateway (QoS 1)."""
+    for gw in gateways:
+        await client.publish(f"{prefix}/{gw}/{topics.CMD}/{cid}", blob, qos=1)
+
+
+async def publish(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
+                  gateways: Sequence[str], client_id: str = "fleet-cmd") -> None:
+    """Connect, publish to every gateway, disconnect: for a sender that does not wait for the
+    answers (the fleet service stores them in the registry)."""
+    opts = client_options(mqtt)
+    async with aiomqtt.Client(identifier=f"{client_id}-{secrets.token_hex(4)}", **opts) as client:
+        no_delay(client)
+        await publish_to(client, prefix, cid, blob, gateways)
+
+
 async def publish_and_wait(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
                            gateways: Sequence[str], wait_s: float,
                            on_answer: Callable[[str, dict[str, Any]], None]) -> set[str]:
@@ -180,8 +224,7 @@ async def publish_and_wait(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
     async with aiomqtt.Client(identifier=f"fleet-cmd-{secrets.token_hex(4)}", **opts) as client:
         no_delay(client)
         await client.subscribe(f"{prefix}/+/{topics.CMD_RESULT}/{cid}", qos=1)
-        for gw in gateways:
-            await client.publish(f"{prefix}/{gw}/{topics.CMD}/{cid}", blob, qos=1)
+        await publish_to(client, prefix, cid, blob, gateways)
         try:
             async with asyncio.timeout(wait_s):
                 async for msg in client.messages:
@@ -221,8 +264,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                             password=broker_password(args.username, args.password_file),
                             topic_prefix=topics.check_prefix(args.prefix))
     now = int(time.time())
-    cid, blob, gateways = build_command(registry, args, now)
-    cmdstore.record_command(registry, cid, args.action, blob, gateways, now * 1000)
+    cid, blob, gateways = prepare(registry, args, now)
     print(f"command {cid}: {args.action} to {len(gateways)} gateways: {', '.join(gateways)}")
     outcomes: dict[str, str] = {}
 

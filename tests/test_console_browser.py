@@ -24,6 +24,7 @@ from edge_agent.fleet.console.accounts import Accounts
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.rollout_driver import RolloutStore
 from edge_agent.protocol.bundle import make_bundle
+from edge_agent.protocol.keys import write_private
 from tests import conftest
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.fleetkit import (
@@ -54,6 +55,10 @@ PAYLOAD = b'[gateway]\nsite = "block-a"\n# console test config\n'
 WAIT_MS = 60_000
 SHOTS = os.environ.get("EDGE_CONSOLE_SCREENSHOTS")
 OPERATOR, VIEWER, PASSWORD = "olga", "victor", "console-test-pw"
+INTERLOCKS = """
+[interlocks.cabinet]
+plans = [1, 2, 3]
+"""
 
 
 def shot(page: Page, name: str) -> None:
@@ -78,14 +83,21 @@ def stack(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     db, ingest_db = f"sqlite:///{tmp / 'fleet.db'}", tmp / "ingest.db"
     reg = Registry(db)
     pki = Pki.from_seed(SEED)
-    pki.init(reg)
+    operator = Pki.key(SEED, "operator")  # root v1 delegates it: the console signs with it
+    ops.init_root(reg, [k.public for k in pki.roots], 2, [k.public for k in pki.releases], 2,
+                  list(pki.roots), operator_keys=[operator.public])
+    write_private(tmp / "operator.key", operator)
     enrol_direct(reg, tmp / "gw", [*SIMS, "ghost-01"], "block-a", broker.url, tags=["roll"])
-    reg.add_gateway("gw-test", "test-site", ["lamps"], 0)
+    # the agent's gateway is enrolled (it pins the root, so it takes signed commands)
+    enrol_direct(reg, tmp / "gw", ["gw-test"], "test-site", broker.url, tags=["lamps"])
     accounts = Accounts(reg)
     accounts.add_user(OPERATOR, "operator", PASSWORD, 0)
     accounts.add_user(VIEWER, "viewer", PASSWORD, 0)
     site = write_site(tmp, [("lamp", "rs485", 3, "streetlight"),
-                            ("cabinet", "lan", 1, "signal_cabinet")], health_s=1.0)
+                            ("cabinet", "lan", 1, "signal_cabinet")], health_s=1.0,
+                      extra=INTERLOCKS)
+    site.write_text(site.read_text().replace(f'state_dir = "{tmp / "state"}"',
+                                             f'state_dir = "{tmp / "gw" / "gw-test"}"'))
     port = free_port()
     with ExitStack() as stack:
         stack.enter_context(running(serve_args(db, broker.url, "--tick-s", "0.1"),
@@ -97,7 +109,8 @@ def stack(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stack.enter_context(ingest_process(broker.url, f"sqlite:///{ingest_db}", tmp))
         stack.enter_context(running(
             ["edge_agent.fleet.cli", "console", "--db", db, "--ingest-db", str(ingest_db),
-             "--listen", f"127.0.0.1:{port}", "--alarm-delay-s", "1", "--evaluate-s", "0.5"],
+             "--listen", f"127.0.0.1:{port}", "--alarm-delay-s", "1", "--evaluate-s", "0.5",
+             "--operator-key", str(tmp / "operator.key"), "--broker", broker.url],
             tmp / "console.log", ready="console http://"))
         yield Stack(f"http://127.0.0.1:{port}", reg, pki, sock, ingest_db)
     reg.close()
@@ -306,6 +319,74 @@ def test_a_silent_lamp_raises_an_alarm_that_clears_when_it_answers(
     page.goto(f"{stack.url}/audit")
     expect(page.locator("#audit")).to_contain_text("alarm ack")
     shot(page, "audit")
+    page.context.close()
+
+
+def _commands(stack: Stack) -> int:
+    row = stack.reg.fetchone("SELECT COUNT(*) FROM commands")
+    return int(row[0]) if row else 0
+
+
+def _send(page: Page, target: str, action: str, value: str, *, lamps: str = "",
+          device: str = "") -> None:
+    page.select_option("select[name=target]", target)
+    page.select_option("select[name=action]", action)
+    page.fill("input[name=value]", value)
+    page.fill("input[name=lamps]", lamps)
+    page.fill("input[name=device]", device)
+    page.click("#command-form button[type=submit]")
+
+
+def test_an_operator_dims_a_lamp_and_sees_the_result_and_refusals(
+        browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, OPERATOR)
+    page.goto(f"{stack.url}/commands")
+    expect(page.locator("#key-problem")).to_have_count(0)  # the root delegates the key
+    _send(page, "gw:gw-test", "dim", "40", lamps="lamp")
+    page.wait_for_url("**/commands?sent=*")
+    cid = page.url.split("sent=")[1]
+    row = page.locator(f'section[data-command="{cid}"] tr[data-gateway="gw-test"]')
+    # the answer reaches the registry through the fleet service; the page follows live
+    expect(row.locator('[data-field="status"]')).to_have_text("done", timeout=WAIT_MS)
+    expect(row.locator('[data-readback="lamp.dim_command"]')).to_have_text("40")
+    assert control(stack.sim_sock, {"cmd": "registers", "device": "lamp"})["values"][
+        "dim_command"] == 40
+    # a plan the cabinet's interlocks do not allow: refused by the gateway, with the reason
+    _send(page, "gw:gw-test", "plan", "4", device="cabinet")
+    page.wait_for_url("**/commands?sent=*")
+    cid = page.url.split("sent=")[1]
+    row = page.locator(f'section[data-command="{cid}"] tr[data-gateway="gw-test"]')
+    expect(row.locator('[data-field="status"]')).to_have_text("refused", timeout=WAIT_MS)
+    expect(row.locator('[data-field="reason"]')).to_contain_text("not in the allow-list")
+    shot(page, "commands")
+    # a level outside 0-100: refused by the console before anything is signed or stored
+    before = _commands(stack)
+    _send(page, "gw:gw-test", "dim", "140", lamps="lamp")
+    expect(page.locator("#command-error")).to_contain_text("level 0-100")
+    expect(page.locator("input[name=value]")).to_have_value("140")  # the form keeps it
+    assert _commands(stack) == before
+    sent = [e for e in Accounts(stack.reg).audit_log() if e[2] == "command send"]
+    assert len(sent) == 2 and sent[0][1] == OPERATOR and "action=plan" in sent[0][4]
+    page.context.close()
+
+
+def test_a_viewer_sees_commands_but_cannot_send(browser: Browser, stack: Stack) -> None:
+    page = signed_in(browser, stack, VIEWER)
+    page.goto(f"{stack.url}/commands")
+    expect(page.locator("#command-list")).to_be_visible()
+    expect(page.locator("#command-form")).to_have_count(0)
+    before = _commands(stack)
+    forged = {"csrf": _csrf(page), "action": "dim", "value": "5", "lamps": "lamp",
+              "target": "gw:gw-test"}
+    r = page.request.post(f"{stack.url}/commands", form=forged, max_redirects=0)
+    assert r.status == 403 and "viewer" in r.text()
+    page.context.close()
+    page = signed_in(browser, stack, OPERATOR)  # an operator's, without its token
+    page.goto(f"{stack.url}/commands")
+    r = page.request.post(f"{stack.url}/commands", form={**forged, "csrf": "0" * 32},
+                          max_redirects=0)
+    assert r.status == 403 and "CSRF" in r.text()
+    assert _commands(stack) == before
     page.context.close()
 
 

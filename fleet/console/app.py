@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge_agent.fleet.console import pages, posts
+from edge_agent.fleet.console import cmdpage, pages, posts
 from edge_agent.fleet.console.events import events
 from edge_agent.fleet.console.web import Console, console_of, signed_in
 
@@ -85,6 +85,8 @@ def build_app(console: Console, stop: asyncio.Event | None = None) -> Starlette:
         Route("/readings", signed_in(pages.readings)),
         Route("/alarms", signed_in(pages.alarms)),
         Route("/alarms/{aid}/ack", signed_in(posts.alarm_ack, **op), methods=["POST"]),
+        Route("/commands", signed_in(cmdpage.commands), methods=["GET"]),
+        Route("/commands", signed_in(cmdpage.command_send, **op), methods=["POST"]),
         Route("/audit", signed_in(pages.audit)),
         Route("/events", signed_in(events)),
         Mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")),

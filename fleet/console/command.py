@@ -19,6 +19,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from edge_agent.fleet.console.sender import add_sender_arguments, sender_from_args
 from edge_agent.protocol.clock import SystemClock
 from edge_agent.protocol.errors import CommandError, ConfigError
 from edge_agent.protocol.shell import (
@@ -50,6 +51,7 @@ def add_console_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a device without any reading this long is offline (default 300)")
     p.add_argument("--evaluate-s", type=float, default=2.0, help="alarm evaluation period")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_sender_arguments(p)  # --operator-key, --broker ...: the Commands page sends
     p.set_defaults(fn=console_command)
 
     p = sub.add_parser("user", parents=[common], help="console accounts: add, list")
@@ -133,6 +135,7 @@ def console_command(args: argparse.Namespace) -> int:
     check_db_url(args.ingest_db, "--ingest-db")
     host, port = host_port(args.listen, "--listen")
     tls = _tls(args)
+    sender = sender_from_args(args)  # before anything opens: a shared key file stops here
     if not (0 < args.alarm_delay_s <= 3600 and 0.2 <= args.evaluate_s <= 600
             and 1 <= args.device_stale_s <= 86400):
         raise CommandError("--alarm-delay-s 0..3600, --evaluate-s 0.2..600, --device-stale-s "
@@ -143,7 +146,9 @@ def console_command(args: argparse.Namespace) -> int:
     evaluator = Evaluator(registry, readings, clock, interval_s=args.evaluate_s,
                           delay_s=args.alarm_delay_s, stale_s=args.device_stale_s)
     console = Console(registry, Accounts(registry), readings, evaluator, clock,
-                      secure=tls is not None)
+                      secure=tls is not None, sender=sender)
+    if sender is not None and (problem := sender.key_problem(registry)):
+        log.warning("--operator-key: %s", problem)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
                                     else socket.AF_INET, reuse_port=False)

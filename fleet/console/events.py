@@ -1,4 +1,5 @@
-"""Server-sent events: the rollouts' wave counts and the open alarms, pushed when they change.
+"""Server-sent events: the rollouts' wave counts, the open alarms and (on the Commands page)
+the commands' answers, pushed when they change.
 
 Each stream polls the database (every instance can serve any client: nothing is kept between
 requests) once a second and sends an event only when its JSON changed, plus a comment line
@@ -16,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from edge_agent.fleet.console import cmdpage
 from edge_agent.fleet.console.accounts import Session
 from edge_agent.fleet.console.rollouts import all_views
 from edge_agent.fleet.console.web import Console, Refused, console_of, db, query
@@ -26,22 +28,27 @@ KEEPALIVE_S = 15.0
 MAX_STREAMS = 200
 
 
-def _snapshot(c: Console) -> dict[str, Any]:
+def _snapshot(c: Console, commands: bool) -> dict[str, Any]:
     alarms = c.registry.fetchall(
         "SELECT id, source, kind, acked_ms FROM console_alarms WHERE cleared_ms IS NULL "
         "ORDER BY id")
-    return {"rollouts": all_views(RolloutStore(c.registry)),
-            "alarms": [[int(i), str(s), str(k), a is not None] for i, s, k, a in alarms]}
+    snap: dict[str, Any] = {"rollouts": all_views(RolloutStore(c.registry)),
+                            "alarms": [[int(i), str(s), str(k), a is not None]
+                                       for i, s, k, a in alarms]}
+    if commands:  # only the Commands page asks for its answers (?commands=1)
+        snap["commands"] = cmdpage.snapshot(c.registry)
+    return snap
 
 
-async def _stream(request: Request, c: Console, stop: asyncio.Event) -> AsyncIterator[str]:
+async def _stream(request: Request, c: Console, stop: asyncio.Event,
+                  commands: bool) -> AsyncIterator[str]:
     sent: dict[str, str] = {}
     quiet = 0.0
     request.app.state.streams += 1  # counted here, where the finally below is sure to run
     try:
         yield "retry: 2000\n\n"
         while not stop.is_set() and not await request.is_disconnected():
-            snap = await db(_snapshot, c)
+            snap = await db(_snapshot, c, commands)
             for name, doc in snap.items():
                 text = json.dumps(doc, sort_keys=True)
                 if sent.get(name) != text:
@@ -62,9 +69,10 @@ async def _stream(request: Request, c: Console, stop: asyncio.Event) -> AsyncIte
 async def events(request: Request, s: Session) -> Response:
     """The event stream of a signed-in user."""
     c = console_of(request)
-    query(request, ())
+    f = query(request, ("commands",))
     if request.app.state.streams >= MAX_STREAMS:
         raise Refused(503, "too-many-streams", f"{MAX_STREAMS} event streams are open")
-    return StreamingResponse(_stream(request, c, request.app.state.stop),
+    stream = _stream(request, c, request.app.state.stop, bool(f.get("commands")))
+    return StreamingResponse(stream,
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from edge_agent.fleet.console.accounts import Accounts, Session
 from edge_agent.fleet.console.evaluator import Evaluator
 from edge_agent.fleet.console.readings import ReadingsDb
+from edge_agent.fleet.console.sender import Sender
 from edge_agent.fleet.registry import Registry
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.rejections import Rejections
@@ -65,6 +66,7 @@ class Console:
     evaluator: Evaluator
     clock: Clock
     secure: bool = False   # served over HTTPS: cookies get Secure
+    sender: Sender | None = None  # with --operator-key: the Commands page can send
     rejections: Rejections = field(
         default_factory=lambda: Rejections("console", logging.getLogger("edge_agent.console")))
 

@@ -1,5 +1,5 @@
-// The console's only script: live updates over server-sent events, the bundle upload, the
-// chart's drag-to-zoom. Plain DOM, no framework, no network but the console itself.
+// The console's only script: live updates over server-sent events (rollouts, alarms, command
+// answers), the bundle upload, the chart's drag-to-zoom. Plain DOM, no framework, no network but the console itself.
 "use strict";
 (function () {
   const csrf = () => document.querySelector('meta[name="csrf"]').content;
@@ -39,10 +39,19 @@
     if (res.ok) box.innerHTML = await res.text();
   }
 
+  async function updateCommands() {
+    // an answer came in (or a command was sent elsewhere): draw the list from the server
+    const box = document.getElementById("command-list");
+    if (!box) return;
+    const res = await fetch("/commands?partial=1", { credentials: "same-origin" });
+    if (res.ok) box.innerHTML = await res.text();
+  }
+
   if (page !== "login" && window.EventSource) {
-    const es = new EventSource("/events");
+    const es = new EventSource(page === "commands" ? "/events?commands=1" : "/events");
     es.addEventListener("rollouts", (e) => updateRollouts(JSON.parse(e.data)));
     es.addEventListener("alarms", (e) => updateAlarms(JSON.parse(e.data)));
+    es.addEventListener("commands", () => updateCommands());
     document.body.dataset.live = "connecting";
     es.onopen = () => { document.body.dataset.live = "open"; };
     es.onerror = () => { document.body.dataset.live = "retrying"; };
