@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -73,8 +75,10 @@ def shot(page: Page, name: str) -> None:
 class Stack:
     """The running fleet, its console's URL and the registry the test drives."""
 
-    def __init__(self, url: str, reg: Registry, pki: Pki, sim_sock: Path, ingest: Path) -> None:
+    def __init__(self, url: str, reg: Registry, pki: Pki, sim_sock: Path, ingest: Path,
+                 db: str, broker_url: str, operator_key: Path) -> None:
         self.url, self.reg, self.pki, self.sim_sock, self.ingest = url, reg, pki, sim_sock, ingest
+        self.db, self.broker_url, self.operator_key = db, broker_url, operator_key
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,8 @@ def stack(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterat
              "--listen", f"127.0.0.1:{port}", "--alarm-delay-s", "1", "--evaluate-s", "0.5",
              "--operator-key", str(tmp / "operator.key"), "--broker", broker.url],
             tmp / "console.log", ready="console http://"))
-        yield Stack(f"http://127.0.0.1:{port}", reg, pki, sock, ingest_db)
+        yield Stack(f"http://127.0.0.1:{port}", reg, pki, sock, ingest_db, db, broker.url,
+                    tmp / "operator.key")
     reg.close()
 
 
@@ -367,6 +372,19 @@ def test_an_operator_dims_a_lamp_and_sees_the_result_and_refusals(
     assert _commands(stack) == before
     sent = [e for e in Accounts(stack.reg).audit_log() if e[2] == "command send"]
     assert len(sent) == 2 and sent[0][1] == OPERATOR and "action=plan" in sent[0][4]
+    # one sent by `edge-fleet cmd send` appears on the open page, live (no reload)
+    page.evaluate("window.notReloaded = true")
+    cli = subprocess.run(
+        [sys.executable, "-m", "edge_agent.fleet.cli", "cmd", "send", "--db", stack.db,
+         "--gateway", "gw-test", "dim", "60", "--lamps", "lamp", "--key",
+         str(stack.operator_key), "--broker", stack.broker_url, "--id", "from-cli"],
+        capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    row = page.locator('section[data-command="from-cli"] tr[data-gateway="gw-test"]')
+    expect(row.locator('[data-readback="lamp.dim_command"]')).to_have_text("60",
+                                                                          timeout=WAIT_MS)
+    expect(page.locator('section[data-command="from-cli"]')).to_contain_text("cmd send")
+    assert page.evaluate("window.notReloaded") is True
     page.context.close()
 
 

@@ -11,16 +11,19 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_agent.fleet import actions as ops
 from edge_agent.fleet.console.accounts import Accounts
 from edge_agent.fleet.registry import Registry
-from tests.support.brokers import free_port
-from tests.support.fleetkit import running
+from edge_agent.protocol.keys import write_private
+from tests.support.brokers import Mosquitto, free_port
+from tests.support.fleetkit import Pki, running, wait_until
 from tests.support.tlskit import make_tls
 
 # one worker runs the module: its stack (and browser) is built once
@@ -175,3 +178,154 @@ def test_https_with_the_enrolment_certificate_options(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", *args, "--listen", "0.0.0.0:0"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode != 0 and "--tls-cert" in out.stderr
+
+
+# --- The Commands page's POST: a total intake in front of the signing key -------------------
+
+OP_SEED = 1616
+
+
+class Published:
+    """Every message on ``edge/+/cmd/+``: what the console published."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.topics: list[str] = []
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.c.on_message = lambda _c, _u, msg: self.topics.append(msg.topic)
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *_a: subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe("edge/+/cmd/+", qos=1)
+        self.c.loop_start()
+        assert subscribed.wait(10)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture(scope="module")
+def sending(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Console, Published]]:
+    """A console holding an operator key the root delegates, publishing to ``broker``."""
+    tmp = tmp_path_factory.mktemp("console-send")
+    db = f"sqlite:///{tmp / 'fleet.db'}"
+    reg = Registry(db)
+    pki, op = Pki.from_seed(OP_SEED), Pki.key(OP_SEED, "operator")
+    ops.init_root(reg, [k.public for k in pki.roots], 2, [k.public for k in pki.releases], 2,
+                  list(pki.roots), operator_keys=[op.public])
+    write_private(tmp / "operator.key", op)
+    reg.add_gateway("gw-a", "north", ["lamps"], 0)
+    Accounts(reg).add_user("olga", "operator", PASSWORD, 0)
+    published = Published(broker.port)
+    port = free_port()
+    try:
+        with running(["edge_agent.fleet.cli", "console", "--db", db, "--ingest-db",
+                      str(tmp / "ingest.db"), "--listen", f"127.0.0.1:{port}",
+                      "--operator-key", str(tmp / "operator.key"), "--broker", broker.url],
+                     tmp / "console.log", ready="console http://"):
+            yield Console(port, reg), published
+    finally:
+        published.close()
+        reg.close()
+
+
+GOOD = {"action": "dim", "value": "40", "lamps": "lamp-1", "target": "gw:gw-a"}
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(("fields", "raw", "ctype", "status", "key"), [
+    ({**GOOD, "zzz": "1"}, None, FORM, 400, "unknown-form-field"),
+    (None, b"action=dim&action=plan&csrf=TOKEN", FORM, 400, "repeated-form-field"),
+    ({**GOOD, "lamps": "l" * 2000}, None, FORM, 400, "bad-form-value"),
+    ({**GOOD, "lamps": "lamp-1\x00"}, None, FORM, 400, "bad-form-value"),
+    (None, b"csrf=TOKEN&lamps=\xff\xfe", FORM, 400, "bad-form"),
+    (None, b"csrf=TOKEN&lamps=" + b"x" * 20_000, FORM, 413, "too-large"),
+    (GOOD, None, "text/plain", 415, "not-form"),
+    ({**GOOD, "csrf": "0" * 32}, None, FORM, 403, "csrf"),
+    ({**GOOD, "action": "reboot"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "target": "all"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "target": "gw:nobody"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "value": "140"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "value": "\u00b2"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "lamps": ""}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "lamps": ",".join(["l"] * 300)}, None, FORM, 400,
+     "bad-command"),  # more lamps than a command may name
+    ({**GOOD, "for": "2 weeks"}, None, FORM, 400, "bad-command"),
+    ({**GOOD, "for": "99999999d"}, None, FORM, 400, "bad-command"),
+    ({"action": "plan", "value": "1e3", "device": "signal-1", "target": "gw:gw-a"}, None, FORM,
+     400, "bad-command"),
+    ({"action": "flash", "value": "maybe", "device": "signal-1", "target": "site:north"}, None,
+     FORM, 400, "bad-command"),
+])
+def test_hostile_command_forms_are_refused_counted_and_publish_nothing(
+        sending: tuple[Console, Published], fields: dict[str, str] | None, raw: bytes | None,
+        ctype: str, status: int, key: str) -> None:
+    console, published = sending
+    _, cookie = console.login()
+    page = console.request("GET", "/commands", headers={"Cookie": cookie})[2]
+    token = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+    assert token and 'id="command-form"' in page
+    body = raw.replace(b"TOKEN", token.group(1).encode()) if raw is not None else \
+        urllib.parse.urlencode({"csrf": token.group(1), **(fields or {})}).encode()
+    before = console.rejected().get(key, 0)
+    got, _, text = console.request("POST", "/commands", body,
+                                   {"Content-Type": ctype, "Cookie": cookie})
+    assert got == status, text
+    assert console.rejected().get(key, 0) == before + 1
+    assert console.reg.fetchone("SELECT COUNT(*) FROM commands") == (0,)
+    assert published.topics == []
+
+
+def test_a_good_command_form_is_signed_published_and_audited(
+        sending: tuple[Console, Published]) -> None:
+    console, published = sending
+    _, cookie = console.login()
+    page = console.request("GET", "/commands", headers={"Cookie": cookie})[2]
+    token = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+    assert token
+    body = urllib.parse.urlencode({"csrf": token.group(1), **GOOD, "for": "2h"}).encode()
+    status, headers, _ = console.request("POST", "/commands", body,
+                                         {"Content-Type": FORM, "Cookie": cookie})
+    assert status == 303 and headers["location"].startswith("/commands?sent=")
+    cid = headers["location"].split("sent=")[1]
+    wait_until(lambda: published.topics, 10, "the published command")
+    assert published.topics == [f"edge/gw-a/cmd/{cid}"]
+    row = console.reg.fetchone("SELECT action, targets FROM commands WHERE id = ?", (cid,))
+    assert row == ("dim", '["gw-a"]')
+    audit = Accounts(console.reg).audit_log()[0]
+    assert audit[1:4] == ("olga", "command send", cid) and "for=2h" in audit[4]
+    page = console.request("GET", "/commands", headers={"Cookie": cookie})[2]
+    assert f'data-command="{cid}"' in page and "no answer yet" in page
+    published.topics.clear()
+
+
+def test_without_an_operator_key_the_page_says_how_and_a_post_is_refused(
+        console: Console) -> None:
+    _, cookie = console.login()
+    page = console.request("GET", "/commands", headers={"Cookie": cookie})[2]
+    assert 'id="no-key"' in page and "--operator-key" in page and "command-form" not in page
+    token = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+    assert token
+    body = urllib.parse.urlencode({"csrf": token.group(1), **GOOD}).encode()
+    status, _, text = console.request("POST", "/commands", body,
+                                      {"Content-Type": FORM, "Cookie": cookie})
+    assert status == 503 and "--operator-key" in text
+
+
+def test_a_key_file_other_users_can_read_is_refused(tmp_path: Path, broker: Mosquitto) -> None:
+    key = tmp_path / "operator.key"
+    write_private(key, Pki.key(OP_SEED, "operator"))
+    key.chmod(0o640)
+    base = [sys.executable, "-m", "edge_agent.fleet.cli", "console", "--db",
+            f"sqlite:///{tmp_path / 'fleet.db'}", "--ingest-db", str(tmp_path / "i.db"),
+            "--listen", "127.0.0.1:0", "--operator-key", str(key)]
+    out = subprocess.run([*base, "--broker", broker.url], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode != 0 and "chmod 600" in out.stderr and "0640" in out.stderr
+    key.chmod(0o600)
+    out = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0 and "needs --broker" in out.stderr

@@ -22,7 +22,7 @@ from edge_agent.fleet.console.sender import SendOptions
 from edge_agent.fleet.console.web import Console, Refused, check_csrf, console_of, db, form, query
 from edge_agent.fleet.console.web import render as render_page
 from edge_agent.fleet.registry import Registry
-from edge_agent.protocol.errors import CommandError
+from edge_agent.protocol.errors import CommandError, ConfigError
 
 ACTIONS = ("dim", "switch", "override-clear", "plan", "flash")
 FIELDS = ("csrf", "action", "value", "lamps", "device", "for", "target")
@@ -178,7 +178,7 @@ async def command_send(request: Request, s: Session) -> Response:
     try:
         opts = options_from_form(f)
         cid, gateways = await c.sender.send(c.registry, opts, int(c.now_ms() / 1000))
-    except CommandError as exc:
+    except (CommandError, ConfigError) as exc:  # what cmd send would refuse, and why
         c.rejections.reject("bad-command", f"POST /commands by {s.user}: {exc}")
         return render(request, s, status=400, error=f"not sent: {exc}", typed=typed,
                       **await db(_page, c, False))
