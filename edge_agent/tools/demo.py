@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if fleet is not None:
             print(f"demo: web console at {fleet.console_url}  user {DEMO_USER}  password "
                   f"{fleet.password}\n      (fleet logs in {Path(fleet.db[10:]).parent})\n"
-                  f"demo: dim a lamp with a signed command (README, Commands):\n"
+                  f"demo: dim a lamp with a signed command, on the console's Commands page "
+                  f"or (README, Commands):\n"
                   f"  {fleet.send_line(cfg, broker.url)}", flush=True)
         if cfg.sparkplug.enabled:
             print(f"demo: the gateway is also Sparkplug B edge node "

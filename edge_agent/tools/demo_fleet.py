@@ -7,7 +7,8 @@ never imports the fleet): ``edge-fleet keygen`` (root, release, operator), ``edg
 init --operator-key``, ``edge-fleet enroll-token``, ``edge-fleet serve`` (enrolment over plain
 HTTP on loopback, and the intake that stores every ``cmd-result``), then ``edge-agent enroll``
 into the demo's state dir, pinning the root by its fingerprint; ``edge-fleet user add``,
-``edge-fleet ingest`` and ``edge-fleet console``. The fleet files and logs live in ``DIR/``
+``edge-fleet ingest`` and ``edge-fleet console`` (with the operator key: its Commands page
+signs and sends). The fleet files and logs live in ``DIR/``
 (``run/demo-fleet`` beside the demo's state dir) and are made fresh on every run.
 """
 
@@ -130,8 +131,10 @@ def _start_console(fleet: DemoFleet, cfg: SiteConfig, broker_url: str, fleet_dir
          cfg.mqtt.topic_prefix, "--client-id", "edge-ingest-demo"], fleet_dir / "ingest.log",
         None, what="the ingest")))
     port = free_port()
+    # the demo's operator key and broker: the Commands page signs and sends (docs/console.md)
     fleet.others.append(("console", spawn_until_ready(
         [*FLEET, "console", "--db", fleet.db, "--ingest-db", ingest_db, "--listen",
-         f"127.0.0.1:{port}"], fleet_dir / "console.log", "console http",
+         f"127.0.0.1:{port}", "--operator-key", str(fleet.operator_key), "--broker", broker_url,
+         "--prefix", cfg.mqtt.topic_prefix], fleet_dir / "console.log", "console http",
         what="the web console")))
     fleet.console_url = f"http://127.0.0.1:{port}"

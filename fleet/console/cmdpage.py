@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import aiomqtt
 from starlette.requests import Request
@@ -153,13 +154,13 @@ async def commands(request: Request, s: Session) -> Response:
     """The commands and their answers; ``?partial=1`` is the list alone (the script's refresh
     when the event stream says an answer came in)."""
     c = console_of(request)
-    f = query(request, ("partial", "sent"))
+    f = query(request, ("partial", "sent", "target"))
     ctx = await db(_page, c, bool(f.get("partial")))
     if f.get("partial"):
         return render_page(request, "commands_list.html", s, **ctx)
     sent = f.get("sent", "")[:64]
     return render(request, s, message=f"command {sent} signed and published" if sent else "",
-                  **ctx)
+                  typed={"target": f.get("target", "")}, **ctx)  # the next one: same target
 
 
 async def command_send(request: Request, s: Session) -> Response:
@@ -190,4 +191,5 @@ async def command_send(request: Request, s: Session) -> Response:
     detail = " ".join(f"{k}={v}" for k, v in typed.items() if v)
     await db(c.accounts.audit, s.user, AUDIT_ACTION, cid,
              f"{detail} -> {len(gateways)} gateways: {', '.join(gateways)}", c.now_ms())
-    return RedirectResponse(f"/commands?sent={cid}", status_code=303)
+    return RedirectResponse(f"/commands?{urlencode({'sent': cid, 'target': f['target']})}",
+                            status_code=303)
