@@ -329,3 +329,34 @@ def test_a_key_file_other_users_can_read_is_refused(tmp_path: Path, broker: Mosq
     key.chmod(0o600)
     out = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode != 0 and "needs --broker" in out.stderr
+
+
+def test_a_broker_it_cannot_reach_is_a_502_with_nothing_stored(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    reg = Registry(db)
+    pki, op = Pki.from_seed(OP_SEED), Pki.key(OP_SEED, "operator")
+    ops.init_root(reg, [k.public for k in pki.roots], 2, [k.public for k in pki.releases], 2,
+                  list(pki.roots), operator_keys=[op.public])
+    write_private(tmp_path / "operator.key", op)
+    reg.add_gateway("gw-a", "north", [], 0)
+    Accounts(reg).add_user("olga", "operator", PASSWORD, 0)
+    port = free_port()
+    try:
+        with running(["edge_agent.fleet.cli", "console", "--db", db, "--ingest-db",
+                      str(tmp_path / "ingest.db"), "--listen", f"127.0.0.1:{port}",
+                      "--operator-key", str(tmp_path / "operator.key"), "--broker",
+                      f"mqtt://127.0.0.1:{free_port()}"], tmp_path / "console.log",
+                     ready="console http://"):
+            console = Console(port, reg)
+            _, cookie = console.login()
+            page = console.request("GET", "/commands", headers={"Cookie": cookie})[2]
+            token = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+            assert token
+            body = urllib.parse.urlencode({"csrf": token.group(1), **GOOD}).encode()
+            status, _, text = console.request("POST", "/commands", body,
+                                              {"Content-Type": FORM, "Cookie": cookie})
+            assert status == 502 and "did not take it" in text
+            assert console.rejected().get("broker") == 1
+            assert reg.fetchone("SELECT COUNT(*) FROM commands") == (0,)
+    finally:
+        reg.close()
