@@ -29,6 +29,8 @@ ACTIONS = ("dim", "switch", "override-clear", "plan", "flash")
 FIELDS = ("csrf", "action", "value", "lamps", "device", "for", "target")
 SHOWN = 50       # newest commands on the page
 MAX_WRITES = 20  # read-backs shown per answer (a group command may write 256 lamps)
+MAX_ROWS = 50    # gateways shown per command (refused and failed first, done last)
+RANK = {"refused": 0, "failed": 0, "sent": 1, "accepted": 1, "done": 2}
 AUDIT_ACTION = "command send"
 
 
@@ -107,11 +109,14 @@ def command_views(registry: Registry, limit: int = SHOWN) -> list[dict[str, Any]
             per_gw.append({"gateway": gw, "status": status, "ms": ms, **_answer(doc, reason)})
         counts = {s: sum(1 for g in per_gw if g["status"] == s)
                   for s in ("done", "refused", "failed", "accepted", "sent")}
+        # a site of a thousand gateways: the counts are of all, the rows the ones to look at
+        per_gw.sort(key=lambda g: (RANK[g["status"]], g["gateway"]))
         out.append({"id": str(cid), "action": str(action), "created_ms": int(created),
                     "args": signed.get("args") or {}, "targets": signed.get("targets") or {},
                     "expires": signed.get("expires"), "by": senders.get(str(cid), "edge-fleet "
                                                                          "cmd send"),
-                    "gateways": per_gw, "counts": counts})
+                    "gateways": per_gw[:MAX_ROWS], "hidden": max(0, len(per_gw) - MAX_ROWS),
+                    "counts": counts})
     return out
 
 
