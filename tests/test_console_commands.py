@@ -51,11 +51,12 @@ def test_each_gateway_shows_its_outcome_and_the_snapshot_follows(reg: Registry) 
     before = cmdpage.snapshot(reg)
     write = {"device": "lamp-1", "point": "dim_command", "value": 40, "ok": True,
              "readback": 40, "error": None, "exception_code": None}
-    for gw, status, reason, extra in [
+    answers: list[tuple[str, str, str, dict[str, Any]]] = [
             ("gw-a", "accepted", "1 writes queued", {}),
             ("gw-a", "done", "1 writes done and read back", {"writes": [write]}),
             ("gw-b", "accepted", "1 writes queued", {}),
-            ("gw-b", "failed", "lamp-1: exception 4", {"exception_code": 4})]:
+            ("gw-b", "failed", "lamp-1: exception 4", {"exception_code": 4})]
+    for gw, status, reason, extra in answers:
         cmdstore.record_result(reg, gw, "c-1", _answer("c-1", gw, status, reason, **extra),
                                T0 + 100)
     assert cmdpage.snapshot(reg) != before
