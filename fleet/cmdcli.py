@@ -204,16 +204,6 @@ async def publish_to(client: aiomqtt.Client, prefix: str, cid: str, blob: bytes,
         await client.publish(f"{prefix}/{gw}/{topics.CMD}/{cid}", blob, qos=1)
 
 
-async def publish(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
-                  gateways: Sequence[str], client_id: str = "fleet-cmd") -> None:
-    """Connect, publish to every gateway, disconnect: for a sender that does not wait for the
-    answers (the fleet service stores them in the registry)."""
-    opts = client_options(mqtt)
-    async with aiomqtt.Client(identifier=f"{client_id}-{secrets.token_hex(4)}", **opts) as client:
-        no_delay(client)
-        await publish_to(client, prefix, cid, blob, gateways)
-
-
 async def publish_and_wait(mqtt: MqttConfig, prefix: str, cid: str, blob: bytes,
                            gateways: Sequence[str], wait_s: float,
                            on_answer: Callable[[str, dict[str, Any]], None]) -> set[str]:
