@@ -146,8 +146,7 @@ class FleetService:
 
     async def _publish_desired(self, offers: list[tuple[str, bytes]]) -> None:
         """Publish offers retained at QoS 1, many in flight at once; raises if any failed."""
-        client = self._client
-        if client is None:
+        if (client := self._client) is None:
             raise UplinkError("not connected to the broker")
         sem = asyncio.Semaphore(self.publish_concurrency)
 

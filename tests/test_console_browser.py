@@ -288,18 +288,19 @@ def test_a_viewer_cannot_pause(browser: Browser, stack: Stack) -> None:
 
 
 def test_a_request_without_its_csrf_token_is_refused(browser: Browser, stack: Stack) -> None:
+    _rollout(stack, ["gw:ghost-01"], "csrf-try", [100])  # its own: tests may run in any order
     page = signed_in(browser, stack, OPERATOR)
     page.goto(f"{stack.url}/rollouts")
     forms: list[dict[str, str | float | bool]] = [{}, {"csrf": "0" * 32}]
     for form in forms:
-        r = page.request.post(f"{stack.url}/rollouts/viewer-try/abort", form=form,
+        r = page.request.post(f"{stack.url}/rollouts/csrf-try/abort", form=form,
                               max_redirects=0)
         assert r.status == 403 and "CSRF" in r.text()
     r = page.request.post(f"{stack.url}/rollouts/upload", data=b"x", max_redirects=0,
                           headers={"Content-Type": "application/octet-stream"})
     assert r.status == 403
-    assert RolloutStore(stack.reg).load("viewer-try")[2] is None
-    r = page.request.post(f"{stack.url}/rollouts/viewer-try/abort",
+    assert RolloutStore(stack.reg).load("csrf-try")[2] is None
+    r = page.request.post(f"{stack.url}/rollouts/csrf-try/abort",
                           form={"csrf": _csrf(page)}, max_redirects=0)
     assert r.status == 303  # the same request with its token is taken
     page.context.close()
