@@ -52,7 +52,11 @@ def run(path: Path, seconds: float, *, refusing: bool) -> tuple[list[Reading], F
 def test_a_learned_hole_is_kept_and_a_restart_starts_from_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / HOLES_FILE
-    run(path, 3, refusing=True)
+    with caplog.at_level("WARNING", logger="edge_agent.runtime.scheduler"):
+        run(path, 3, refusing=True)
+    learned = [m for m in caplog.messages if "refuses holding_register 0-4" in m]
+    assert len(learned) == 1 and "points p0, p1, p2, p3, p4 read device_exception" in learned[0]
+    caplog.clear()
     holes, problem = read_holes(path)
     assert problem == "" and set(holes) == {"water"}
     assert holes["water"].ranges == {("holding_register", 0, 5)}
@@ -72,6 +76,25 @@ def test_a_learned_hole_is_kept_and_a_restart_starts_from_it(
     first_good = next(r.ts_ms for r in readings if r.point == "p0" and r.quality is Quality.GOOD)
     assert first_good / 1000 - START <= REFUSAL_RECHECK_FIRST_S + 2
     assert read_holes(path) == ({}, "")
+
+
+def test_a_refused_gap_between_points_is_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SteppedClock(START)
+    bus = FakeBus(clock, retries=1)
+    bus.unit(9).load(HR, 0, [1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 42]).refuse(HR, 5, 10)
+    readings: list[Reading] = []
+    sched = BusScheduler(bus, [CFG], readings.extend, clock)
+
+    async def main() -> None:
+        async with Polling(sched.run, clock) as polling:
+            await polling.until(clock.monotonic() + 3)
+
+    with caplog.at_level("INFO", logger="edge_agent.runtime.scheduler"):
+        asyncio.run(main())
+    learned = [r for r in caplog.records if "refuses holding_register 5-9" in r.getMessage()]
+    assert len(learned) == 1 and learned[0].levelname == "INFO"
+    assert "no configured point lies there" in learned[0].getMessage()
+    assert {r.quality for r in readings} == {Quality.GOOD}
 
 
 def test_holes_of_a_device_moved_to_another_unit_or_bus_are_not_used(tmp_path: Path) -> None:

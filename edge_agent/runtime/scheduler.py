@@ -237,12 +237,17 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         now = self.clock.monotonic()
         new = learned - state.refused
         if new:
-            log.warning(
-                "device %s (unit %d on %s) refuses %s (exception 2, illegal data address): "
-                "those points read device_exception and are asked again in %.0f s",
-                state.cfg.name, state.cfg.unit_id, self.transport.describe(),
-                ", ".join(f"{t} {a}-{b - 1}" for t, a, b in sorted(new)),
-                REFUSAL_RECHECK_FIRST_S)
+            # A refused gap between points only stops reads spanning it; refused points matter.
+            hit = sorted(p.name for p in state.cfg.points if any(
+                p.table.value == t and p.address < b and a < p.end for t, a, b in new))
+            log.log(logging.WARNING if hit else logging.INFO,
+                    "device %s (unit %d on %s) refuses %s (exception 2, illegal data address): "
+                    "%s; asked again in %.0f s", state.cfg.name, state.cfg.unit_id,
+                    self.transport.describe(),
+                    ", ".join(f"{t} {a}-{b - 1}" for t, a, b in sorted(new)),
+                    f"points {', '.join(hit)} read device_exception" if hit else
+                    "no configured point lies there, reads no longer span it",
+                    REFUSAL_RECHECK_FIRST_S)
             state.recheck_delay_s = REFUSAL_RECHECK_FIRST_S
         elif learned and learned == state.refused and now >= state.recheck_at_monotonic:
             # Re-checked and still refused: ask less often.
