@@ -32,6 +32,7 @@ from edge_agent.protocol.command import (
     encode_command,
     verify_command,
 )
+from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.keys import PrivateKey
 from edge_agent.protocol.trust import TrustedState
 from edge_agent.protocol.verify import update_root
@@ -199,18 +200,20 @@ def test_refused_before_the_bus(tmp_path: Path, action: str, args: dict[str, Any
 def test_a_plan_change_goes_with_the_cabinet_guard(tmp_path: Path) -> None:
     p = planned(tmp_path, "plan", {"device": "signal-1", "plan": 2}, NOW - 400)
     assert isinstance(p, CommandPlan) and p.writes[0].guard is not None
-    assert set(p.writes[0].guard.points) == {"controller_mode", "lamp_faults", "door_open",
-                                             "mains_power"}
+    assert set(p.writes[0].guard.points) == {"controller_mode", "lamp_faults", "detector_faults",
+                                             "door_open", "mains_power"}
 
 
-LOCKS = Interlocks("signal-1", (1, 2, 3), 300.0, (2, 3), (4,))
-CALM = {"controller_mode": 2, "lamp_faults": 0, "door_open": False, "mains_power": True}
+LOCKS = Interlocks("signal-1", (1, 2, 3), 300.0, (2, 3), (4,), ("lamp_faults", "detector_faults"))
+CALM = {"controller_mode": 2, "lamp_faults": 0, "detector_faults": 0, "door_open": False,
+        "mains_power": True}
 
 
 @pytest.mark.parametrize(("seen", "text"), [
     ({"controller_mode": 4}, "interlock manual: signal-1 is under manual control "
                              "(controller_mode = 4)"),
     ({"lamp_faults": 3}, "interlock fault: signal-1 reports lamp_faults = 3"),
+    ({"detector_faults": 1}, "interlock fault: signal-1 reports detector_faults = 1"),
     ({"door_open": True}, "interlock door_open"),
     ({"mains_power": False}, "interlock mains_power"),
 ])
@@ -259,3 +262,16 @@ def test_the_verifier_is_total_under_mutation() -> None:
     for blob in variants:
         v = verify_command(blob, trust(), NOW)
         assert not v.reason.startswith(FAULT), (blob[:200], v.reason)
+
+
+@pytest.mark.parametrize("value", ['["nope"]', "[]", '[{a = 1}]', '"lamp_faults"'])
+def test_fault_points_must_name_points_of_the_cabinet(tmp_path: Path, value: str) -> None:
+    bad = SITE + f"fault_points = {value}\n".encode()
+    with pytest.raises(ConfigError) as err:
+        load_config_bytes(bad, source="site", base_dir=tmp_path)
+    assert "interlocks.signal-1.fault_points" in str(err.value)
+
+
+def test_fault_points_default_to_the_cabinet_fault_counters(tmp_path: Path) -> None:
+    assert site(tmp_path).interlocks["signal-1"].fault_points == ("lamp_faults",
+                                                                  "detector_faults")

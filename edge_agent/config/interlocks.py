@@ -8,6 +8,8 @@ limits for commands (docs/commands.md, "Interlocks")::
     min_plan_change_s = 300    # at least this long between two plan changes
     flash_from_modes = [2, 3]  # controller modes flashing may be entered from
     manual_modes = [4]         # controller modes that mean a person has the cabinet (default)
+    fault_points = ["lamp_faults", "detector_faults"]  # any non-zero refuses (default: those
+                                                       # of the two the profile has)
 
 A cabinet without such a table takes no plan or flash command at all.
 """
@@ -21,7 +23,10 @@ from typing import Any
 from edge_agent.drivers.bus import DeviceConfig
 from edge_agent.protocol.tomlcheck import Checker
 
-INTERLOCK_KEYS = ("plans", "min_plan_change_s", "flash_from_modes", "manual_modes")
+INTERLOCK_KEYS = ("plans", "min_plan_change_s", "flash_from_modes", "manual_modes",
+                  "fault_points")
+# Fault counters a cabinet reports; a plan change is refused while any of them is non-zero.
+FAULT_POINTS = ("lamp_faults", "detector_faults")
 # The points the interlocks read fresh from the cabinet and write (profile signal_cabinet).
 CABINET_POINTS = ("controller_mode", "lamp_faults", "door_open", "mains_power", "plan_command",
                   "flash_request")
@@ -38,6 +43,7 @@ class Interlocks:
     min_plan_change_s: float = 300.0
     flash_from_modes: tuple[int, ...] = (2, 3)
     manual_modes: tuple[int, ...] = (4,)
+    fault_points: tuple[str, ...] = ("lamp_faults",)
 
 
 def _ints(chk: Checker, raw: dict[str, Any], path: str, key: str, lo: int, hi: int,
@@ -47,6 +53,16 @@ def _ints(chk: Checker, raw: dict[str, Any], path: str, key: str, lo: int, hi: i
                      check=lambda v: all(type(x) is int and lo <= x <= hi for x in v),
                      expected=expected)
     return tuple(values or ())
+
+
+def _fault_points(chk: Checker, raw: dict[str, Any], path: str,
+                  names: set[str]) -> tuple[str, ...]:
+    def known(values: list[Any]) -> bool:
+        return 0 < len(values) <= 16 and all(isinstance(x, str) and x in names for x in values)
+
+    default = [p for p in FAULT_POINTS if p in names]
+    return tuple(chk.get(raw, path, "fault_points", list, default, check=known,
+                         expected=f"a non-empty list of the device's points (e.g. {default})"))
 
 
 def parse_interlocks(chk: Checker, raw: dict[str, Any], devices: Sequence[DeviceConfig],
@@ -82,5 +98,6 @@ def parse_interlocks(chk: Checker, raw: dict[str, Any], devices: Sequence[Device
                                       check=lambda v: 0 <= v <= DAY_S,
                                       expected="seconds from 0 to 86400"),
             flash_from_modes=_ints(chk, table, path, "flash_from_modes", 0, 65535, (2, 3)),
-            manual_modes=_ints(chk, table, path, "manual_modes", 0, 65535, (4,)))
+            manual_modes=_ints(chk, table, path, "manual_modes", 0, 65535, (4,)),
+            fault_points=_fault_points(chk, table, path, names))
     return out

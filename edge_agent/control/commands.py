@@ -34,7 +34,7 @@ RELAY, DIM = "relay_on", "dim_command"
 PLAN_POINT, FLASH_POINT = "plan_command", "flash_request"
 GROUP = "group:"
 # What the cabinet guard reads, fresh, before a plan change or leaving flashing mode.
-GUARD_POINTS = ("controller_mode", "lamp_faults", "door_open", "mains_power")
+GUARD_POINTS = ("controller_mode", "door_open", "mains_power")  # and the fault points
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +157,9 @@ def cabinet_refusal(locks: Interlocks, seen: Mapping[str, Value]) -> str | None:
     if mode in locks.manual_modes:
         return (f"interlock manual: {locks.device} is under manual control "
                 f"(controller_mode = {mode})")
-    if seen["lamp_faults"]:
-        return f"interlock fault: {locks.device} reports lamp_faults = {seen['lamp_faults']}"
+    for point in locks.fault_points:
+        if seen[point]:
+            return f"interlock fault: {locks.device} reports {point} = {seen[point]}"
     if seen["door_open"]:
         return f"interlock door_open: the door of {locks.device} is open (door_open = true)"
     if not seen["mains_power"]:
@@ -169,7 +170,7 @@ def cabinet_refusal(locks: Interlocks, seen: Mapping[str, Value]) -> str | None:
 
 def cabinet_guard(locks: Interlocks) -> Guard:
     """The fresh-read guard of a plan change (fault, manual, door, mains)."""
-    return Guard(GUARD_POINTS, lambda seen: cabinet_refusal(locks, seen))
+    return Guard(GUARD_POINTS + locks.fault_points, lambda seen: cabinet_refusal(locks, seen))
 
 
 def flash_refusal(locks: Interlocks, seen: Mapping[str, Value]) -> str | None:
