@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -92,3 +92,17 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], timeout_s: float, what:
         log.warning("stop: %s needed %d more cancels and %.1f s to end", what, recancelled,
                     loop.time() - start)
     return pending
+
+
+async def sleep_or_event(sleep: Callable[[float], Awaitable[None]], seconds: float,
+                         event: asyncio.Event) -> bool:
+    """Sleep (on a passed-in clock's ``sleep``) unless ``event`` is set first; True if the
+    whole sleep ran. The event is left as it is: its owner clears it."""
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    waker = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+    return sleeper.done() and not sleeper.cancelled()

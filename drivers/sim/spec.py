@@ -28,6 +28,7 @@ to pymodbus as before.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import ExceptionResponse
@@ -203,27 +204,26 @@ class SpecHandler(ServerRequestHandler):
         return used
 
 
-class SpecTcpServer(ModbusTcpServer):
+class _SpecConnections:
+    """What both spec servers add to pymodbus's: each connection's handler is a SpecHandler
+    checking requests for the units of ``bits_defined``."""
+
+    bits_defined: dict[int, BitsDefined] = {}  # noqa: RUF012  (set per server)
+    trace_packet: Any
+    trace_pdu: Any
+    trace_connect: Any
+
+    def callback_new_connection(self) -> SpecHandler:
+        """A handler per connection (on a serial line, the line's one)."""
+        handler = SpecHandler(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
+            self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        handler.bits_defined = self.bits_defined
+        return handler
+
+
+class SpecTcpServer(_SpecConnections, ModbusTcpServer):
     """``ModbusTcpServer`` (MBAP or RTU framing) whose requests pass ``SpecHandler``."""
 
-    bits_defined: dict[int, BitsDefined] = {}  # noqa: RUF012  (set per server)
 
-    def callback_new_connection(self) -> SpecHandler:
-        """A handler per connection, checking requests for the units of ``bits_defined``."""
-        handler = SpecHandler(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
-            self, self.trace_packet, self.trace_pdu, self.trace_connect)
-        handler.bits_defined = self.bits_defined
-        return handler
-
-
-class SpecSerialServer(ModbusSerialServer):
+class SpecSerialServer(_SpecConnections, ModbusSerialServer):
     """``ModbusSerialServer`` whose requests pass ``SpecHandler``."""
-
-    bits_defined: dict[int, BitsDefined] = {}  # noqa: RUF012  (set per server)
-
-    def callback_new_connection(self) -> SpecHandler:
-        """The line's handler, checking requests for the units of ``bits_defined``."""
-        handler = SpecHandler(  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
-            self, self.trace_packet, self.trace_pdu, self.trace_connect)
-        handler.bits_defined = self.bits_defined
-        return handler

@@ -28,6 +28,7 @@ from edge_agent.control.lighting import LampState, desired, next_transition
 from edge_agent.control.lighting_overrides import OverrideStore
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Value
+from edge_agent.protocol.tasks import sleep_or_event
 from edge_agent.runtime.poller import DeviceState, WriteResult
 
 log = logging.getLogger(__name__)
@@ -149,18 +150,9 @@ class LightingTask:
                 await self.apply(now)
                 wait_s = self.next_wake_s(now) - self.clock.now()
                 if wait_s > 0:
-                    await self._sleep_or_wake(wait_s)
+                    await sleep_or_event(self.clock.sleep, wait_s, self._wake)
         finally:
             self.overrides.remove_listener(self._wake.set)
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
 
     def health(self) -> dict[str, object]:
         """The lighting part of the health document."""

@@ -36,6 +36,7 @@ from edge_agent.drivers.transport import BusStats
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Reading, Value
+from edge_agent.protocol.tasks import sleep_or_event
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.writes import Guard, WriteJob, WriteResult
 
@@ -238,15 +239,9 @@ class BusPoller(Generic[P, T]):
     async def _sleep_or_wake(self, seconds: float) -> bool:
         """Sleep on the clock; False if a write command (or ``stop``) woke us first."""
         self._beat(seconds)
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        slept = await sleep_or_event(self.clock.sleep, seconds, self._wake)
         self._wake.clear()
-        return sleeper.done() and not sleeper.cancelled()
+        return slept
 
     async def write(self, device: str, point: str, value: Value, *, guard: Guard | None = None,
                     verify: bool = False) -> WriteResult:
