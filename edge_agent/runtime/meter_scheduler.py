@@ -12,7 +12,6 @@ comm-error readings and backs it off.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from edge_agent.drivers.bus import DeviceConfig
@@ -25,11 +24,12 @@ from edge_agent.drivers.dlt645.planner import (
     plan_meter_reads,
 )
 from edge_agent.drivers.dlt645.transport import READ_ONLY, MeterTransportT
+from edge_agent.drivers.transport import Reply
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Quality, Reading
 from edge_agent.runtime.lifecycle import Heartbeat
-from edge_agent.runtime.poller import BusPoller, DeviceState, WriteJob, WriteResult
+from edge_agent.runtime.poller import BusPoller, DeviceState, Step, WriteJob, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -65,47 +65,26 @@ class MeterScheduler(BusPoller[MeterPoint, MeterTransportT]):
         """Read the due points of one meter (or probe it if it is backed off)."""
         if self.skip_backed_off(state):
             return
-        probing = state.consecutive_failures > 0
         device = state.cfg.name
-        readings: list[Reading] = []
-        queue: deque[MeterRead] = deque(plan_meter_reads(points, state.no_block))
-        state.polls += 1
-        if probing:
-            state.probes += 1
-        latency = 0.0
-        comm_error = ""
-        while queue:
-            if self.stopping:  # between requests: what was read so far is still reported
-                if readings:
-                    self.sink(readings)
-                return
-            self._beat(self.request_budget_s)
-            req = queue.popleft()
-            reply = await self.transport.read_request(state.cfg.unit_id, req,
-                                                      attempts=1 if probing else None)
-            latency += reply.latency_s
+        unit = state.cfg.unit_id
+
+        def on_reply(req: MeterRead, reply: Reply) -> Step[MeterRead] | None:
             if reply.data is not None:
-                readings += decode_meter_read(req, bytes(reply.data), device=device, ts_ms=ts_ms)
-                probing = False
-                continue
-            if reply.exception_code is not None:
-                instead = after_meter_reply(state.no_block, req, refused=True)
-                if instead:
-                    log.info("meter %s does not serve block %08X: reading its items one by one",
-                             device, req.di)
-                    queue.extendleft(reversed(instead))
-                else:
-                    readings += failed_meter_readings(req.points, Quality.DEVICE_EXCEPTION,
-                                                      device=device, ts_ms=ts_ms,
-                                                      error_code=reply.exception_code)
-                probing = False
-                continue
-            # No answer: the rest would time out too, so give up on this meter now.
-            comm_error = reply.error or "no reply"
-            rest = [p for r in (req, *queue) for p in r.points]
-            readings += failed_meter_readings(rest, Quality.COMM_ERROR, device=device,
-                                              ts_ms=ts_ms)
-            break
-        self.record(state, comm_error, latency, ts_ms)
-        if readings:
-            self.sink(readings)
+                return Step(decode_meter_read(req, bytes(reply.data), device=device, ts_ms=ts_ms))
+            if reply.exception_code is None:
+                return None
+            instead = after_meter_reply(state.no_block, req, refused=True)
+            if instead:
+                log.info("meter %s does not serve block %08X: reading its items one by one",
+                         device, req.di)
+                return Step([], instead)
+            return Step(failed_meter_readings(req.points, Quality.DEVICE_EXCEPTION,
+                                              device=device, ts_ms=ts_ms,
+                                              error_code=reply.exception_code))
+
+        await self.exchange(
+            state, plan_meter_reads(points, state.no_block),
+            lambda req, attempts: self.transport.read_request(unit, req, attempts=attempts),
+            on_reply, lambda rest: failed_meter_readings([p for r in rest for p in r.points],
+                                                         Quality.COMM_ERROR, device=device,
+                                                         ts_ms=ts_ms), ts_ms, [])

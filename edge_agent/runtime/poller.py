@@ -26,27 +26,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from edge_agent.drivers.bus import DeviceConfig
-from edge_agent.drivers.modbus.planner import BadRanges
-from edge_agent.drivers.transport import BusStats
+from edge_agent.drivers.transport import BusStats, Reply
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Reading, Value
 from edge_agent.protocol.tasks import sleep_or_event
+from edge_agent.runtime.devstate import DEVICE_BACKOFF, DeviceState
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.writes import Guard, WriteJob, WriteResult
 
-__all__ = ["BusPoller", "DeviceState", "Guard", "WriteJob", "WriteResult"]
+__all__ = ["DEVICE_BACKOFF", "BusPoller", "DeviceState", "Guard", "Step", "WriteJob",
+           "WriteResult"]
 
 log = logging.getLogger(__name__)
 
-# A dead device is retried after 2, 4, 8 ... s (each drawn in [delay/2, delay]), capped per
-# device at two of its poll intervals so a replugged device is back within two cycles.
-DEVICE_BACKOFF = BackoffPolicy(base_s=2.0, cap_s=60.0, jitter=0.5)
 # A due probe of a dead device whose silence (timeout, then the no-reply guard) would run
 # into the next slot waits for a slot with room for it, for at most this many probe costs.
 PROBE_DEFER_FACTOR = 20
@@ -76,65 +74,15 @@ class BusLine(Protocol):
 
 P = TypeVar("P", bound=PolledPoint)
 T = TypeVar("T", bound=BusLine)
+R = TypeVar("R")  # a protocol's planned read request
 
 
-@dataclass(slots=True)
-class DeviceState:
-    """What the scheduler knows about one device, and its health counters.
+class Step(NamedTuple, Generic[R]):
+    """What one reply of a poll gave: its readings, and what to send next."""
 
-    ``bad`` holds the Modbus address ranges a device refused; ``no_block`` the DL/T 645
-    block identifiers a meter refused: what each protocol's planner learned.
-    """
-
-    cfg: DeviceConfig
-    backoff: BackoffPolicy = DEVICE_BACKOFF
-    bad: BadRanges = field(default_factory=BadRanges)
-    no_block: set[int] = field(default_factory=set)
-    status: str = "unknown"          # unknown | online | offline
-    consecutive_failures: int = 0
-    retry_at_monotonic: float = 0.0
-    polls: int = 0
-    good_polls: int = 0
-    failed_polls: int = 0
-    skipped_slots: int = 0           # slots not polled because the device was backed off
-    missed_slots: int = 0            # slots dropped because the bus was a whole interval late
-    probes: int = 0
-    last_good_ms: int | None = None
-    last_error: str = ""
-    latency_ms_last: float = 0.0
-    latency_ms_max: float = 0.0
-    latency_ms_sum: float = 0.0
-    # Refusals (Modbus exception 2) are re-checked: what was learned is forgotten at
-    # ``recheck_at_monotonic`` and learned again by the next polls (scheduler.py).
-    refused: frozenset[tuple[str, int, int]] = frozenset()  # (table, start, end) as logged
-    recheck_at_monotonic: float = 0.0
-    recheck_delay_s: float = 0.0
-    rechecks: int = 0
-    all_refused: bool = False
-
-    def health(self) -> dict[str, object]:
-        """The device's part of the health document."""
-        doc: dict[str, object] = {
-            "status": self.status, "unit_id": self.cfg.unit_id, "bus": self.cfg.bus,
-            "polls": self.polls, "good_polls": self.good_polls,
-            "failed_polls": self.failed_polls, "skipped_slots": self.skipped_slots,
-            "missed_slots": self.missed_slots, "probes": self.probes,
-            "consecutive_failures": self.consecutive_failures,
-            "last_good_ms": self.last_good_ms, "last_error": self.last_error,
-            "latency_ms": {
-                "last": round(self.latency_ms_last, 1), "max": round(self.latency_ms_max, 1),
-                "mean": (round(self.latency_ms_sum / self.good_polls, 1)
-                         if self.good_polls else None),
-            },
-        }
-        if self.cfg.address:
-            doc["address"] = self.cfg.address
-        if self.refused:
-            doc["refused"] = [list(r) for r in sorted(self.refused)]
-            doc["refusal_rechecks"] = self.rechecks
-        if self.all_refused and self.status == "online":
-            doc["status"] = "refusing"  # it answers, but refuses every point: not healthy
-        return doc
+    readings: list[Reading]
+    resend: Sequence[R] = ()   # sent before the rest of the poll's requests
+    answered: bool = True      # the device answered (data or a refusal): it is alive
 
 
 def interval_groups(points: Sequence[P], poll_interval_s: float) -> dict[int, tuple[P, ...]]:
@@ -273,6 +221,49 @@ class BusPoller(Generic[P, T]):
                           key: tuple[int, ...] | None = None) -> None:
         """Read the due points of one device (the protocol's scheduler says how)."""
         raise NotImplementedError
+
+    async def exchange(self, state: DeviceState, requests: Sequence[R],
+                       read: Callable[[R, int | None], Awaitable[Reply]],
+                       on_reply: Callable[[R, Reply], Step[R] | None],
+                       fail: Callable[[Sequence[R]], list[Reading]], ts_ms: int,
+                       readings: list[Reading]) -> str | None:
+        """Send one poll's requests in turn and record the poll; hand ``readings`` to the sink.
+
+        ``on_reply`` says what a reply gave and what to send next, or None for no answer: then
+        the rest would time out too, so the rest fail (``fail``) and the device's poll ends.
+        A backed-off device's probe goes with one attempt until the device answers. Returns
+        the communication error ("" if it answered), or None if the poller stopped between
+        requests (what was read so far is still reported).
+        """
+        probing = state.consecutive_failures > 0
+        queue: deque[R] = deque(requests)
+        state.polls += 1
+        if probing:
+            state.probes += 1
+        latency, comm_error = 0.0, ""
+        while queue:
+            if self.stopping:
+                if readings:
+                    self.sink(readings)
+                return None
+            self._beat(self.request_budget_s)
+            req = queue.popleft()
+            reply = await read(req, 1 if probing else None)
+            latency += reply.latency_s
+            step = on_reply(req, reply)
+            if step is None:
+                comm_error = reply.error or (
+                    "no reply" if reply.exception_code is None
+                    else f"gateway exception {reply.exception_code}: no reply")
+                readings += fail([req, *queue])
+                break
+            readings += step.readings
+            queue.extendleft(reversed(step.resend))
+            probing = probing and not step.answered
+        self.record(state, comm_error, latency, ts_ms)
+        if readings:
+            self.sink(readings)
+        return comm_error
 
     async def run_slot(self, mark: int) -> None:
         """Poll every device group due at ``mark``, then schedule their next slots."""

@@ -12,7 +12,6 @@ device's addresses, and what to ask instead, is the planner's ``after_reply``.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from edge_agent.drivers.bus import DeviceConfig
@@ -25,13 +24,14 @@ from edge_agent.drivers.modbus.planner import (
 )
 from edge_agent.drivers.modbus.transport import ModbusTransport, WriteRequest
 from edge_agent.drivers.model import Point, ReadRequest, Table
+from edge_agent.drivers.transport import Reply
 from edge_agent.protocol.backoff import BackoffPolicy
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.readings import Quality, Reading, Value
 from edge_agent.runtime.holes import HoleStore, describe_ranges
 from edge_agent.runtime.lifecycle import Heartbeat
 from edge_agent.runtime.poller import DEVICE_BACKOFF as DEVICE_BACKOFF
-from edge_agent.runtime.poller import BusPoller, WriteJob
+from edge_agent.runtime.poller import BusPoller, Step, WriteJob
 from edge_agent.runtime.poller import DeviceState as DeviceState
 from edge_agent.runtime.poller import WriteResult as WriteResult
 from edge_agent.runtime.poller import interval_groups as _interval_groups
@@ -178,7 +178,6 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
         """
         if self.skip_backed_off(state):
             return
-        probing = state.consecutive_failures > 0
         device = state.cfg.name
         readings: list[Reading] = []
         if state.refused and self.clock.monotonic() >= state.recheck_at_monotonic:
@@ -191,45 +190,31 @@ class BusScheduler(BusPoller[Point, ModbusTransport]):
                 readings += failed_readings(known_bad, Quality.DEVICE_EXCEPTION, device=device,
                                             ts_ms=ts_ms, exception_code=ILLEGAL_DATA_ADDRESS)
                 points = [p for p in points if not state.bad.is_point_bad(p)]
-        queue: deque[ReadRequest] = deque(self._plan(state, points, key))
-        state.polls += 1
-        if probing:
-            state.probes += 1
-        latency = 0.0
-        comm_error = ""
-        while queue:
-            if self.stopping:  # between requests: what was read so far is still reported
-                if readings:
-                    self.sink(readings)
-                return
-            self._beat(self.request_budget_s)
-            req = queue.popleft()
-            reply = await self.transport.read_request(state.cfg.unit_id, req,
-                                                      attempts=1 if probing else None)
-            latency += reply.latency_s
+        unit = state.cfg.unit_id
+
+        def on_reply(req: ReadRequest, reply: Reply) -> Step[ReadRequest] | None:
             follow = after_reply(state.bad, req, reply)
             if reply.data is not None:
-                readings += decode_request(req, reply.data, device=device, ts_ms=ts_ms)
-                probing = False  # it answered: read the rest normally
-            elif follow.resend or follow.rejected:  # exception 2: halves to send, or bad points
-                queue.extendleft(reversed(follow.resend))
-                readings += failed_readings(follow.rejected, Quality.DEVICE_EXCEPTION,
+                return Step(decode_request(req, reply.data, device=device, ts_ms=ts_ms))
+            if follow.resend or follow.rejected:  # exception 2: halves to send, or bad points
+                return Step(failed_readings(follow.rejected, Quality.DEVICE_EXCEPTION,
                                             device=device, ts_ms=ts_ms,
-                                            exception_code=ILLEGAL_DATA_ADDRESS)
-            elif reply.exception_code is not None and reply.exception_code not in GATEWAY_NO_ANSWER:
-                readings += failed_readings(req.points, Quality.DEVICE_EXCEPTION, device=device,
-                                            ts_ms=ts_ms, exception_code=reply.exception_code)
-            else:
-                # No answer: the rest would time out too, so give up on this device now.
-                comm_error = reply.error or f"gateway exception {reply.exception_code}: no reply"
-                rest = [p for r in (req, *queue) for p in r.points]
-                readings += failed_readings(rest, Quality.COMM_ERROR, device=device, ts_ms=ts_ms)
-                break
-        self.record(state, comm_error, latency, ts_ms)
-        if not comm_error:
+                                            exception_code=ILLEGAL_DATA_ADDRESS),
+                            follow.resend, answered=False)
+            if reply.exception_code is not None and reply.exception_code not in GATEWAY_NO_ANSWER:
+                return Step(failed_readings(req.points, Quality.DEVICE_EXCEPTION, device=device,
+                                            ts_ms=ts_ms, exception_code=reply.exception_code),
+                            answered=False)
+            return None
+
+        comm_error = await self.exchange(
+            state, self._plan(state, points, key),
+            lambda req, attempts: self.transport.read_request(unit, req, attempts=attempts),
+            on_reply, lambda rest: failed_readings([p for r in rest for p in r.points],
+                                                   Quality.COMM_ERROR, device=device,
+                                                   ts_ms=ts_ms), ts_ms, readings)
+        if comm_error == "":
             self._note_refusals(state)
-        if readings:
-            self.sink(readings)
 
     def _note_refusals(self, state: DeviceState) -> None:
         """Log newly refused ranges once, schedule the next re-check, judge all-refused."""
