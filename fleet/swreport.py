@@ -248,10 +248,16 @@ def software_lines(db: Any, rollout_id: str, verbose: bool) -> list[str]:
         out.append(f"    {gw:<20} {status:<14} {(sw.text() if sw else '-'):<28} "
                    f"running {running}")
         if verbose and sw is not None and sw.reason:
-            out.append(f"        reason: {sw.reason[:500]}")
+            out.append(f"        reason: {plain(sw.reason[:500])}")
         if verbose and sw is not None:
-            out.extend(f"        | {line[:200]}" for line in sw.log_tail[-10:])
+            out.extend(f"        | {plain(line[:200])}" for line in sw.log_tail[-10:])
     return out
+
+
+def plain(text: str) -> str:
+    """A gateway's text fit for the operator's terminal: control characters (an escape
+    sequence, a newline forging a line) shown escaped, never sent."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def gateway_table(rows: Sequence[GatewayRow], when: Callable[[int | None], str]) -> str:

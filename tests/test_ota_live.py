@@ -225,9 +225,9 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
     """``rollout start --release``: the fleet signs the manifest for its gateways, publishes it
     on desired/software, each supervised agent stages it, and the committed reports end the
     rollout; ``edge-fleet rollout status`` shows each gateway's software state and version."""
-    from edge_agent.fleet.cli import main as fleet_cli
     from edge_agent.fleet import actions as ops
     from edge_agent.fleet import rollout as ro
+    from edge_agent.fleet.cli import main as fleet_cli
     from edge_agent.fleet.registry import Registry
     from edge_agent.fleet.rollout_driver import RolloutStore
     from edge_agent.protocol.release import parse_manifest

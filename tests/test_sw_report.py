@@ -26,6 +26,7 @@ from edge_agent.fleet.swreport import parse_software_report
 from edge_agent.protocol import topics
 from edge_agent.protocol.clock import FakeClock
 from edge_agent.protocol.keys import PrivateKey
+from tests.support.pgdb import pg_available, pg_schema
 
 T0 = 1_700_000_000_000
 NUMBER = 2_000_000  # release 2.0.0
@@ -35,7 +36,8 @@ APPLIED = {"kind": "software", "result": "applied", "step": "commit", "version":
            "release": "2.0.0", "status": {"kind": "config"}}
 ROLLED_BACK = {"kind": "software", "result": "rolled_back", "version": NUMBER,
                "release": "2.0.0", "reason": "no healthy start in 3 tries",
-               "log_tail": ["Traceback (most recent call last):", "release: crashing"]}
+               "log_tail": ["Traceback (most recent call last):", "\x1b[2Jforged\nline",
+                            "release: crashing"]}
 
 
 class Msg:
@@ -49,6 +51,22 @@ class Msg:
 @pytest.fixture
 def reg(tmp_path: Path) -> Iterator[Registry]:
     r = Registry(f"sqlite:///{tmp_path / 'fleet.db'}")
+    yield from _with(r)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """The registry on SQLite and, where it runs, PostgreSQL (the same SQL)."""
+    if request.param == "sqlite":
+        yield from _with(Registry(f"sqlite:///{tmp_path / 'fleet.db'}"))
+        return
+    if not pg_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    with pg_schema() as url:
+        yield from _with(Registry(url))
+
+
+def _with(r: Registry) -> Iterator[Registry]:
     for gw in ("gw-a", "gw-b"):
         r.add_gateway(gw, "north", [], T0)
     yield r
@@ -60,7 +78,8 @@ def rows(reg: Registry) -> dict[str, Any]:
 
 
 def test_a_config_report_after_a_software_report_keeps_the_software_state(
-        reg: Registry) -> None:
+        any_reg: Registry) -> None:
+    reg = any_reg
     assert reg.record_state("gw-a", True, T0, "1.0.0")
     assert reg.record_report("gw-a", {"kind": "software", "result": "downloading",
                                       "release": "2.0.0", "bytes": 50, "total": 100}, T0 + 1)
@@ -162,6 +181,7 @@ def test_a_software_rollout_reads_software_reports_and_status_shows_them(
     line_a = next(x for x in out.splitlines() if x.split()[:1] == ["gw-a"])
     assert "applied 2.0.0" in line_a and "running 2.0.0" in line_a, out
     assert "reason: no healthy start in 3 tries" in out and "| release: crashing" in out, out
+    assert "\x1b" not in out and "| \\x1b[2Jforged\\nline" in out, out  # shown, not sent
     assert fleet_cli(["gateways", "--db", db]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[3] == "software"
