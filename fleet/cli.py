@@ -23,6 +23,7 @@ from edge_agent.fleet.brokerconf import (
 from edge_agent.fleet.cmdcli import add_cmd_parser, add_operator_arguments
 from edge_agent.fleet.console.command import add_console_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
+from edge_agent.fleet.listing import gateway_table
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.release_cli import (
     add_release_arguments,
@@ -31,7 +32,7 @@ from edge_agent.fleet.release_cli import (
     release_payload,
 )
 from edge_agent.fleet.rollout_driver import RolloutStore
-from edge_agent.fleet.swreport import gateway_table, software_lines
+from edge_agent.fleet.swreport import software_lines
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.ids import is_reserved

@@ -16,18 +16,15 @@ breaks them is an ``IntakeError`` (counted and logged by the service, nothing st
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_agent.fleet.intake import MAX_REASON, RESULT_NAME, IntakeError, quote
 from edge_agent.protocol.errors import VerificationError
 from edge_agent.protocol.ids import check_gateway_id
 from edge_agent.protocol.jsonsafe import INT64_MAX, show
 from edge_agent.protocol.release import version_number, version_text
-
-if TYPE_CHECKING:
-    from edge_agent.fleet.registry import GatewayRow
 
 MAX_LOG_LINES = 20      # the gateway sends the failed release's last 20 lines
 MAX_LOG_LINE = 500      # characters kept of each
@@ -259,16 +256,3 @@ def plain(text: str) -> str:
     sequence, a newline forging a line) shown escaped, never sent."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-
-def gateway_table(rows: Sequence[GatewayRow], when: Callable[[int | None], str]) -> str:
-    """``edge-fleet gateways``: one line per gateway, with the software version it runs."""
-    out = [f"{'gateway':<20} {'site':<14} {'online':<6} {'software':<10} {'config':>6}  "
-           f"{'last result':<22} {'last seen':<19} tags"]
-    for g in rows:
-        result = f"{g.result or '-'}" + (f" v{g.result_version}" if g.result_version else "")
-        sw = (g.software.running if g.software else None) or "-"
-        out.append(f"{g.id:<20} {g.site:<14} {'yes' if g.online else 'no':<6} {sw:<10} "
-                   f"{g.config_version:>6}  {result:<22} {when(g.last_seen_ms):<19} "
-                   f"{','.join(g.tags)}")
-    out.append(f"{len(rows)} gateways")
-    return "\n".join(out)
