@@ -271,10 +271,13 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
         for gw, sup in zip(gateways, sups, strict=True):
             settle(gw, sup, kit.bumped)
             assert load_journal(gw.root).committed == kit.bumped
-        print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
+        with capsys.disabled():  # shown with -s: the figure, and what the operator sees
+            print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
         capsys.readouterr()
         assert fleet_cli(["rollout", "status", "sw", "--db", db]) == 0
         out = capsys.readouterr().out
+        with capsys.disabled():
+            print(out)
         for gw_id in gws:  # "    gw-ota-0  applied  applied 0.2.0  running 0.2.0"
             line = next(x for x in out.splitlines() if x.split()[:1] == [gw_id])
             assert f"applied {kit.bumped}" in line and f"running {kit.bumped}" in line, out
@@ -305,6 +308,8 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
         capsys.readouterr()
         assert fleet_cli(["rollout", "status", "crash", "-v", "--db", db]) == 0
         out = capsys.readouterr().out
+        with capsys.disabled():
+            print(out)
         line = next(x for x in out.splitlines() if x.split()[:1] == [failed_gw])
         assert f"rolled_back {crash.version}" in line and f"running {kit.bumped}" in line, out
         assert f"reason: {str(rolled['reason'])[:40]}" in out and "crashing at start" in out, out
