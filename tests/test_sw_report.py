@@ -17,6 +17,7 @@ from edge_agent.fleet import actions as ops
 from edge_agent.fleet import rollout as ro
 from edge_agent.fleet.brokerconf import acl_text
 from edge_agent.fleet.cli import main as fleet_cli
+from edge_agent.fleet.console.evaluator import light_gateways
 from edge_agent.fleet.console.views import fleet_rows
 from edge_agent.fleet.intake import IntakeError
 from edge_agent.fleet.registry import Registry
@@ -152,6 +153,9 @@ def test_the_service_records_software_reports_and_counts_hostile_ones(reg: Regis
     assert g.result == "applied" and g.software.result == "rolled_back"
     assert g.software.running == "1.0.0"
     assert fleet_rows([g])[0].software == "1.0.0 (rolled_back 2.0.0)"
+    # the console's fleet page reads the same, through its own light query
+    light = light_gateways(reg, "gw-b")
+    assert fleet_rows(light)[0].software == "1.0.0 (rolled_back 2.0.0)"
 
 
 def test_a_software_rollout_reads_software_reports_and_status_shows_them(
