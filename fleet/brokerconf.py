@@ -4,9 +4,10 @@ its own topics and its own session.
 The password hash is mosquitto 2.0's own format, ``$7$ITERATIONS$SALT$HASH`` (PBKDF2-HMAC-
 SHA512, base64 salt of 12 bytes and base64 64-byte hash), what ``mosquitto_passwd`` writes.
 Each gateway's username is its gateway id, and the ACL's ``pattern`` lines substitute it for
-``%u``: a gateway may write only its own state, data, schema, health, reported and cmd-result
-topics and read only its own desired, cmd and schema-request topics. The fleet user may read
-and write everything under the prefix. mosquitto re-reads the password and ACL files on SIGHUP.
+``%u``: a gateway may write only its own state, data, schema, health, reported (and
+reported/software) and cmd-result topics and read only its own desired, cmd and schema-request
+topics. The fleet user may read and write everything under the prefix. mosquitto re-reads the
+password and ACL files on SIGHUP.
 
 Topics alone do not isolate sessions: the MQTT session belongs to the client id, and by
 default a client may pick any. Gateway A, logged in with its own credentials, could connect
@@ -99,6 +100,7 @@ def acl_text(prefix: str = "edge") -> str:
         f"pattern read {prefix}/%u/receipt",
         f"pattern write {prefix}/%u/health",
         f"pattern readwrite {prefix}/%u/reported",
+        f"pattern readwrite {prefix}/%u/reported/software",
         f"pattern read {prefix}/%u/desired/#",
         f"pattern read {prefix}/%u/cmd/#",
         f"pattern write {prefix}/%u/cmd-result/#",

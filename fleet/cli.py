@@ -23,6 +23,7 @@ from edge_agent.fleet.brokerconf import (
 from edge_agent.fleet.cmdcli import add_cmd_parser, add_operator_arguments
 from edge_agent.fleet.console.command import add_console_arguments
 from edge_agent.fleet.ingest.command import add_ingest_arguments, ingest_command
+from edge_agent.fleet.listing import gateway_table
 from edge_agent.fleet.registry import Registry
 from edge_agent.fleet.release_cli import (
     add_release_arguments,
@@ -31,6 +32,7 @@ from edge_agent.fleet.release_cli import (
     release_payload,
 )
 from edge_agent.fleet.rollout_driver import RolloutStore
+from edge_agent.fleet.swreport import software_lines
 from edge_agent.protocol.bundle import make_bundle
 from edge_agent.protocol.errors import CommandError
 from edge_agent.protocol.ids import is_reserved
@@ -126,14 +128,7 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
 
 def cmd_gateways(args: argparse.Namespace) -> int:
     """A table of every gateway."""
-    rows = _db(args).gateways()
-    print(f"{'gateway':<20} {'site':<14} {'online':<6} {'config':>6}  {'last result':<22} "
-          f"{'last seen':<19} tags")
-    for g in rows:
-        result = f"{g.result or '-'}" + (f" v{g.result_version}" if g.result_version else "")
-        print(f"{g.id:<20} {g.site:<14} {'yes' if g.online else 'no':<6} {g.config_version:>6}  "
-              f"{result:<22} {_when(g.last_seen_ms):<19} {','.join(g.tags)}")
-    print(f"{len(rows)} gateways")
+    print(gateway_table(_db(args).gateways(), _when))
     return 0
 
 
@@ -171,6 +166,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 state, _, command = store.load(rid)
                 pending = f"  [{command.split(':')[0]} pending]" if command else ""
                 print(_status_line(state) + pending)
+                if args.id and state["plan"]["kind"] == "software":  # docs/updates.md
+                    for line in software_lines(reg, args.id, args.verbose):
+                        print(line)
                 if args.id and args.verbose:
                     for gw, why in sorted(state["reasons"].items())[:20]:
                         print(f"    {gw}: {why}")

@@ -40,7 +40,7 @@ from edge_agent.protocol.errors import EdgeError
 from edge_agent.protocol.jsonsafe import INT64_MAX, INT64_MIN, UnsafeJsonError, loads_strict, show
 
 __all__ = ["HEALTH_DEVICE_BUDGET", "HEALTH_LIMITS", "MAX_REASON", "REPORT_LIMITS",
-           "STATE_LIMITS", "IntakeError", "JsonLimits", "Report", "health_text",
+           "RESULT_NAME", "STATE_LIMITS", "IntakeError", "JsonLimits", "Report", "health_text",
            "parse_report", "parse_state", "quote", "read_json", "read_stored_json"]
 
 
@@ -64,7 +64,7 @@ STATE_LIMITS = JsonLimits(max_bytes=4096, max_depth=4, max_items=64, max_str=102
                           max_containers=64)
 
 MAX_REASON = 2000  # characters of a report's reason kept (plain text, so cutting is harmless)
-_RESULT = re.compile(r"[a-z][a-z0-9_]{0,31}")  # applied, current, rejected, dry_run_failed...
+RESULT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # applied, current, rejected, dry_run_failed...
 STATES = {"online": True, "offline": False}
 
 
@@ -169,7 +169,7 @@ def parse_report(doc: Mapping[str, Any]) -> Report:
     if not isinstance(doc, Mapping):
         raise IntakeError("not_object", f"$: expected an object, got {type(doc).__name__}")
     result = _field(doc, "result", (str,), required=True)
-    if not _RESULT.fullmatch(result):
+    if not RESULT_NAME.fullmatch(result):
         raise IntakeError("field_value", f"$.result {show(result)} is not a result name "
                                          "(1-32 of a-z, 0-9, '_', starting with a letter)")
     version = _count(doc, "version")

@@ -33,6 +33,14 @@ from edge_agent.fleet.intake import (
 )
 from edge_agent.fleet.registry_db import Database
 from edge_agent.fleet.rollout import AWAITING_REPORT
+from edge_agent.fleet.swreport import (
+    STATE_COLUMNS,
+    SoftwareState,
+    record_running,
+    record_software,
+    running_version,
+    software_state,
+)
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.ids import check_gateway_id, check_site, check_tag
 from edge_agent.protocol.jsonsafe import INT64_MAX
@@ -53,6 +61,7 @@ class GatewayRow:
     result_reason: str | None
     health: dict[str, Any] | None
     health_error: str | None = None  # why the stored health did not read back, if it did not
+    software: SoftwareState | None = None  # its software, apart from its config result
 
 
 def token_hash(token: str) -> str:
@@ -84,7 +93,8 @@ def _gateway_row(r: Sequence[Any], tags: tuple[str, ...]) -> GatewayRow:
             error = f"stored health document does not read back: {exc}"
     return GatewayRow(str(r[0]), str(r[1]), tags, bool(r[2]), _int_or_none(r[3]),
                       _int_or_none(r[4]) or 0, None if r[5] is None else str(r[5]),
-                      _int_or_none(r[6]), None if r[7] is None else str(r[7]), health, error)
+                      _int_or_none(r[6]), None if r[7] is None else str(r[7]), health, error,
+                      software_state(r[9:]))
 
 
 def _identity(gateway: str, site: str, tags: Sequence[str]) -> None:
@@ -134,8 +144,9 @@ class Registry(Database):
         for gw, tag in self.fetchall("SELECT gateway, tag FROM gateway_tags ORDER BY tag"):
             tags.setdefault(gw, []).append(tag)
         rows = self.fetchall(
-            "SELECT id, site, online, last_seen_ms, config_version, result, result_version, "
-            "result_reason, health FROM gateways ORDER BY id")
+            "SELECT g.id, g.site, g.online, g.last_seen_ms, g.config_version, g.result, "
+            f"g.result_version, g.result_reason, g.health, {STATE_COLUMNS} FROM gateways g "
+            "LEFT JOIN gateway_software s ON s.gateway = g.id ORDER BY g.id")
         return [_gateway_row(r, tuple(tags.get(r[0], ()))) for r in rows]
 
     def select_gateways(self, selectors: Sequence[str]) -> list[str]:
@@ -180,14 +191,23 @@ class Registry(Database):
             raise ConfigError([f"registry: {b}; remove or rename that gateway" for b in bad])
         return rows
 
-    def record_report(self, gateway: str, doc: Mapping[str, Any], now_ms: int) -> bool:
+    def record_report(self, gateway: str, doc: Mapping[str, Any], now_ms: int,
+                      topic_kind: str = "") -> bool:
         """Store a gateway's apply report; False if the gateway is unknown.
 
         IntakeError (before the database is touched) if a field has the wrong type or an
-        integer is outside 0..2^63-1 (``edge_agent.fleet.intake.parse_report``).
+        integer is outside 0..2^63-1 (``edge_agent.fleet.intake.parse_report``). A software
+        report (on ``reported/software``: ``topic_kind`` "software"; older gateways send it
+        on ``reported``) is kept apart from the config result (``edge_agent.fleet.swreport``).
         """
-        report = parse_report(doc)
         _check_ms(now_ms)
+        software = isinstance(doc, Mapping) and doc.get("kind") == "software"
+        if topic_kind == "software" and not software:
+            raise IntakeError("field_value", "$.kind: a report on reported/software must be "
+                                             "\"kind\": \"software\"")
+        if software:
+            return record_software(self, gateway, doc, now_ms, AWAITING_REPORT)
+        report = parse_report(doc)
         gateway = check_gateway_id(gateway)
         v, ts = report.version, report.ts
         with self.transaction():
@@ -221,13 +241,23 @@ class Registry(Database):
         return self.execute("UPDATE gateways SET health = ?, last_seen_ms = ?, online = 1 "
                             "WHERE id = ?", (text, now_ms, check_gateway_id(gateway))) == 1
 
-    def record_state(self, gateway: str, online: bool, now_ms: int) -> bool:
-        """Store a gateway's online/offline state; False if the gateway is unknown."""
+    def record_state(self, gateway: str, online: bool, now_ms: int,
+                     version: object = None) -> bool:
+        """Store a gateway's online/offline state and the software ``version`` it says it
+        runs; False if the gateway is unknown (IntakeError if the version is unusable)."""
         if type(online) is not bool:
             raise IntakeError("field_type", f"online {online!r} is not a bool")
         _check_ms(now_ms)
-        return self.execute("UPDATE gateways SET online = ?, last_seen_ms = ? WHERE id = ?",
-                            (1 if online else 0, now_ms, check_gateway_id(gateway))) == 1
+        running = running_version(version)
+        with self.transaction():
+            if self.execute("UPDATE gateways SET online = ?, last_seen_ms = ? WHERE id = ?",
+                            (1 if online else 0, now_ms, check_gateway_id(gateway))) != 1:
+                return False
+            if running is not None:
+                self.execute("INSERT INTO gateway_software (gateway) VALUES (?) "
+                             "ON CONFLICT (gateway) DO NOTHING", (gateway,))
+                record_running(self, gateway, running, now_ms)
+        return True
 
     # ------------------------------------------------------------------ enrolment tokens
 

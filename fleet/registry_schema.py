@@ -48,6 +48,12 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS command_results (
         id TEXT NOT NULL, gateway TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
         doc TEXT NOT NULL, received_ms BIGINT NOT NULL, PRIMARY KEY (id, gateway, status))""",
+    # each gateway's software, apart from its config result (fleet/swreport.py); a database
+    # created before it gains the table empty, filled by the next state and software reports
+    """CREATE TABLE IF NOT EXISTS gateway_software (
+        gateway TEXT PRIMARY KEY REFERENCES gateways(id), running TEXT, running_ms BIGINT,
+        result TEXT, version BIGINT, release TEXT, reason TEXT, log_tail TEXT,
+        got_bytes BIGINT, total_bytes BIGINT, result_ms BIGINT, result_ts BIGINT)""",
     """CREATE TABLE IF NOT EXISTS intake_marks (
         owner TEXT PRIMARY KEY, caught_up_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL)""",
 ]

@@ -197,18 +197,28 @@ class RolloutStore:
 
     def pending(self, rollout_id: str) -> list[tuple[str, int, int | None, str, str]]:
         """Reports recorded since the rollout last took them in, in one indexed read:
-        (gateway, how many, version, result, reason) of the gateway's latest report."""
+        (gateway, how many, version, result, reason) of the gateway's latest report of the
+        rollout's kind (a software rollout reads the software reports, kept apart)."""
         return [(r[0], int(r[1]), r[2], r[3] or "", r[4] or "") for r in self.db.fetchall(
-            "SELECT t.gateway, t.pending, g.result_version, g.result, g.result_reason "
-            "FROM rollout_targets t JOIN gateways g ON g.id = t.gateway "
+            f"SELECT t.gateway, t.pending, {_LATEST} FROM rollout_targets t "
+            "JOIN rollouts r ON r.id = t.rollout JOIN gateways g ON g.id = t.gateway "
+            "LEFT JOIN gateway_software s ON s.gateway = t.gateway "
             "WHERE t.rollout = ? AND t.pending > 0", (rollout_id,))]
 
     def reports(self, rollout_id: str) -> list[tuple[str, int | None, str, str]]:
         """The latest report of every target gateway: (gateway, version, result, reason)."""
-        return [(r[0], r[1], r[2] or "", r[3] or "") for r in self.db.fetchall(
-            "SELECT g.id, g.result_version, g.result, g.result_reason FROM rollout_targets t "
-            "JOIN gateways g ON g.id = t.gateway WHERE t.rollout = ? AND g.result IS NOT NULL",
-            (rollout_id,))]
+        rows = self.db.fetchall(
+            f"SELECT t.gateway, {_LATEST} FROM rollout_targets t "
+            "JOIN rollouts r ON r.id = t.rollout JOIN gateways g ON g.id = t.gateway "
+            "LEFT JOIN gateway_software s ON s.gateway = t.gateway WHERE t.rollout = ?",
+            (rollout_id,))
+        return [(r[0], r[1], r[2] or "", r[3] or "") for r in rows if r[2] is not None]
+
+
+# (version, result, reason) of a target's latest report of its rollout's kind
+_LATEST = ", ".join(f"CASE WHEN r.kind = 'software' THEN s.{sw} ELSE g.{cfg} END" for sw, cfg in
+                    (("version", "result_version"), ("result", "result"),
+                     ("reason", "result_reason")))
 
 
 def apply_command(state: dict[str, Any], command: str, now_ms: int) -> dict[str, Any]:

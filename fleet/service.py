@@ -234,10 +234,10 @@ class FleetService:
             return record_result(self.registry, gateway, arg, doc, now)
         if kind == topics.REPORTED:
             self.reports += 1
-            return self.registry.record_report(gateway, doc, now)
+            return self.registry.record_report(gateway, doc, now, arg)
         if kind == topics.HEALTH:
             return self.registry.record_health(gateway, doc, now)
-        return self.registry.record_state(gateway, parse_state(doc), now)
+        return self.registry.record_state(gateway, parse_state(doc), now, doc.get("version"))
 
     async def _connection(self, backoff: Backoff) -> None:
         opts = client_options(self.mqtt)

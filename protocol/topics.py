@@ -9,7 +9,8 @@ The scheme (docs/topics.md has the payloads)::
     {prefix}/{gateway}/receipt            the ingest's receipt: what it has stored (JSON)
     {prefix}/{gateway}/health             JSON health, periodic
     {prefix}/{gateway}/desired/{kind}     retained signed bundle from the fleet
-    {prefix}/{gateway}/reported           apply results and current versions
+    {prefix}/{gateway}/reported           config apply results and current versions
+    {prefix}/{gateway}/reported/software  software update reports (before, on ``reported``)
     {prefix}/{gateway}/cmd/{id}           a command to the gateway
     {prefix}/{gateway}/cmd-result/{id}    its result
 
@@ -34,6 +35,7 @@ DESIRED = "desired"
 REPORTED = "reported"
 CMD = "cmd"
 CMD_RESULT = "cmd-result"
+SOFTWARE = "software"  # reported/software: retained apart, so neither kind hides the other
 
 # kinds that take one more level (the bundle kind, the command id) after their name
 KINDS_WITH_ARG = frozenset({DESIRED, CMD, CMD_RESULT})
@@ -118,20 +120,31 @@ def desired_topic(prefix: str, gateway: str, kind: str) -> str:
     return _topic(prefix, gateway, DESIRED, check_level("desired kind", kind))
 
 
-def reported_topic(prefix: str, gateway: str) -> str:
-    """The reported-state topic (apply results, current versions)."""
-    return _topic(prefix, gateway, REPORTED)
+def reported_topic(prefix: str, gateway: str, kind: str = "") -> str:
+    """The reported-state topic of a report of ``kind`` (``reported_suffix``)."""
+    return _topic(prefix, gateway, reported_suffix(kind))
+
+
+def reported_suffix(kind: object) -> str:
+    """Where a report of ``kind`` goes: software reports on ``reported/software``, the rest
+    (config) on ``reported``; each is retained, so neither kind's last report hides the
+    other's on the broker."""
+    return f"{REPORTED}/{SOFTWARE}" if kind == SOFTWARE else REPORTED
 
 
 def subscription(prefix: str, kind: str, gateway: str = "+") -> str:
     """A topic filter for one kind on one gateway or, with gateway "+", on all of them.
 
-    Kinds with an argument (desired, cmd, cmd-result) get a trailing "+" level.
+    Kinds with an argument (desired, cmd, cmd-result) get a trailing "+" level; ``reported``
+    ends in "#", which matches ``reported`` itself and ``reported/software`` (MQTT 3.1.1,
+    4.7.1.2).
     """
     if gateway != "+":
         check_gateway_id(gateway)
     if kind in KINDS_WITH_ARG:
         return f"{check_prefix(prefix)}/{gateway}/{kind}/+"
+    if kind == REPORTED:
+        return f"{check_prefix(prefix)}/{gateway}/{kind}/#"
     if kind in KINDS_PLAIN:
         return f"{check_prefix(prefix)}/{gateway}/{kind}"
     raise ValueError(f"unknown topic kind {kind!r}: expected one of "
@@ -158,4 +171,6 @@ def parse_topic(topic: str, prefix: str = "edge") -> TopicRef | None:
         return TopicRef(levels[0], levels[1])
     if len(levels) == 3 and levels[1] in KINDS_WITH_ARG:
         return TopicRef(levels[0], levels[1], levels[2])
+    if len(levels) == 3 and levels[1] == REPORTED and levels[2] == SOFTWARE:
+        return TopicRef(levels[0], REPORTED, SOFTWARE)
     return None

@@ -371,7 +371,8 @@ def test_the_service_handler_is_total_and_counts_every_rejection(tmp_path: Path)
         # A value that slips past intake and the database refuses costs that message only.
         orig = reg.record_report
 
-        def explode(gateway: str, doc: Mapping[str, Any], now_ms: int) -> bool:
+        def explode(gateway: str, doc: Mapping[str, Any], now_ms: int,
+                    topic_kind: str = "") -> bool:
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
         reg.record_report = explode  # type: ignore[method-assign]

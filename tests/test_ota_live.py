@@ -220,12 +220,14 @@ STAGING_STEPS = ("download", "verify", "unpack", "install")
 
 
 def test_a_release_rolls_out_in_waves_through_the_fleet(
-        kit: Kit, fleet: Fleet, device: int, broker: Mosquitto, tmp_path: Path) -> None:
+        kit: Kit, fleet: Fleet, device: int, broker: Mosquitto, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """``rollout start --release``: the fleet signs the manifest for its gateways, publishes it
     on desired/software, each supervised agent stages it, and the committed reports end the
-    rollout."""
+    rollout; ``edge-fleet rollout status`` shows each gateway's software state and version."""
     from edge_agent.fleet import actions as ops
     from edge_agent.fleet import rollout as ro
+    from edge_agent.fleet.cli import main as fleet_cli
     from edge_agent.fleet.registry import Registry
     from edge_agent.fleet.rollout_driver import RolloutStore
     from edge_agent.protocol.release import parse_manifest
@@ -269,7 +271,16 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
         for gw, sup in zip(gateways, sups, strict=True):
             settle(gw, sup, kit.bumped)
             assert load_journal(gw.root).committed == kit.bumped
-        print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
+        with capsys.disabled():  # shown with -s: the figure, and what the operator sees
+            print(f"\nrollout start to succeeded on {len(gws)} gateways: {took:.1f} s")
+        capsys.readouterr()
+        assert fleet_cli(["rollout", "status", "sw", "--db", db]) == 0
+        out = capsys.readouterr().out
+        with capsys.disabled():
+            print(out)
+        for gw_id in gws:  # "    gw-ota-0  applied  applied 0.2.0  running 0.2.0"
+            line = next(x for x in out.splitlines() if x.split()[:1] == [gw_id])
+            assert f"applied {kit.bumped}" in line and f"running {kit.bumped}" in line, out
         # A release that crashes at start: the first wave's gateway rolls it back by itself,
         # reports why, and the rollout aborts at its threshold before the second wave.
         crash = parse_manifest((kit.releases / kit.broken["crash"] / "manifest.json")
@@ -293,6 +304,15 @@ def test_a_release_rolls_out_in_waves_through_the_fleet(
                      ("rolled_back", crash.version)):
             assert want in seen, (want, sorted(map(str, seen)))
         rolled = next(r for r in reports if r.get("result") == "rolled_back")
+        # the rollback, its reason and the failed release's last lines, as the operator sees it
+        capsys.readouterr()
+        assert fleet_cli(["rollout", "status", "crash", "-v", "--db", db]) == 0
+        out = capsys.readouterr().out
+        with capsys.disabled():
+            print(out)
+        line = next(x for x in out.splitlines() if x.split()[:1] == [failed_gw])
+        assert f"rolled_back {crash.version}" in line and f"running {kit.bumped}" in line, out
+        assert f"reason: {str(rolled['reason'])[:40]}" in out and "crashing at start" in out, out
         assert rolled["version"] == crash.number and "crashing at start" in str(rolled["log_tail"])
         for gw, sup in zip(gateways, sups, strict=True):
             settle(gw, sup, kit.bumped)
@@ -316,14 +336,14 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> No
 
 @contextlib.contextmanager
 def watch_reports(broker: Mosquitto, into: list[dict[str, object]]) -> Iterator[None]:
-    """Collect every document published on ``edge/+/reported`` into ``into``."""
+    """Collect every document published on ``edge/+/reported`` and ``reported/software``."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.on_message = lambda _c, _u, msg: into.append(json.loads(msg.payload))
     client.connect("127.0.0.1", broker.port)
-    client.subscribe("edge/+/reported", qos=1)
+    client.subscribe("edge/+/reported/#", qos=1)  # config and software
     client.loop_start()
     try:
         yield

@@ -116,6 +116,21 @@ def test_a_refused_release_changes_nothing_on_disk(tmp_path: Path, case: str) ->
     assert current_version(root) == "0.1.0"
 
 
+def test_the_release_on_trial_offered_again_is_not_a_refusal(tmp_path: Path) -> None:
+    """The agent on trial gets its own release's retained offer: "on_trial", naming it in
+    ``release`` only (a fleet rollout does not count it as a failure); nothing on disk moves."""
+    root = _installed_root(tmp_path, ("0.1.0", "0.2.0"))
+    j = load_journal(root)
+    j.committed, j.committed_number, j.previous = "0.1.0", 1000, "0.1.0"
+    j.target, j.target_number = "0.2.0", 2000
+    persist(root, j, "health", fsync=False)
+    before = _snapshot(root)
+    report = stage_release(_bundle("0.2.0"), TRUST, root, "https://127.0.0.1:9/releases",
+                           time.time())
+    assert report["result"] == "on_trial" and report["release"] == "0.2.0", report
+    assert "version" not in report and _snapshot(root) == before
+
+
 def test_switch_is_atomic_and_prune_keeps_current_and_previous(tmp_path: Path) -> None:
     root = _installed_root(tmp_path, ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"))
     assert os.readlink(root / "current") == "releases/0.5.0"

@@ -276,7 +276,8 @@ class Gateway:
             agent = self.agent
             if agent is not None and agent.uplink.connected.is_set():
                 with contextlib.suppress(UplinkError):
-                    await agent.uplink.publish_json(topics.REPORTED, report, retain=True)
+                    await agent.uplink.publish_json(topics.reported_suffix(report.get("kind")),
+                                                    report, retain=True)
                     return
             await self.clock.sleep(1.0)
         log.warning("control report not published (no uplink): %s", report)

@@ -59,8 +59,9 @@ from edge_agent.update.releases import (
 MAX_DOWNLOAD = 256 * 1024 * 1024   # a gateway's own cap on a release (signed sizes above: refused
 
 
-def _refused(version: str, why: str) -> dict[str, Any]:
-    return {"kind": "software", "result": "refused", "version": version, "reason": why}
+def _refused(version: str | None, why: str) -> dict[str, Any]:
+    named = {} if version is None else {"version": version}  # None: no manifest to name it
+    return {"kind": "software", "result": "refused", **named, "reason": why}
 
 
 def software_trust(trust: TrustedState, root: Path) -> TrustedState:
@@ -84,18 +85,21 @@ def check_release(blob: bytes, trust: TrustedState, root: Path, now: float, *,
     try:
         manifest = parse_manifest(verdict.bundle.payload)
     except VerificationError as exc:
-        return None, _refused("?", str(exc))
+        return None, _refused(None, str(exc))
     if manifest.number != verdict.bundle.version:
         return None, _refused(manifest.version, f"bundle v{verdict.bundle.version} carries "
                                                 f"release {manifest.version}")
+    j = load_journal(root)
+    if j.in_trial:
+        # Not a refusal of this release (the agent on trial gets the retained offer of its own
+        # release): "release", not "version", so a fleet rollout does not count it.
+        return None, {"kind": "software", "result": "on_trial", "release": manifest.version,
+                      "reason": f"release {j.target} is on trial; try again once it is settled"}
     running = current_version(root) or __version__
     python, platform = target or host_target()
     why = refusal(manifest, running, python, platform)
-    j = load_journal(root)
     if why is None and manifest.version in j.failed:
         why = f"release {manifest.version} was rolled back here: {j.failed[manifest.version]}"
-    if why is None and j.in_trial:
-        why = f"release {j.target} is on trial; try again once it is settled"
     if why is None and manifest.size > max_bytes:
         why = f"release {manifest.version} is {manifest.size} bytes; cap is {max_bytes}"
     if (why is None and j.target == manifest.version and j.step in STAGING

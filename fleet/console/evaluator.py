@@ -20,6 +20,7 @@ from edge_agent.fleet.console.schema import ensure
 from edge_agent.fleet.ingest.schema import value_columns, value_from
 from edge_agent.fleet.intake import HEALTH_LIMITS
 from edge_agent.fleet.registry import GatewayRow, Registry
+from edge_agent.fleet.swreport import STATE_COLUMNS, software_state
 from edge_agent.protocol.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,11 @@ def light_gateways(db: Registry, gateway: str | None = None) -> list[GatewayRow]
                                params):
         tags.setdefault(str(gw), []).append(str(tag))
     out = []
-    for r in db.fetchall("SELECT id, site, online, last_seen_ms, config_version, result, "
-                         "result_version, result_reason, health FROM gateways "
-                         f"{one.replace('gateway', 'id')} ORDER BY id", params):
+    for r in db.fetchall("SELECT g.id, g.site, g.online, g.last_seen_ms, g.config_version, "
+                         "g.result, g.result_version, g.result_reason, g.health, "
+                         f"{STATE_COLUMNS} FROM gateways g LEFT JOIN gateway_software s ON "
+                         f"s.gateway = g.id {one.replace('gateway', 'g.id')} ORDER BY g.id",
+                         params):
         health: dict[str, Any] | None = None
         error = None
         if isinstance(r[8], str) and len(r[8]) <= HEALTH_LIMITS.max_bytes:
@@ -95,7 +98,8 @@ def light_gateways(db: Registry, gateway: str | None = None) -> list[GatewayRow]
                               r[4] if type(r[4]) is int else 0,
                               None if r[5] is None else _plain(str(r[5])),
                               r[6] if type(r[6]) is int else None,
-                              None if r[7] is None else _plain(str(r[7])), health, error))
+                              None if r[7] is None else _plain(str(r[7])), health, error,
+                              software_state(r[9:])))
     return out
 
 

@@ -41,14 +41,22 @@ def fleet_rows(gateways: Iterable[GatewayRow]) -> list[FleetRow]:
     out = []
     for g in gateways:
         down, backlog, dropped, _ = health_numbers(g)
-        version = (g.health or {}).get("version")
-        out.append(FleetRow(g.id, g.site, g.tags, g.online,
-                            version if isinstance(version, str) else "-", g.config_version,
+        out.append(FleetRow(g.id, g.site, g.tags, g.online, software_text(g), g.config_version,
                             g.last_seen_ms, len(down), backlog, dropped,
                             f"{g.result or '-'}" + (f" v{g.result_version}"
                                                     if g.result_version else ""),
                             g.health_error))
     return out
+
+
+def software_text(g: GatewayRow) -> str:
+    """The version a gateway runs and, while an update is under way or failed, its last
+    software report ('0.1.0 (downloading 0.2.0 50%)')."""
+    sw, version = g.software, (g.health or {}).get("version")
+    running = (sw.running if sw else None) or (version if isinstance(version, str) else "-")
+    if sw is None or sw.result in (None, "applied", "current"):
+        return running
+    return f"{running} ({sw.text()})"
 
 
 def filtered(rows: Sequence[FleetRow], *, site: str = "", tag: str = "", state: str = "",
