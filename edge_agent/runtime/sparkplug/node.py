@@ -43,6 +43,7 @@ from edge_agent.protocol.broker import client_options
 from edge_agent.protocol.clock import Clock
 from edge_agent.protocol.errors import SparkplugError, UplinkError
 from edge_agent.protocol.readings import Reading
+from edge_agent.runtime.reconnect import probe
 from edge_agent.runtime.sparkplug.bdseq import BdSeqStore
 from edge_agent.runtime.sparkplug.intake import DeviceWrite, HostState, Rebirth, parse_message
 from edge_agent.runtime.sparkplug.session import NAMESPACE, Outgoing, Session, death_payload
@@ -191,6 +192,9 @@ class SparkplugNode:
                         "logged once)", self.mqtt.url, self.counters.last_error)
 
     async def _connection(self) -> None:
+        # bdSeq goes up with every MQTT CONNECT sent ([tck-id-payloads-ndeath-seq-inc]), not
+        # with every try: a broker that refuses the socket gets no CONNECT and costs none.
+        await probe(self.mqtt)
         bdseq = self.bdseq.next()
         ndeath = self.session.topic("NDEATH")
         will = aiomqtt.Will(ndeath, death_payload(bdseq, self._now_ms()), qos=1, retain=False)
